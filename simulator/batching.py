@@ -1,0 +1,65 @@
+"""Triton's dynamic batcher as one pure decision function.
+
+Rules implemented (Triton Inference Server, "Dynamic Batcher" in
+docs/user_guide/model_configuration.md and batcher.md, and
+``DynamicBatchScheduler::GetDynamicBatch`` in
+src/dynamic_batch_scheduler.cc of triton-inference-server/core):
+
+1. Requests are taken from the queue in arrival order (FIFO, one priority level).
+2. A batch is formed only when a model instance is free; while all
+   ``instances`` are busy, arrivals wait in the queue.
+3. With ``q`` requests pending and a free instance: if ``q >= max_batch_size`` a
+   batch of ``max_batch_size`` is sent at once; otherwise, if some preferred
+   batch size ``p <= q`` exists, the largest such ``p`` is sent at once.
+   Without ``preferred_batch_sizes``, ``max_batch_size`` is the only preferred
+   size (Triton: "the dynamic batcher ... will create batches as large as
+   possible up to max_batch_size").
+4. Otherwise the batcher waits: the delay timer is measured from the *oldest
+   pending* request's arrival (``queue_.OldestEnqueueTime()``); when
+   ``now - oldest_arrival >= max_queue_delay_us`` the largest batch possible,
+   ``min(q, max_batch_size)``, is sent even though it is not a preferred size.
+   With ``max_queue_delay_us = 0`` that is immediately.
+5. An arrival that completes a ``max_batch_size`` or preferred size, while an
+   instance is free, dispatches at once (rule 3 re-evaluated on every arrival).
+6. ``max_queue_size`` (> 0): an arrival that finds ``max_queue_size`` requests
+   pending (waiting, not executing) is rejected at once (status REJECTED).
+7. ``queue_timeout_us`` (> 0, default_queue_policy with timeout_action REJECT):
+   a request still pending ``queue_timeout_us`` after its arrival is removed and
+   fails (status TIMEOUT) at that instant; it is never part of a batch.
+
+Ties in time are resolved as: completions free instances first, then timeouts
+expire, then the batcher decides, then the arrival is enqueued (and the
+batcher decides again). Both engines follow this order.
+"""
+from __future__ import annotations
+
+from numba import njit
+
+# statuses recorded per request
+OK, REJECTED, TIMEOUT, DROPPED = 0, 1, 2, 3
+STATUS_NAMES = ("ok", "rejected", "timeout", "dropped")
+
+
+@njit(cache=True)
+def batch_decision(q, oldest_wait_us, max_batch, preferred, delay_us):
+    """What a free instance does with ``q`` pending requests.
+
+    ``preferred`` is a sorted int array of preferred batch sizes (may be empty).
+    ``oldest_wait_us`` is how long the oldest pending request has waited.
+    Returns ``(n, wait_us)``: send a batch of ``n`` now (``n > 0``), or send
+    nothing and re-decide after ``wait_us`` more microseconds (``wait_us = -1``:
+    nothing to wait for, the queue is empty).
+    """
+    if q <= 0:
+        return 0, -1.0
+    if q >= max_batch:
+        return max_batch, 0.0
+    best = 0
+    for p in preferred:
+        if p <= q and p > best:
+            best = p
+    if best > 0:
+        return best, 0.0
+    if oldest_wait_us >= delay_us:
+        return q, 0.0
+    return 0, delay_us - oldest_wait_us

@@ -1,0 +1,602 @@
+"""Scenario configuration: typed dataclasses loaded from YAML with validation.
+
+One scenario file describes a serving deployment and a workload; the simulator
+(`simulator.run`), the real stack (`cluster.measure`) and calibration all read
+the same file, so the same ``batching:`` block configures Triton's dynamic
+batcher in simulation and on a real server.
+
+Every loader error is a :class:`ConfigError` whose message names the file, the
+dotted key path and the allowed values, e.g.::
+
+    configs/x.yaml: batching.max_queue_delay_us: must be >= 0 (got -5)
+    configs/x.yaml: cluster.load_balancer: must be one of round_robin, random,
+        least_outstanding (got 'rr')
+
+Units are in the key names: ``*_ms``, ``*_us``, ``*_s``, ``*_rps``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A scenario file or dict is invalid. The message is user-facing."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(path: str, msg: str) -> None:
+    raise ConfigError(f"{path}: {msg}" if path else msg)
+
+
+def _check_keys(d: Mapping, allowed: set[str], path: str) -> None:
+    if not isinstance(d, Mapping):
+        _fail(path, f"must be a mapping (got {type(d).__name__} {d!r})")
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        _fail(f"{path}.{unknown[0]}" if path else str(unknown[0]),
+              f"unknown key; allowed keys here: {', '.join(sorted(allowed))}")
+
+
+def _num(d: Mapping, key: str, path: str, default: Any = None, *, lo: float | None = None,
+         hi: float | None = None, lo_open: bool = False, integer: bool = False,
+         required: bool = False) -> Any:
+    p = f"{path}.{key}" if path else key
+    if key not in d or d[key] is None:
+        if required:
+            _fail(p, "is required")
+        return default
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        _fail(p, f"must be a {'whole number' if integer else 'number'} (got {v!r})")
+    if integer and float(v) != int(v):
+        _fail(p, f"must be a whole number (got {v!r})")
+    if not math.isfinite(float(v)):
+        _fail(p, f"must be finite (got {v!r})")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        _fail(p, f"must be {'>' if lo_open else '>='} {lo} (got {v!r})")
+    if hi is not None and v > hi:
+        _fail(p, f"must be <= {hi} (got {v!r})")
+    return int(v) if integer else float(v)
+
+
+def _choice(d: Mapping, key: str, path: str, choices: tuple[str, ...], default: str | None = None) -> str:
+    p = f"{path}.{key}" if path else key
+    if key not in d or d[key] is None:
+        if default is None:
+            _fail(p, f"is required; one of {', '.join(choices)}")
+        return default
+    v = d[key]
+    if v not in choices:
+        _fail(p, f"must be one of {', '.join(choices)} (got {v!r})")
+    return v
+
+
+def _str(d: Mapping, key: str, path: str, default: str | None = None, required: bool = False) -> str | None:
+    p = f"{path}.{key}" if path else key
+    if key not in d or d[key] is None:
+        if required:
+            _fail(p, "is required")
+        return default
+    if not isinstance(d[key], str):
+        _fail(p, f"must be a string (got {d[key]!r})")
+    return d[key]
+
+
+def _bool(d: Mapping, key: str, path: str, default: bool) -> bool:
+    p = f"{path}.{key}" if path else key
+    if key not in d or d[key] is None:
+        return default
+    if not isinstance(d[key], bool):
+        _fail(p, f"must be true or false (got {d[key]!r})")
+    return d[key]
+
+
+# --------------------------------------------------------------------------- distributions
+
+DIST_KINDS = ("deterministic", "exponential", "gamma", "lognormal", "weibull", "empirical")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A positive random duration in one unit (ms for service, s for start-up / think time).
+
+    ``mean`` is the mean of the whole variable (shift included); ``cv`` is the
+    coefficient of variation of the part above ``shift`` (ignored for
+    deterministic, 1 for exponential). ``empirical`` uses ``quantiles``: values at
+    equally spaced probability levels 0, 1/(n-1), ..., 1 (linear in between).
+    """
+
+    kind: str = "deterministic"
+    mean: float = 0.0
+    cv: float = 1.0
+    shift: float = 0.0
+    quantiles: tuple[float, ...] = ()
+
+    def to_dict(self, unit: str) -> dict:
+        d: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "empirical":
+            d[f"quantiles_{unit}"] = list(self.quantiles)
+        else:
+            d[f"mean_{unit}"] = self.mean
+            if self.kind in ("gamma", "lognormal", "weibull"):
+                d["cv"] = self.cv
+            if self.shift:
+                d[f"shift_{unit}"] = self.shift
+        return d
+
+    @property
+    def mean_value(self) -> float:
+        if self.kind == "empirical":
+            q = self.quantiles
+            return float(sum((q[i] + q[i + 1]) / 2 for i in range(len(q) - 1)) / (len(q) - 1))
+        return self.mean
+
+
+def parse_dist(d: Any, path: str, unit: str, default_kind: str = "deterministic") -> Dist:
+    """Parse ``{kind, mean_<unit>, cv, shift_<unit>, quantiles_<unit>}`` or a bare number."""
+    if isinstance(d, (int, float)) and not isinstance(d, bool):
+        d = {"kind": "deterministic", f"mean_{unit}": d}
+    _check_keys(d, {"kind", f"mean_{unit}", "cv", f"shift_{unit}", f"quantiles_{unit}"}, path)
+    kind = _choice(d, "kind", path, DIST_KINDS, default_kind)
+    if kind == "empirical":
+        qk = f"quantiles_{unit}"
+        q = d.get(qk)
+        if not isinstance(q, (list, tuple)) or len(q) < 2:
+            _fail(f"{path}.{qk}", "empirical needs a list of >= 2 values at equally spaced "
+                  "probability levels 0..1")
+        for i, v in enumerate(q):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                _fail(f"{path}.{qk}[{i}]", f"must be a finite number >= 0 (got {v!r})")
+        if any(q[i + 1] < q[i] for i in range(len(q) - 1)):
+            _fail(f"{path}.{qk}", "quantiles must be non-decreasing")
+        return Dist(kind=kind, quantiles=tuple(float(x) for x in q), mean=0.0)
+    mean = _num(d, f"mean_{unit}", path, required=True, lo=0, lo_open=(kind != "deterministic"))
+    shift = _num(d, f"shift_{unit}", path, 0.0, lo=0)
+    if shift > mean or (kind != "deterministic" and shift >= mean):
+        _fail(f"{path}.shift_{unit}", f"must be below mean_{unit} ({mean}) (got {shift})")
+    cv = 1.0
+    if kind in ("gamma", "lognormal", "weibull"):
+        cv = _num(d, "cv", path, 1.0, lo=0, lo_open=True, hi=20)
+    elif kind == "deterministic":
+        cv = 0.0
+    return Dist(kind=kind, mean=mean, cv=cv, shift=shift)
+
+
+# --------------------------------------------------------------------------- workload
+
+WORKLOAD_KINDS = ("poisson", "schedule", "trace", "timestamps", "closed_loop")
+SEGMENT_KINDS = ("constant", "step", "ramp", "spike", "sinusoid")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of a rate schedule, ``duration_s`` long.
+
+    constant: ``rate_rps``; step: ``rate_rps`` then ``to_rps`` from ``at_s`` into the
+    segment; ramp: linear ``rate_rps`` -> ``to_rps``; spike: ``rate_rps`` with
+    ``peak_rps`` between ``at_s`` and ``at_s + width_s``; sinusoid:
+    ``rate_rps + amplitude_rps * sin(2 pi t / period_s)`` (clipped at 0).
+    """
+
+    kind: str
+    duration_s: float
+    rate_rps: float
+    to_rps: float = 0.0
+    at_s: float = 0.0
+    peak_rps: float = 0.0
+    width_s: float = 0.0
+    amplitude_rps: float = 0.0
+    period_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    kind: str = "poisson"
+    rate_rps: float = 10.0                      # poisson
+    segments: tuple[Segment, ...] = ()          # schedule (repeats if shorter than the run? no: last rate holds)
+    path: str = ""                              # trace / timestamps CSV
+    column: str = ""                            # trace: 'rps'; timestamps: 'TIMESTAMP'
+    speedup: float = 1.0                        # time compression: trace seconds per simulated second
+    scale: float = 1.0                          # multiply rates (trace) / thin-or-copy arrivals (timestamps)
+    offset_s: float = 0.0                       # window start, in trace time
+    length_s: float = 0.0                       # window length in trace time (0 = to the end)
+    users: int = 10                             # closed_loop
+    think: Dist = Dist("deterministic", 1.0, 0.0)   # closed_loop think time, seconds
+    spawn_rate: float = 0.0                     # users started per second (0 = all at t=0)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "poisson":
+            d["rate_rps"] = self.rate_rps
+        elif self.kind == "schedule":
+            d["segments"] = [_seg_to_dict(s) for s in self.segments]
+        elif self.kind in ("trace", "timestamps"):
+            d.update(path=self.path, column=self.column, speedup=self.speedup, scale=self.scale,
+                     offset_s=self.offset_s, length_s=self.length_s)
+        else:
+            d.update(users=self.users, think=self.think.to_dict("s"), spawn_rate=self.spawn_rate)
+        return d
+
+
+def _seg_to_dict(s: Segment) -> dict:
+    keep = {"constant": ("rate_rps",), "step": ("rate_rps", "to_rps", "at_s"),
+            "ramp": ("rate_rps", "to_rps"), "spike": ("rate_rps", "peak_rps", "at_s", "width_s"),
+            "sinusoid": ("rate_rps", "amplitude_rps", "period_s")}[s.kind]
+    d = {"kind": s.kind, "duration_s": s.duration_s}
+    d.update({k: getattr(s, k) for k in keep})
+    return d
+
+
+def parse_workload(d: Any, path: str, base_dir: str) -> WorkloadSpec:
+    _check_keys(d, {"kind", "rate_rps", "segments", "path", "column", "speedup", "scale",
+                    "offset_s", "length_s", "users", "think", "think_s", "spawn_rate"}, path)
+    kind = _choice(d, "kind", path, WORKLOAD_KINDS)
+    allowed = {"poisson": {"kind", "rate_rps"},
+               "schedule": {"kind", "segments"},
+               "trace": {"kind", "path", "column", "speedup", "scale", "offset_s", "length_s"},
+               "timestamps": {"kind", "path", "column", "speedup", "scale", "offset_s", "length_s"},
+               "closed_loop": {"kind", "users", "think", "think_s", "spawn_rate"}}[kind]
+    extra = sorted(set(d) - allowed)
+    if extra:
+        _fail(f"{path}.{extra[0]}", f"not used by kind '{kind}'; keys for {kind}: {', '.join(sorted(allowed))}")
+    if kind == "poisson":
+        return WorkloadSpec(kind=kind, rate_rps=_num(d, "rate_rps", path, required=True, lo=0, lo_open=True))
+    if kind == "schedule":
+        segs = d.get("segments")
+        if not isinstance(segs, list) or not segs:
+            _fail(f"{path}.segments", "must be a non-empty list of segments "
+                  f"(kind: {', '.join(SEGMENT_KINDS)}; duration_s; rate_rps; ...)")
+        return WorkloadSpec(kind=kind, segments=tuple(_parse_segment(s, f"{path}.segments[{i}]")
+                                                      for i, s in enumerate(segs)))
+    if kind in ("trace", "timestamps"):
+        p = _str(d, "path", path, required=True)
+        if not os.path.isabs(p) and base_dir:
+            cand = os.path.normpath(os.path.join(base_dir, p))
+            p = cand if os.path.exists(cand) or not os.path.exists(p) else p
+        return WorkloadSpec(kind=kind, path=p,
+                            column=_str(d, "column", path, "rps" if kind == "trace" else "TIMESTAMP"),
+                            speedup=_num(d, "speedup", path, 1.0, lo=0, lo_open=True),
+                            scale=_num(d, "scale", path, 1.0, lo=0, lo_open=True),
+                            offset_s=_num(d, "offset_s", path, 0.0, lo=0),
+                            length_s=_num(d, "length_s", path, 0.0, lo=0))
+    if "think" in d and "think_s" in d:
+        _fail(f"{path}.think_s", "give either think (a distribution) or think_s (a number), not both")
+    think = parse_dist(d["think"], f"{path}.think", "s") if "think" in d else \
+        Dist("deterministic", _num(d, "think_s", path, 1.0, lo=0), 0.0)
+    return WorkloadSpec(kind=kind, users=_num(d, "users", path, 10, lo=1, integer=True), think=think,
+                        spawn_rate=_num(d, "spawn_rate", path, 0.0, lo=0))
+
+
+def _parse_segment(s: Any, path: str) -> Segment:
+    _check_keys(s, {f.name for f in dataclasses.fields(Segment)}, path)
+    kind = _choice(s, "kind", path, SEGMENT_KINDS, "constant")
+    return Segment(kind=kind,
+                   duration_s=_num(s, "duration_s", path, required=True, lo=0, lo_open=True),
+                   rate_rps=_num(s, "rate_rps", path, required=True, lo=0),
+                   to_rps=_num(s, "to_rps", path, 0.0, lo=0, required=kind in ("step", "ramp")),
+                   at_s=_num(s, "at_s", path, 0.0, lo=0, required=kind in ("step", "spike")),
+                   peak_rps=_num(s, "peak_rps", path, 0.0, lo=0, required=kind == "spike"),
+                   width_s=_num(s, "width_s", path, 0.0, lo=0, lo_open=kind == "spike",
+                                required=kind == "spike"),
+                   amplitude_rps=_num(s, "amplitude_rps", path, 0.0, lo=0, required=kind == "sinusoid"),
+                   period_s=_num(s, "period_s", path, 60.0, lo=0, lo_open=True))
+
+
+# --------------------------------------------------------------------------- service
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Per-batch compute time (ms) of one model instance, plus per-request overhead.
+
+    ``per_batch`` maps batch sizes to distributions. Sizes not listed are
+    interpolated (quantile functions mixed linearly between the nearest listed
+    sizes; above the largest listed size, quantiles are scaled by the mean slope
+    of the last two sizes, or by ``batch_slope`` when only one size is listed).
+    ``overhead`` is time outside Triton per request (client + network + load
+    balancer); it adds to client latency but does not occupy the server.
+    ``interference`` is the slowdown of compute when several batches run at once
+    on one node: factor(k) = 1 + interference * (k - 1) for k concurrent batches
+    on a node of ``node_capacity`` (0 = no interference).
+    """
+
+    per_batch: tuple[tuple[int, Dist], ...] = ((1, Dist("deterministic", 10.0, 0.0)),)
+    batch_slope: float = 0.5
+    overhead: Dist = Dist("deterministic", 0.0, 0.0)
+
+    def to_dict(self) -> dict:
+        return {"per_batch": {b: dd.to_dict("ms") for b, dd in self.per_batch},
+                "batch_slope": self.batch_slope, "overhead": self.overhead.to_dict("ms")}
+
+
+def parse_service(d: Any, path: str) -> ServiceSpec:
+    _check_keys(d, {"kind", "mean_ms", "cv", "shift_ms", "quantiles_ms", "per_batch", "batch_slope",
+                    "overhead", "overhead_ms"}, path)
+    kind = _choice(d, "kind", path, DIST_KINDS, "deterministic")
+    single = {k: d[k] for k in ("mean_ms", "cv", "shift_ms", "quantiles_ms") if k in d}
+    if "per_batch" in d and single:
+        _fail(f"{path}.per_batch", f"give either per_batch or a single batch-1 figure "
+              f"({', '.join(sorted(single))}), not both")
+    if "per_batch" in d:
+        pb = d["per_batch"]
+        if not isinstance(pb, Mapping) or not pb:
+            _fail(f"{path}.per_batch", "must map batch sizes to distributions, e.g. {1: {mean_ms: 5}, 8: {mean_ms: 20}}")
+        items = []
+        for b, dd in pb.items():
+            try:
+                bi = int(b)
+            except (TypeError, ValueError):
+                bi = -1
+            if bi < 1 or str(bi) != str(b).strip():
+                _fail(f"{path}.per_batch.{b}", "batch size keys must be whole numbers >= 1")
+            if isinstance(dd, Mapping) and "kind" not in dd:
+                dd = {"kind": kind, **dd}
+            items.append((bi, parse_dist(dd, f"{path}.per_batch.{b}", "ms", kind)))
+        items.sort()
+    else:
+        if not single:
+            _fail(path, "needs mean_ms (batch-1 figure), quantiles_ms, or a per_batch table")
+        items = [(1, parse_dist({"kind": kind, **single}, path, "ms", kind))]
+    if "overhead" in d and "overhead_ms" in d:
+        _fail(f"{path}.overhead_ms", "give either overhead (a distribution) or overhead_ms, not both")
+    overhead = parse_dist(d["overhead"], f"{path}.overhead", "ms") if "overhead" in d else \
+        Dist("deterministic", _num(d, "overhead_ms", path, 0.0, lo=0), 0.0)
+    return ServiceSpec(per_batch=tuple(items), batch_slope=_num(d, "batch_slope", path, 0.5, lo=0),
+                       overhead=overhead)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    """Triton dynamic batcher + instance group of one model on one server.
+
+    ``max_batch_size: 1`` with ``max_queue_delay_us: 0`` is batching off.
+    ``max_queue_size: 0`` means unbounded; ``queue_timeout_us: 0`` means no timeout.
+    """
+
+    max_batch_size: int = 1
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    instances: int = 1
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["preferred_batch_sizes"] = list(self.preferred_batch_sizes)
+        return d
+
+
+def parse_batching(d: Any, path: str) -> BatchingSpec:
+    _check_keys(d, {f.name for f in dataclasses.fields(BatchingSpec)}, path)
+    mbs = _num(d, "max_batch_size", path, 1, lo=1, hi=4096, integer=True)
+    pref = d.get("preferred_batch_sizes") or []
+    if not isinstance(pref, (list, tuple)):
+        _fail(f"{path}.preferred_batch_sizes", f"must be a list of batch sizes in 1..{mbs}")
+    for i, p in enumerate(pref):
+        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= mbs:
+            _fail(f"{path}.preferred_batch_sizes[{i}]", f"must be a whole number in 1..max_batch_size={mbs} (got {p!r})")
+    return BatchingSpec(max_batch_size=mbs, preferred_batch_sizes=tuple(sorted(set(int(p) for p in pref))),
+                        max_queue_delay_us=_num(d, "max_queue_delay_us", path, 0, lo=0, integer=True),
+                        instances=_num(d, "instances", path, 1, lo=1, hi=64, integer=True),
+                        max_queue_size=_num(d, "max_queue_size", path, 0, lo=0, integer=True),
+                        queue_timeout_us=_num(d, "queue_timeout_us", path, 0, lo=0, integer=True))
+
+
+# --------------------------------------------------------------------------- cluster
+
+LOAD_BALANCERS = ("round_robin", "random", "least_outstanding")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Replicas (one Triton server each) behind a load balancer.
+
+    Default load balancer is ``round_robin``: a Kubernetes Service in kube-proxy's
+    IPVS mode defaults to round-robin (iptables mode picks at random; both spread
+    evenly on average), and the local backend's HAProxy/nginx default is
+    round-robin, so round-robin is what the real stack does by default.
+    ``node_cores`` / ``interference``: replicas share one node; when k batches execute at
+    once across the node, compute time is multiplied by
+    ``1 + interference * max(0, k - node_cores)`` (0 disables; fitted by calibration).
+    """
+
+    replicas: int = 1
+    min_replicas: int = 1
+    max_replicas: int = 0          # 0 -> same as replicas... resolved in parse
+    startup: Dist = Dist("deterministic", 0.0, 0.0)
+    load_balancer: str = "round_robin"
+    node_cores: int = 0
+    interference: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"replicas": self.replicas, "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas, "startup_s": self.startup.to_dict("s"),
+                "load_balancer": self.load_balancer, "node_cores": self.node_cores,
+                "interference": self.interference}
+
+
+def parse_cluster(d: Any, path: str) -> ClusterSpec:
+    _check_keys(d, {"replicas", "min_replicas", "max_replicas", "startup_s", "load_balancer",
+                    "node_cores", "interference"}, path)
+    reps = _num(d, "replicas", path, 1, lo=0, hi=10000, integer=True)
+    mn = _num(d, "min_replicas", path, min(1, reps), lo=0, integer=True)
+    mx = _num(d, "max_replicas", path, max(reps, mn, 1), lo=1, hi=10000, integer=True)
+    if mn > mx:
+        _fail(f"{path}.min_replicas", f"must be <= max_replicas ({mx}) (got {mn})")
+    if not mn <= reps <= mx:
+        _fail(f"{path}.replicas", f"must be within min_replicas..max_replicas = {mn}..{mx} (got {reps})")
+    st = d.get("startup_s", 0.0)
+    startup = parse_dist(st, f"{path}.startup_s", "s")
+    return ClusterSpec(replicas=reps, min_replicas=mn, max_replicas=mx, startup=startup,
+                       load_balancer=_choice(d, "load_balancer", path, LOAD_BALANCERS, "round_robin"),
+                       node_cores=_num(d, "node_cores", path, 0, lo=0, integer=True),
+                       interference=_num(d, "interference", path, 0.0, lo=0))
+
+
+# --------------------------------------------------------------------------- autoscaler
+
+
+@dataclass(frozen=True)
+class AutoscalerSpec:
+    """``kind`` selects a policy from :mod:`simulator.policy`'s registry; ``params``
+    holds its kind-specific keys (validated by the policy's own ``from_params``)."""
+
+    kind: str = "static"
+    interval_s: float = 15.0
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "interval_s": self.interval_s, **dict(self.params)}
+
+
+def parse_autoscaler(d: Any, path: str, base_dir: str = "") -> AutoscalerSpec:
+    if d is None:
+        d = {}
+    if not isinstance(d, Mapping):
+        _fail(path, f"must be a mapping (got {d!r})")
+    from simulator import policy as _pol  # late import: registry lives with the policies
+    kinds = tuple(sorted(_pol.REGISTRY))
+    kind = _choice(d, "kind", path, kinds, "static")
+    interval = _num(d, "interval_s", path, 15.0, lo=0, lo_open=True)
+    params = {k: v for k, v in d.items() if k not in ("kind", "interval_s")}
+    if kind == "policy" and isinstance(params.get("path"), str) and base_dir and \
+            not os.path.isabs(params["path"]) and not os.path.exists(params["path"]):
+        params["path"] = os.path.normpath(os.path.join(base_dir, params["path"]))
+    # validate now, so errors surface at load time with the right key path
+    _pol.REGISTRY[kind].validate_params(params, path)
+    return AutoscalerSpec(kind=kind, interval_s=interval, params=params)
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+@dataclass(frozen=True)
+class Scenario:
+    seed: int = 0
+    duration_s: float = 60.0
+    warmup_s: float = 0.0
+    slo_ms: float = 100.0
+    record_requests: bool = True
+    workload: WorkloadSpec = WorkloadSpec()
+    service: ServiceSpec = ServiceSpec()
+    batching: BatchingSpec = BatchingSpec()
+    cluster: ClusterSpec = ClusterSpec()
+    autoscaler: AutoscalerSpec = AutoscalerSpec()
+    name: str = ""
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "seed": self.seed, "duration_s": self.duration_s, "warmup_s": self.warmup_s,
+             "slo_ms": self.slo_ms, "record_requests": self.record_requests,
+             "workload": self.workload.to_dict(), "service": self.service.to_dict(),
+             "batching": self.batching.to_dict(), "cluster": self.cluster.to_dict(),
+             "autoscaler": self.autoscaler.to_dict()}
+        if self.provenance:
+            d["provenance"] = copy.deepcopy(dict(self.provenance))
+        return d
+
+    def replace(self, **kw) -> "Scenario":
+        return dataclasses.replace(self, **kw)
+
+
+TOP_KEYS = {"name", "seed", "duration_s", "warmup_s", "slo_ms", "record_requests", "workload", "service",
+            "batching", "cluster", "autoscaler", "provenance"}
+
+
+def scenario_from_dict(d: Any, source: str = "", base_dir: str = "") -> Scenario:
+    """Validate a plain dict (as loaded from YAML) into a :class:`Scenario`."""
+    try:
+        if not isinstance(d, Mapping):
+            _fail("", f"top level must be a mapping of {', '.join(sorted(TOP_KEYS))}")
+        _check_keys(d, TOP_KEYS, "")
+        for req in ("workload", "service"):
+            if req not in d:
+                _fail(req, "is required")
+        dur = _num(d, "duration_s", "", 60.0, lo=0, lo_open=True)
+        warm = _num(d, "warmup_s", "", 0.0, lo=0)
+        if warm >= dur:
+            _fail("warmup_s", f"must be < duration_s ({dur}) (got {warm})")
+        sc = Scenario(
+            name=_str(d, "name", "", "") or "",
+            seed=_num(d, "seed", "", 0, lo=0, hi=2**63 - 1, integer=True),
+            duration_s=dur, warmup_s=warm,
+            slo_ms=_num(d, "slo_ms", "", 100.0, lo=0, lo_open=True),
+            record_requests=_bool(d, "record_requests", "", True),
+            workload=parse_workload(d["workload"], "workload", base_dir),
+            service=parse_service(d["service"], "service"),
+            batching=parse_batching(d.get("batching") or {}, "batching"),
+            cluster=parse_cluster(d.get("cluster") or {}, "cluster"),
+            autoscaler=parse_autoscaler(d.get("autoscaler"), "autoscaler", base_dir),
+            provenance=dict(d.get("provenance") or {}),
+        )
+        if sc.workload.kind == "closed_loop" and sc.cluster.max_replicas > 0 and sc.workload.users < 1:
+            _fail("workload.users", "must be >= 1")
+        return sc
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+
+
+def set_override(d: dict, dotted: str, value_text: str) -> None:
+    """Apply ``--set key.sub=value`` (value parsed as YAML) to a raw scenario dict."""
+    if "=" in dotted and value_text is None:
+        dotted, value_text = dotted.split("=", 1)
+    keys = dotted.split(".")
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {dotted}: value {value_text!r} is not valid YAML ({e})") from None
+    cur = d
+    for k in keys[:-1]:
+        if not isinstance(cur.get(k), dict):
+            cur[k] = {} if cur.get(k) is None else cur[k]
+            if not isinstance(cur[k], dict):
+                raise ConfigError(f"--set {dotted}: '{k}' is not a section")
+        cur = cur[k]
+    cur[keys[-1]] = value
+
+
+def load_raw(path: str) -> dict:
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: file not found")
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if d is None:
+        raise ConfigError(f"{path}: file is empty")
+    return d
+
+
+def load_scenario(path: str, overrides: list[str] | None = None, seed: int | None = None) -> Scenario:
+    """Load and validate a scenario YAML file (``--set`` overrides and ``--seed`` applied first)."""
+    d = load_raw(path)
+    for o in overrides or []:
+        if "=" not in o:
+            raise ConfigError(f"--set {o}: expected key=value, e.g. --set workload.rate_rps=50")
+        k, v = o.split("=", 1)
+        set_override(d, k.strip(), v)
+    if seed is not None:
+        d["seed"] = seed
+    return scenario_from_dict(d, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def dump_scenario(sc: Scenario, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(sc.to_dict(), f, sort_keys=False)
+    os.replace(tmp, path)
