@@ -60,6 +60,6 @@ def batch_decision(q, oldest_wait_us, max_batch, preferred, delay_us):
             best = p
     if best > 0:
         return best, 0.0
-    if oldest_wait_us >= delay_us:
+    if oldest_wait_us >= delay_us - 1e-6:   # 1 ps slack for float round-off of timer instants
         return q, 0.0
     return 0, delay_us - oldest_wait_us
