@@ -65,7 +65,7 @@ METRICS: dict[str, tuple[str, float | None]] = {
 
 
 def _ceil(x: float) -> int:
-    """``math.Ceil`` that ignores float noise (``0.7 / 0.6 * 6`` is 7, not 8)."""
+    """``math.Ceil`` that ignores float noise (``0.2 / 0.6 * 9`` is 3, not 4)."""
     return math.ceil(round(x, 9))
 
 
@@ -278,7 +278,15 @@ class HPAPolicy(Policy):
     ``scale_up_policies`` / ``scale_down_policies`` (lists of
     ``{type: Pods|Percent, value, period_s}``), ``scale_up_select`` /
     ``scale_down_select`` (Max|Min|Disabled). Called every ``interval_s``
-    (the controller's sync period, 15 s by default).
+    (the controller's sync period, 15 s by default); ``obs.time_s`` (rounded
+    to the microsecond) is the clock.
+
+    Default targets: busy_fraction 0.6, inflight_per_replica 4, queue_ms 10,
+    latency_p95_ms the scenario's ``slo_ms``; arrival_rps_per_replica needs an
+    explicit target. busy_fraction, inflight_per_replica (``inflight / ready``)
+    and arrival_rps_per_replica (``arrival_rps / ready``) are per-ready-replica
+    averages (:func:`pod_metric_replicas`); queue_ms and latency_p95_ms are
+    single values (:func:`object_metric_replicas`).
     """
 
     kind = "hpa"

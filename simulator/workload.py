@@ -87,7 +87,7 @@ def _read_column(path: str, column: str, mtime: float) -> np.ndarray:
         raise ConfigError(f"{path}: cannot read CSV: {e}") from None
     col = df[column]
     if col.dtype == object:
-        ts = pd.to_datetime(col, errors="coerce")
+        ts = pd.to_datetime(col, errors="coerce", format="mixed")
         if ts.isna().any():
             bad = int(np.flatnonzero(ts.isna().to_numpy())[0])
             raise ConfigError(f"{path}: column '{column}' row {bad + 2}: not a number or timestamp "

@@ -1,0 +1,55 @@
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "simulator.run", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_run_writes_all_outputs(tmp_path):
+    out = tmp_path / "o"
+    p = run("configs/example.yaml", "--out", str(out), "--seed", "3", "--set", "duration_s=300",
+            "--set", "warmup_s=30", "--quiet")
+    assert p.returncode == 0, p.stderr
+    names = set(os.listdir(out))
+    assert {"summary.json", "timeline.csv", "requests.parquet", "scenario.yaml", "latency_cdf.png",
+            "timeline.png"} <= names
+    s = json.load(open(out / "summary.json"))
+    for k in ("requests", "completed", "failed", "throughput_rps", "latency_ms", "queue_ms", "mean_batch_size",
+              "slo_violation_rate", "replica_seconds", "seed", "engine", "scenario"):
+        assert k in s
+    assert s["seed"] == 3 and s["scenario"]["seed"] == 3 and s["engine"] == "fast"
+    assert set(s["latency_ms"]) >= {"mean", "p50", "p95", "p99"}
+    tl = pd.read_csv(out / "timeline.csv")
+    assert len(tl) == 300 // 15 and (tl["seed"] == 3).all()
+    t = pq.read_table(out / "requests.parquet")
+    assert b"servesim.scenario" in t.schema.metadata
+    df = t.to_pandas()
+    assert list(df.columns) == ["arrival_s", "dispatch_s", "completion_s", "replica", "batch_size", "status"]
+    # summary counts are the records after warm-up
+    w = df[df.arrival_s >= 30]
+    assert s["requests"] == len(w) and s["completed"] == int((w.status == "ok").sum())
+    assert "wrote" in p.stdout and "latency ms" in p.stdout
+
+
+def test_bad_input_is_a_message_not_a_traceback(tmp_path):
+    out = tmp_path / "o"
+    p = run("configs/example.yaml", "--out", str(out), "--set", "batching.max_batch_size=-1")
+    assert p.returncode == 2
+    assert "batching.max_batch_size: must be >= 1" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+    p = run(str(tmp_path / "missing.yaml"), "--out", str(out))
+    assert p.returncode == 2 and "file not found" in p.stderr and "Traceback" not in p.stderr
+    bad = tmp_path / "t.yaml"
+    bad.write_text("workload: {kind: trace, path: nope.csv}\nservice: {mean_ms: 5}\n")
+    p = run(str(bad), "--out", str(out))
+    assert p.returncode == 2 and "nope.csv: file not found" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()
