@@ -33,12 +33,11 @@ from .triton import TritonError, TritonServer, http_get, write_model_repository
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, scenario, stack, workdir, seed: int | None = None):
+    def __init__(self, scenario, stack, workdir):
         self.scenario = scenario
         self.batching = scenario.batching
         self.cluster = scenario.cluster
         self.stack = stack
-        self.seed = scenario.seed if seed is None else seed
         self.workdir = Path(workdir)
         self.repo = self.workdir / "model_repository"
         self.lb: HAProxy | None = None

@@ -16,7 +16,8 @@ the server really does everything an image classifier deployment does. Output:
 
 The ONNX file is written once to the cache directory (``.cache/servesim/`` in the
 repository, or ``$SERVESIM_CACHE``), keyed by a hash of the export settings, and
-never committed; no download happens at any time.
+never committed; no download happens at any time. The weights are always drawn
+from seed 0 (the served model is the same whatever a scenario's seed is).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ IMAGE_SHAPE = (224, 224, 3)
 NUM_CLASSES = 1000
 EXPORT_VERSION = 1          # bump when the architecture / export changes
 OPSET = 17
+PARAMETERS = 3_774_024   # count_parameters(build_model()); checked by the tests
 
 # (block kind, repeats, start-dw kernel, mid-dw kernel, stride, expand ratio, out channels)
 # 'cn' = conv-bn-relu (kernel = mid kernel); 'uir' = universal inverted residual.

@@ -111,13 +111,23 @@ def server_env(replica: str = "", extra: dict | None = None) -> dict:
 
 
 def server_version() -> str:
-    try:
-        out = subprocess.run([str(tritonserver_bin()), "--help"], capture_output=True, text=True,
-                             env=server_env(), timeout=20).stdout
-    except Exception:
-        return "unknown"
-    m = re.search(r"version[\" :]+([0-9][0-9.]+)", out)
-    return m.group(1) if m else "unknown"
+    """Triton's version as reported by a running server (``GET /v2``); starts one with an empty repository."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="ss-ver-") as d:
+        srv = TritonServer(d, "version", os.path.join(d, "server.log"))
+        try:
+            srv.start()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and srv.alive():
+                st, body = http_get(f"{srv.url}/v2", 0.5)
+                if st == 200:
+                    return json.loads(body).get("version", "unknown")
+                time.sleep(0.1)
+        except Exception:
+            pass
+        finally:
+            srv.stop(5)
+    return "unknown"
 
 
 # --------------------------------------------------------------------------- model repository
@@ -187,7 +197,6 @@ def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-_LOAD_ERR = re.compile(r"(failed to load|Invalid argument|error|Error|ERROR).*", re.S)
 
 
 @dataclass

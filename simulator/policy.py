@@ -144,7 +144,7 @@ def clamp_replicas(desired: Any, lo: int, hi: int) -> int:
 # Policies living in other modules register themselves on import.
 def _load_builtin() -> None:
     import importlib
-    for mod in ("simulator.hpa", "simulator.knative", "simulator.learned"):
+    for mod in ("simulator.hpa", "simulator.knative", "simulator.learned", "simulator.predictive"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:  # module not written yet / optional

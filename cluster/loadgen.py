@@ -1,0 +1,410 @@
+"""Locust load generator speaking the simulator's workload language (headless, from Python).
+
+Runs in its own process (``python -m cluster.loadgen PLAN.json``, started by
+:func:`run_load`): Locust monkey-patches the standard library with gevent at
+import, which must not leak into the measuring process. Requests go to
+Triton's HTTP/KServe-v2 endpoint with ``tritonclient.http`` (itself gevent
+based), UINT8 224x224x3 synthetic images (seeded), binary tensors.
+
+Two load shapes, both :class:`locust.LoadTestShape` s built from a
+:class:`~simulator.config.WorkloadSpec`:
+
+- **closed loop** (``closed_loop``): ``users`` Locust users, each sending one
+  request, waiting for the answer, then thinking for a time drawn from
+  ``think`` (per-user seeded RNG); users start at ``spawn_rate`` per second
+  (0 = all at once). :class:`ClosedLoopShape` holds the user count for
+  ``duration_s`` then stops; users finish the request they are in.
+- **open loop** (``poisson``, ``schedule``, ``trace``, ``timestamps``): the
+  arrival times are precomputed from the spec (:func:`cluster.arrivals.arrival_times`)
+  and a single dispatcher user fires every request at its time in its own
+  greenlet, whatever the server's state -- offered load does not drop when the
+  server slows down. Requests beyond ``max_inflight`` concurrent ones are not
+  sent and logged as ``client_overload``. :class:`OpenLoopShape` keeps the
+  dispatcher alive until every request has finished or timed out.
+
+Per-request log (CSV, epoch seconds; :func:`run_load` converts to run time):
+``seq, user, t_sched, t_send, latency_ms, status, http_status, replica, error``
+with ``status`` one of ``ok``, ``rejected`` (Triton queue full), ``timeout``
+(Triton queue timeout), ``unavailable`` (no replica / connection refused or
+reset / 503), ``client_timeout``, ``client_overload``, ``error``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATUSES = ("ok", "rejected", "timeout", "unavailable", "client_timeout", "client_overload", "error")
+REQUEST_COLUMNS = ("seq", "user", "t_sched", "t_send", "latency_ms", "status", "http_status", "replica", "error")
+
+
+class LoadGenError(RuntimeError):
+    """The load generator failed; the message is user-facing."""
+
+
+def classify(exc: BaseException | None) -> tuple[str, str, str]:
+    """(status, http_status, short message) for a request outcome."""
+    if exc is None:
+        return "ok", "200", ""
+    msg = str(exc).strip().replace("\n", " ")[:200]
+    low = msg.lower()
+    http = ""
+    st = getattr(exc, "status", None)
+    if callable(st):
+        try:
+            http = str(st() or "")
+        except Exception:
+            http = ""
+    if "maximum queue size" in low or "exceeds maximum queue" in low:
+        return "rejected", http, msg
+    if "request timeout expired" in low or ("timeout" in low and "queue" in low):
+        return "timeout", http, msg
+    name = type(exc).__name__.lower()
+    if "timeout" in name or "timed out" in low:
+        return "client_timeout", http, msg
+    if http in ("502", "503", "504") or isinstance(exc, (ConnectionError, OSError)) or \
+            "connection" in low or "closed" in name or "503" in low:
+        return "unavailable", http, msg
+    return "error", http, msg
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+@dataclass
+class LoadResult:
+    requests_path: str
+    meta: dict = field(default_factory=dict)
+
+
+def run_load(plan: dict, workdir: str | Path, progress=None, timeout_margin_s: float = 60.0) -> LoadResult:
+    """Run the load generator subprocess for ``plan``; returns the request log path and metadata.
+
+    ``plan`` keys: url, model, mode ('closed'|'open'), duration_s, seed, users, think (Dist
+    dict, seconds), spawn_rate, arrivals (list of run-time seconds, open loop), batch_size,
+    timeout_s, max_inflight, n_images, start_at_epoch (begin the load at this wall-clock time, if
+    still ahead). ``progress(elapsed_s, counts)`` is called about once a second.
+    """
+    from . import procs
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    plan = dict(plan)
+    plan.setdefault("out", str(workdir / "requests_raw.csv"))
+    plan.setdefault("meta_out", str(workdir / "loadgen.json"))
+    plan_path = workdir / "loadgen_plan.json"
+    arrivals = plan.pop("arrivals", None)
+    if arrivals is not None:
+        import numpy as np
+        ap = workdir / "arrivals.npy"
+        np.save(ap, np.asarray(arrivals, dtype=float))
+        plan["arrivals_file"] = str(ap)
+    plan_path.write_text(json.dumps(plan, indent=1))
+    log_path = workdir / "loadgen.log"
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(log_path, "wb") as log:
+        p = procs.spawn([sys.executable, "-m", "cluster.loadgen", str(plan_path)], env=env, cwd=root,
+                        stdout=subprocess_PIPE(), stderr=log)
+    last: dict = {}
+
+    def _reader():
+        for line in p.stdout:
+            line = line.decode("utf-8", "replace").strip()
+            if line.startswith("{"):
+                try:
+                    last.update(json.loads(line))
+                except ValueError:
+                    continue
+                if progress:
+                    progress(last.get("elapsed_s", 0.0), last)
+    rt = threading.Thread(target=_reader, daemon=True)
+    rt.start()
+    limit = plan["duration_s"] + plan.get("timeout_s", 30) + timeout_margin_s
+    try:
+        p.wait(limit)
+    except Exception:
+        procs.stop(p, 5)
+        raise LoadGenError(f"load generator did not finish within {limit:.0f} s; killed. "
+                           f"Log {log_path}:\n{procs.tail(str(log_path), 15)}") from None
+    finally:
+        if p.poll() is None:
+            procs.stop(p, 5)
+        procs.forget(p)
+    rt.join(2)
+    if p.returncode != 0:
+        raise LoadGenError(f"load generator (Locust) failed with exit code {p.returncode}; "
+                           f"log {log_path}:\n{procs.tail(str(log_path), 20)}")
+    try:
+        meta = json.loads(Path(plan["meta_out"]).read_text())
+    except (OSError, ValueError) as e:
+        raise LoadGenError(f"load generator wrote no metadata ({e}); log {log_path}") from None
+    if not Path(plan["out"]).exists():
+        raise LoadGenError(f"load generator wrote no request log; log {log_path}")
+    return LoadResult(plan["out"], meta)
+
+
+def subprocess_PIPE():
+    import subprocess
+    return subprocess.PIPE
+
+
+# --------------------------------------------------------------------------- child side (gevent world)
+
+
+@dataclass
+class LocustLoad:
+    """What :func:`build_load` makes from a plan: Locust user classes, a shape, and the shared request log."""
+
+    user_classes: list
+    shape: object
+    records: list
+    counts: dict
+    state: dict
+    mode: str
+
+
+def build_load(plan: dict) -> LocustLoad:
+    """Locust users + :class:`LoadTestShape` for ``plan`` (imports Locust: gevent world only).
+
+    Used by the load generator process and by ``cluster/locustfile.py`` (distributed Locust).
+    """
+    import gevent
+    import gevent.pool
+    import numpy as np
+    import tritonclient.http as th
+    from locust import LoadTestShape, User, task
+    from locust.exception import StopUser
+
+    from simulator.config import parse_dist
+
+    from .arrivals import sample_dist
+    from .model import synthetic_images
+
+    mode = plan["mode"]
+    if mode not in ("closed", "open"):
+        raise ValueError(f"unknown load mode {mode!r} (closed or open)")
+    url = plan["url"].replace("http://", "").rstrip("/")
+    model = plan["model"]
+    duration = float(plan["duration_s"])
+    seed = int(plan.get("seed", 0))
+    timeout_s = float(plan.get("timeout_s", 30.0))
+    batch = int(plan.get("batch_size", 1))
+    n_img = int(plan.get("n_images", 8))
+    imgs = synthetic_images(n_img * batch, seed).reshape(n_img, batch, 224, 224, 3)
+    inputs = []
+    for k in range(n_img):
+        inp = th.InferInput("image", [batch, 224, 224, 3], "UINT8")
+        inp.set_data_from_numpy(imgs[k], binary_data=True)
+        inputs.append(inp)
+    outputs = [th.InferRequestedOutput("logits", binary_data=True),
+               th.InferRequestedOutput("replica", binary_data=True)]
+    records: list[tuple] = []
+    counts = {"sent": 0, "ok": 0, "failed": 0, "inflight": 0}
+    state = {"t0": None, "done": False}
+
+    def client(concurrency: int = 1):
+        return th.InferenceServerClient(url, concurrency=concurrency, connection_timeout=min(timeout_s, 10.0),
+                                        network_timeout=timeout_s)
+
+    def send(cl, seq: int, user: int, t_sched: float, env) -> bool:
+        t_send = time.time()
+        t0 = time.perf_counter()
+        counts["sent"] += 1
+        counts["inflight"] += 1
+        exc = None
+        replica = ""
+        try:
+            r = cl.infer(model, [inputs[seq % n_img]], outputs=outputs)
+            rep = r.as_numpy("replica")
+            replica = rep.reshape(-1)[0].decode() if rep is not None and rep.size else ""
+        except gevent.GreenletExit:
+            counts["inflight"] -= 1
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure is a data point
+            exc = e
+        lat = (time.perf_counter() - t0) * 1000.0
+        counts["inflight"] -= 1
+        status, http, msg = classify(exc)
+        counts["ok" if status == "ok" else "failed"] += 1
+        records.append((seq, user, t_sched, t_send, lat, status, http, replica, msg))
+        env.events.request.fire(request_type="infer", name=model, response_time=lat, response_length=0,
+                                exception=exc, context={"replica": replica})
+        return exc is None or status not in ("unavailable", "client_timeout")
+
+    user_ids = iter(range(10 ** 9))
+    seq_counter = iter(range(10 ** 12))
+
+    if mode == "closed":
+        think = parse_dist(plan.get("think", 0.0), "workload.think", "s")
+
+        class TritonUser(User):
+            def on_start(self):
+                self.uid = next(user_ids)
+                self.rng = np.random.default_rng([seed, 4, self.uid])
+                self.cl = client()
+                if state["t0"] is None:
+                    state["t0"] = time.time()
+
+            def wait_time(self):
+                return max(0.0, sample_dist(think, self.rng))
+
+            @task
+            def infer(self):
+                now = time.time()
+                if now - state["t0"] >= duration:
+                    state["done"] = True
+                    raise StopUser()
+                if not send(self.cl, next(seq_counter), self.uid, now, self.environment):
+                    self.cl = client()      # a broken connection: reconnect for the next request
+
+        users = int(plan["users"])
+        spawn_rate = float(plan.get("spawn_rate") or 0.0) or 100.0   # 0: all at once (Locust warns above 100/s)
+
+        class ClosedLoopShape(LoadTestShape):
+            """``users`` users for ``duration_s`` (from the first spawn), then stop."""
+
+            def tick(self):
+                # t0 is set by the first user in this process; a distributed master has no users: run time
+                el = time.time() - state["t0"] if state["t0"] is not None else self.get_run_time()
+                if state["done"] or el >= duration:
+                    return None
+                return users, spawn_rate
+
+        user_classes, shape = [TritonUser], ClosedLoopShape()
+    elif mode == "open":
+        arrivals = np.load(plan["arrivals_file"]) if plan.get("arrivals_file") else np.zeros(0)
+        max_inflight = int(plan.get("max_inflight", 512))
+
+        class Dispatcher(User):
+            fixed_count = 1
+
+            def wait_time(self):
+                return 0.0
+
+            @task
+            def dispatch(self):
+                cl = client(max_inflight)
+                pool = gevent.pool.Pool(max_inflight)
+                t0 = state["t0"] = max(time.time() + 0.05, float(plan.get("start_at_epoch") or 0.0))
+                for k, a in enumerate(arrivals):
+                    delay = t0 + float(a) - time.time()
+                    if delay > 0:
+                        gevent.sleep(delay)
+                    if pool.full():
+                        counts["sent"] += 1
+                        counts["failed"] += 1
+                        records.append((k, -1, t0 + float(a), time.time(), float("nan"), "client_overload", "",
+                                        "", f"more than {max_inflight} requests in flight"))
+                        continue
+                    pool.spawn(send, cl, k, -1, t0 + float(a), self.environment)
+                pool.join(timeout=timeout_s + 5)
+                pool.kill()
+                state["done"] = True
+                raise StopUser()
+
+        class OpenLoopShape(LoadTestShape):
+            """One dispatcher user until all precomputed arrivals are sent and answered."""
+
+            def tick(self):
+                if state["done"] or self.get_run_time() > duration + timeout_s + 10:
+                    return None
+                return 1, 100.0
+
+        user_classes, shape = [Dispatcher], OpenLoopShape()
+    else:
+        raise ValueError(f"unknown load mode {mode!r} (closed or open)")
+    return LocustLoad(user_classes, shape, records, counts, state, mode)
+
+
+def write_records(records: list, path: str | Path) -> None:
+    """The request log as CSV (temp file + rename: nothing half-written)."""
+    import csv
+    out = Path(path)
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(REQUEST_COLUMNS)
+        for r in sorted(records, key=lambda r: r[3]):
+            w.writerow((r[0], r[1], f"{r[2]:.6f}", f"{r[3]:.6f}", f"{r[4]:.3f}", *r[5:]))
+    os.replace(tmp, out)
+
+
+def _child_main(plan_path: str) -> int:
+    import gevent
+    import locust
+    from locust import events
+    from locust.env import Environment
+
+    plan = json.loads(Path(plan_path).read_text())
+    try:
+        load = build_load(plan)
+    except ValueError as e:
+        print(f"load generator: {e}", file=sys.stderr)
+        return 2
+    user_classes, shape, records, counts, state, mode = (load.user_classes, load.shape, load.records, load.counts,
+                                                         load.state, load.mode)
+    duration = float(plan["duration_s"])
+    seed = int(plan.get("seed", 0))
+    timeout_s = float(plan.get("timeout_s", 30.0))
+    env = Environment(user_classes=user_classes, shape_class=shape, stop_timeout=timeout_s + 1.0,
+                      events=events, host=plan["url"])
+    runner = env.create_local_runner()
+    shape.runner = runner
+    start_at = float(plan.get("start_at_epoch") or 0.0)
+    if mode == "closed" and start_at > time.time():
+        gevent.sleep(start_at - time.time())     # the parent schedules events relative to this instant
+    t_start = time.time()
+    runner.start_shape()
+
+    def _progress():
+        while True:
+            gevent.sleep(1.0)
+            el = time.time() - (state["t0"] or t_start)
+            print(json.dumps({"elapsed_s": round(el, 2), **counts}), flush=True)
+    pg = gevent.spawn(_progress)
+    hard_limit = duration + timeout_s + 30.0
+    while runner.state not in ("stopped",) or runner.shape_greenlet is not None:
+        gevent.sleep(0.2)
+        if time.time() - t_start > hard_limit:
+            print("load generator: hard time limit reached, stopping users", file=sys.stderr)
+            runner.stop()
+            break
+        if runner.state == "stopped" and runner.shape_greenlet is None:
+            break
+    runner.quit()
+    pg.kill()
+    t_end = time.time()
+    write_records(records, plan["out"])
+    st = env.stats.total
+    exceptions = [{"count": v["count"], "msg": v["msg"]} for v in runner.exceptions.values()]
+    meta = {"t0_epoch": state["t0"] or t_start, "t_start_epoch": t_start, "t_end_epoch": t_end,
+            "mode": mode, "duration_s": duration, "seed": seed, "locust_version": locust.__version__,
+            "n_requests": len(records), "counts": counts,
+            "locust_stats": {"num_requests": st.num_requests, "num_failures": st.num_failures,
+                             "avg_response_time_ms": st.avg_response_time,
+                             "p95_ms": st.get_response_time_percentile(0.95),
+                             "p99_ms": st.get_response_time_percentile(0.99)},
+            "user_exceptions": exceptions}
+    mt = Path(plan["meta_out"]).with_suffix(".tmp")
+    mt.write_text(json.dumps(meta, indent=1))
+    os.replace(mt, plan["meta_out"])
+    if exceptions:
+        print(f"load generator: {sum(e['count'] for e in exceptions)} exceptions in user code: "
+              f"{exceptions[0]['msg']}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m cluster.loadgen PLAN.json", file=sys.stderr)
+        sys.exit(2)
+    try:
+        sys.exit(_child_main(sys.argv[1]))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,587 @@
+"""Measure the real serving stack: ``python -m cluster.measure CONFIG --out results/baseline``.
+
+Runs, in order (each can be skipped with ``--only``):
+
+1. ``runs``    -- every load run of ``measure.runs`` (baseline closed loop, step, ramp, ...):
+   deploy the backend (Triton replicas behind the load balancer), scrape every
+   replica's metrics each second, drive Locust load, apply timed events
+   (scale / kill), tear down.
+2. ``sweep``   -- the profiling sweep: per-batch compute time samples per batch
+   size, latency vs concurrency (:mod:`cluster.sweep`). Always against a local
+   ``tritonserver`` on this machine.
+3. ``startup`` -- replica start-up samples: process start -> model ready
+   (local backend), or pod created -> pod Ready from scale-ups (Kubernetes).
+
+and prints the seed study's headline table for the first run (average, p95,
+p99 latency, throughput, success rate). Everything is written to a temporary
+folder next to ``--out`` and renamed at the end: a failed or interrupted
+measurement leaves no half-written output (``--force`` replaces an existing one).
+
+Output format (``results/<name>/``; calibration reads exactly this)
+=====================================================================
+
+All times are seconds. Per run, ``t = 0`` is the start of the load
+(``run.json: t0_epoch``, wall-clock epoch seconds); files are CSV with a header.
+
+``manifest.json``
+    ``format`` ("servesim-measurements/1"), ``created`` (UTC ISO), ``command``,
+    ``config_file``, ``config`` (the measurement file as loaded), ``scenario``
+    (the resolved base scenario, simulator schema), ``seed``, ``backend``,
+    ``versions`` (python, tritonserver, nvidia-pytriton, onnxruntime, torch,
+    locust, tritonclient, haproxy, numpy, servesim git commit), ``machine``
+    (hostname, platform, cpu model, cores, memory), ``model`` (name, parameters,
+    ONNX sha256, input / output), ``phases`` (wall time of each phase),
+    ``wall_s`` (total), ``runs`` (each run's headline summary), ``files``
+    (every file with a one-line description).
+``config.yaml``
+    Copy of the measurement file.
+``runs/<run>/run.json``
+    ``name``, ``scenario`` (this run's resolved scenario: workload, batching,
+    cluster ...), ``events`` (planned), ``t0_epoch``, ``duration_s``,
+    ``warmup_s``, ``summary`` (headline over requests sent in
+    ``[warmup_s, duration_s)``: requests, successes, failures, success_rate,
+    throughput_rps, avg/p50/p95/p99/max latency ms; failures by status),
+    ``loadgen`` (Locust metadata: counts, Locust's own stats, user exceptions),
+    ``backend_errors``, ``scrape_errors``.
+``runs/<run>/requests.csv``
+    One row per request: ``seq`` (request number; open loop: index of the
+    arrival), ``user`` (closed-loop user id, -1 open loop), ``t_sched_s``
+    (planned send time; open loop: the precomputed arrival), ``t_send_s``
+    (actual send time), ``latency_ms`` (client-side, send -> full response;
+    empty for requests never sent), ``status`` (``ok``, ``rejected`` = Triton
+    queue full, ``timeout`` = Triton queue timeout, ``unavailable`` = no
+    replica / connection refused or reset / HTTP 502-504, ``client_timeout``,
+    ``client_overload``, ``error``), ``http_status``, ``replica`` (the replica
+    that served it, reported by the model itself), ``error`` (message).
+``runs/<run>/metrics.csv``
+    Every ``nv_*`` Prometheus sample of every replica, scraped each
+    ``stack.scrape_interval_s``: ``t_s, replica, metric, labels, value``
+    (``labels`` as ``k=v,k=v``). Counters are cumulative since the replica
+    started; see :mod:`cluster.scrape` for their meaning.
+``runs/<run>/replicas.csv``
+    One row per replica: ``name, t_request_s`` (scale decision), ``t_start_s``
+    (process/pod start), ``t_live_s``, ``t_ready_s`` (model ready and in the
+    load balancer), ``t_drain_s`` (taken out of rotation), ``t_gone_s``
+    (process exited), ``end_reason`` (scale_down, crashed, teardown,
+    failed_start), ``exit_code``. Replicas of the initial deployment start
+    before t = 0 (negative times).
+``runs/<run>/cluster.csv``
+    ``t_s, desired, ready, pending`` replica counts at every scrape.
+``runs/<run>/events.csv``
+    ``t_s, kind, value, detail``: events applied during the run (scale, kill).
+``runs/<run>/observations.csv``
+    The :class:`simulator.policy.Observation` of every scrape interval, built
+    by :func:`cluster.scrape.observation_from_window` (what a live controller
+    would give a policy).
+``runs/<run>/logs/``
+    Server (``r*.log``), load balancer and load generator logs.
+``sweep/compute.csv``
+    ``batch_size, sample, compute_infer_ms, compute_input_ms,
+    compute_output_ms, queue_ms, client_ms``: one row per executed batch
+    (Triton's per-batch-size statistics delta, one request at a time).
+``sweep/concurrency.csv``
+    ``concurrency, requests, failures, duration_s, throughput_rps, avg_ms,
+    p50_ms, p90_ms, p95_ms, p99_ms, mean_batch_size, mean_queue_ms,
+    mean_compute_ms_per_request`` for closed-loop batch-1 load with no think
+    time against one replica with the scenario's batching.
+``sweep/sweep.json``
+    Sweep settings and the batching used for each part.
+``startup/startup.csv``
+    ``sample, t_start, process_to_live_s, live_to_ready_s, process_to_ready_s``
+    (``t_start`` epoch).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from simulator.config import ConfigError
+
+from . import model as mdl
+from . import procs
+from .backends import make_backend
+from .config import MeasureConfig, RunSpec, load_measure_config
+from .lb import LoadBalancerError, haproxy_version
+from .loadgen import LoadGenError, run_load
+from .scrape import Scraper, latency_summary, observation_from_window
+from .triton import MODEL_NAME, TritonError
+
+FORMAT = "servesim-measurements/1"
+PHASES = ("runs", "sweep", "startup")
+# the seed study (GPU cluster, 10 closed-loop users), for the headline comparison
+SEED_STUDY = {"avg_ms": 72.0, "p95_ms": 74.0, "p99_ms": 81.0, "throughput_rps": 13.0, "success_rate": 1.0}
+
+
+class MeasureError(RuntimeError):
+    pass
+
+
+def _tqdm(**kw):
+    from tqdm import tqdm
+    return tqdm(dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+def _write_csv(path: Path, header, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            w.writerow(["" if (isinstance(v, float) and math.isnan(v)) else
+                        (f"{v:.6f}" if isinstance(v, float) else v) for v in r])
+
+
+def _rel(t, t0):
+    return "" if t is None else round(t - t0, 6)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def build_plan(run: RunSpec, url: str, stack, start_at: float) -> dict:
+    sc = run.scenario
+    w = sc.workload
+    plan = {"url": url, "model": MODEL_NAME, "duration_s": sc.duration_s, "seed": sc.seed,
+            "timeout_s": stack.request_timeout_s, "max_inflight": stack.max_inflight,
+            "start_at_epoch": start_at}
+    if w.kind == "closed_loop":
+        plan.update(mode="closed", users=w.users, think=w.think.to_dict("s"), spawn_rate=w.spawn_rate)
+    else:
+        from .arrivals import arrival_times
+        plan.update(mode="open", arrivals=arrival_times(w, sc.duration_s, sc.seed).tolist())
+    return plan
+
+
+def run_one(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet: bool = False) -> dict:
+    sc, stack = run.scenario, cfg.stack
+    rdir = out / "runs" / run.name
+    rdir.mkdir(parents=True, exist_ok=True)
+    wdir = work / "runs" / run.name
+    be = make_backend(stack, sc, wdir / "server")
+    applied: list[tuple[float, str, int, str]] = []
+    scraper = None
+    bar = None
+    try:
+        if not quiet:
+            print(f"[{run.name}] deploying {sc.cluster.replicas} replica(s) ({stack.backend} backend) ...",
+                  file=sys.stderr)
+        be.deploy()
+        scraper = Scraper(be, MODEL_NAME, stack.scrape_interval_s).start()
+        url = be.endpoints["lb"]
+        start_at = time.time() + 3.0
+        plan = build_plan(run, url, stack, start_at)
+        stop_evt = threading.Event()
+
+        def _events():
+            for at, kind, val in run.events:
+                if stop_evt.wait(max(0.0, start_at + at - time.time())):
+                    return
+                try:
+                    if kind == "scale":
+                        be.scale(val)
+                        applied.append((time.time(), kind, val, f"desired {val}"))
+                    else:
+                        name = be.kill(val)
+                        applied.append((time.time(), kind, val, f"SIGKILL {name}"))
+                except Exception as e:  # recorded, the run goes on
+                    applied.append((time.time(), kind, val, f"failed: {e}"))
+        et = threading.Thread(target=_events, name="events", daemon=True)
+        et.start()
+        if not quiet:
+            bar = _tqdm(total=round(sc.duration_s), desc=f"[{run.name}] {sc.workload.kind}", unit="s")
+
+        def _progress(el, c):
+            if bar is not None:
+                bar.n = max(0, min(round(el), bar.total))
+                bar.set_postfix(sent=c.get("sent"), ok=c.get("ok"), failed=c.get("failed"),
+                                ready=be.ready_replicas, refresh=False)
+                bar.refresh()
+        res = run_load(plan, wdir / "loadgen", progress=_progress)
+        stop_evt.set()
+        scraper.stop()
+    finally:
+        if bar is not None:
+            bar.close()
+        if scraper is not None:
+            scraper.stop()
+        log = be.replica_log()
+        errors = list(getattr(be, "errors", lambda: [])())
+        be.teardown()
+    log = be.replica_log()
+    t0 = float(res.meta["t0_epoch"])
+    # --- requests
+    with open(res.requests_path) as f:
+        raw = list(csv.DictReader(f))
+    reqs = {"t_send": [], "latency_ms": [], "status": []}
+    rows = []
+    for r in raw:
+        lat = float(r["latency_ms"]) if r["latency_ms"] not in ("", "nan") else float("nan")
+        ts = float(r["t_send"]) - t0
+        rows.append((int(r["seq"]), int(r["user"]), round(float(r["t_sched"]) - t0, 6), round(ts, 6),
+                     "" if math.isnan(lat) else round(lat, 3), r["status"], r["http_status"], r["replica"],
+                     r["error"]))
+        reqs["t_send"].append(ts)
+        reqs["latency_ms"].append(lat)
+        reqs["status"].append(r["status"])
+    _write_csv(rdir / "requests.csv", ("seq", "user", "t_sched_s", "t_send_s", "latency_ms", "status",
+                                       "http_status", "replica", "error"), rows)
+    # --- metrics, replicas, cluster state, events
+    _write_csv(rdir / "metrics.csv", ("t_s", "replica", "metric", "labels", "value"),
+               ((round(t - t0, 4), rep, m, lab, v) for t, rep, m, lab, v in scraper.rows))
+    _write_csv(rdir / "replicas.csv", ("name", "t_request_s", "t_start_s", "t_live_s", "t_ready_s", "t_drain_s",
+                                       "t_gone_s", "end_reason", "exit_code"),
+               ((r.name, _rel(r.t_request, t0), _rel(r.t_start, t0), _rel(r.t_live, t0), _rel(r.t_ready, t0),
+                 _rel(r.t_drain, t0), _rel(r.t_gone, t0), r.end_reason,
+                 "" if r.exit_code is None else r.exit_code) for r in log))
+    _write_csv(rdir / "cluster.csv", ("t_s", "desired", "ready", "pending"),
+               ((round(t - t0, 4), d, rd, p) for t, d, rd, p in scraper.states))
+    _write_csv(rdir / "events.csv", ("t_s", "kind", "value", "detail"),
+               ((round(t - t0, 4), k, v, d) for t, k, v, d in applied))
+    # --- observations per scrape interval
+    obs_rows = []
+    header = None
+    states = {round(t, 6): (d, rd, p) for t, d, rd, p in scraper.states}
+    req_abs = {"t_send": [t + t0 for t in reqs["t_send"]], "latency_ms": reqs["latency_ms"],
+               "status": reqs["status"]}
+    for (ta, sa), (tb, sb) in zip(scraper.snapshots, scraper.snapshots[1:]):
+        d, rd, p = states.get(round(tb, 6), (len(sb), len(sb), 0))
+        o = observation_from_window(ta, tb, req_abs, sa, sb, replicas=d, replicas_ready=rd, replicas_pending=p,
+                                    instances=sc.batching.instances, slo_ms=sc.slo_ms,
+                                    min_replicas=sc.cluster.min_replicas, max_replicas=sc.cluster.max_replicas)
+        od = o.to_dict()
+        od["time_s"] = round(tb - t0, 4)
+        header = header or list(od)
+        obs_rows.append([od[k] for k in header])
+    _write_csv(rdir / "observations.csv", header or ["time_s"], obs_rows)
+    # --- logs
+    ldir = rdir / "logs"
+    ldir.mkdir(exist_ok=True)
+    for p in list((wdir / "server").glob("*.log")) + [wdir / "loadgen" / "loadgen.log"]:
+        if p.exists():
+            shutil.copyfile(p, ldir / p.name)
+    # --- summary
+    warm = sc.warmup_s
+    sel = [i for i, t in enumerate(reqs["t_send"]) if warm <= t < sc.duration_s]
+    summ = latency_summary([reqs["latency_ms"][i] for i in sel], [reqs["status"][i] for i in sel],
+                           sc.duration_s - warm)
+    by_status: dict[str, int] = {}
+    for i in sel:
+        by_status[reqs["status"][i]] = by_status.get(reqs["status"][i], 0) + 1
+    summ["by_status"] = by_status
+    summ["by_replica"] = {}
+    for r in rows:
+        if r[5] == "ok" and warm <= r[3] < sc.duration_s:
+            summ["by_replica"][r[7]] = summ["by_replica"].get(r[7], 0) + 1
+    run_json = {"name": run.name, "scenario": sc.to_dict(),
+                "events": [{"at_s": a, k: v} for a, k, v in run.events],
+                "t0_epoch": t0, "duration_s": sc.duration_s, "warmup_s": warm, "summary": summ,
+                "loadgen": res.meta, "backend": stack.backend, "backend_errors": errors,
+                "scrape_errors": scraper.errors}
+    (rdir / "run.json").write_text(json.dumps(run_json, indent=1, default=str))
+    if not quiet:
+        print(f"[{run.name}] {summ['requests']} requests, {summ['failures']} failed; "
+              f"avg {summ['avg_ms']:.1f} ms, p95 {summ['p95_ms']:.1f} ms, p99 {summ['p99_ms']:.1f} ms, "
+              f"{summ['throughput_rps']:.2f} req/s", file=sys.stderr)
+    return summ
+
+
+# --------------------------------------------------------------------------- sweep + startup
+
+
+def run_sweep(cfg: MeasureConfig, out: Path, work: Path, quiet: bool = False) -> dict:
+    from . import sweep as sw
+    s = cfg.sweep
+    sdir = out / "sweep"
+    sdir.mkdir(parents=True, exist_ok=True)
+    bar = None if quiet else _tqdm(total=len(s.batch_sizes) * s.samples, desc="[sweep] compute per batch",
+                                   unit="batch")
+    try:
+        rows = sw.compute_sweep(cfg.scenario, cfg.stack, work / "sweep", s.batch_sizes, s.samples,
+                                s.max_seconds_per_size, s.warmup, cfg.scenario.seed,
+                                progress=(lambda k: bar.update(k)) if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    _write_csv(sdir / "compute.csv", sw.COMPUTE_COLUMNS, rows)
+    bar = None if quiet else _tqdm(total=len(s.concurrency), desc="[sweep] latency vs concurrency", unit="level")
+    try:
+        crow = sw.concurrency_sweep(cfg.scenario, cfg.stack, work / "sweep", s.concurrency,
+                                    s.concurrency_duration_s, cfg.scenario.seed,
+                                    progress=(lambda k: bar.update(k)) if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    _write_csv(sdir / "concurrency.csv", sw.CONCURRENCY_COLUMNS, crow)
+    info = {"settings": {"batch_sizes": list(s.batch_sizes), "samples": s.samples,
+                         "max_seconds_per_size": s.max_seconds_per_size, "warmup": s.warmup,
+                         "concurrency": list(s.concurrency), "concurrency_duration_s": s.concurrency_duration_s},
+            "compute_batching": {**cfg.scenario.batching.to_dict(), "max_batch_size": max(s.batch_sizes),
+                                 "preferred_batch_sizes": [], "max_queue_delay_us": 0, "max_queue_size": 0,
+                                 "queue_timeout_us": 0},
+            "concurrency_batching": cfg.scenario.batching.to_dict(), "onnx_threads": cfg.stack.onnx_threads}
+    comp = {}
+    arr = np.array([(r[0], r[2]) for r in rows], float) if rows else np.zeros((0, 2))
+    for b in s.batch_sizes:
+        x = arr[arr[:, 0] == b, 1] if len(arr) else np.zeros(0)
+        if len(x):
+            comp[str(b)] = {"n": int(len(x)), "mean_ms": float(x.mean()), "p50_ms": float(np.median(x)),
+                            "p99_ms": float(np.percentile(x, 99))}
+    info["compute_summary"] = comp
+    (sdir / "sweep.json").write_text(json.dumps(info, indent=1))
+    if not quiet:
+        print("[sweep] compute per batch: " + ", ".join(f"b={b}: {v['mean_ms']:.1f} ms" for b, v in comp.items()),
+              file=sys.stderr)
+        print("[sweep] latency vs concurrency: " + ", ".join(
+            f"c={r[0]}: {r[4]:.1f} req/s p95 {r[8]:.0f} ms" for r in crow), file=sys.stderr)
+    return info
+
+
+def run_startup(cfg: MeasureConfig, out: Path, work: Path, quiet: bool = False) -> dict:
+    from . import sweep as sw
+    n = cfg.startup.samples
+    bar = None if quiet else _tqdm(total=n, desc="[startup] replica start-ups", unit="replica")
+    try:
+        if cfg.stack.backend == "kubernetes":
+            from .kubernetes import startup_samples_k8s
+            rows = startup_samples_k8s(cfg.scenario, cfg.stack, work / "startup", n,
+                                       progress=(lambda k: bar.update(k)) if bar else None)
+        else:
+            rows = sw.startup_samples(cfg.scenario, cfg.stack, work / "startup", n,
+                                      progress=(lambda k: bar.update(k)) if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    _write_csv(out / "startup" / "startup.csv", sw.STARTUP_COLUMNS, rows)
+    tot = np.array([r[4] for r in rows], float)
+    info = {"n": len(rows), "mean_s": float(tot.mean()), "min_s": float(tot.min()), "max_s": float(tot.max())}
+    if not quiet:
+        print(f"[startup] process start -> model ready: mean {info['mean_s']:.2f} s "
+              f"(min {info['min_s']:.2f}, max {info['max_s']:.2f}, n={len(rows)})", file=sys.stderr)
+    return info
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _version(mod: str) -> str:
+    try:
+        from importlib.metadata import version
+        return version(mod)
+    except Exception:
+        return "not installed"
+
+
+def versions() -> dict:
+    from .triton import server_version
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+    except Exception:
+        commit = ""
+    return {"python": sys.version.split()[0], "tritonserver": server_version(),
+            "nvidia-pytriton": _version("nvidia-pytriton"), "onnxruntime": _version("onnxruntime"),
+            "torch": _version("torch"), "onnx": _version("onnx"), "locust": _version("locust"),
+            "tritonclient": _version("tritonclient"), "numpy": _version("numpy"),
+            "kubernetes": _version("kubernetes"), "haproxy": haproxy_version(), "servesim_commit": commit}
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    cpu = ln.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        import psutil
+        mem = psutil.virtual_memory().total
+    except Exception:
+        pass
+    return {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu": cpu,
+            "cores": os.cpu_count(), "memory_gib": round(mem / 2 ** 30, 1)}
+
+
+def model_info() -> dict:
+    p = mdl.export_onnx()
+    h = hashlib.sha256(p.read_bytes()).hexdigest()
+    return {"name": MODEL_NAME, "architecture": "MobileNetV4-Conv-Small (random weights)",
+            "parameters": mdl.PARAMETERS, "onnx_sha256": h, "onnx_file": p.name,
+            "input": {"name": mdl.INPUT_NAME, "dtype": "UINT8", "shape": ["batch", *mdl.IMAGE_SHAPE]},
+            "output": {"name": mdl.OUTPUT_NAME, "dtype": "FP32", "shape": ["batch", mdl.NUM_CLASSES]},
+            "serving": "Triton Python backend running onnxruntime (CPU)"}
+
+
+FILES = {
+    "manifest.json": "this file: config, versions, machine, seed, wall times, headline summaries",
+    "config.yaml": "copy of the measurement configuration",
+    "runs/<run>/run.json": "run scenario, events, t0, headline summary, load generator metadata",
+    "runs/<run>/requests.csv": "one row per request: send time, latency, status, serving replica",
+    "runs/<run>/metrics.csv": "every nv_* Prometheus sample of every replica, each scrape",
+    "runs/<run>/replicas.csv": "replica lifecycle: request, start, live, ready, drain, gone times",
+    "runs/<run>/cluster.csv": "desired / ready / pending replica counts at each scrape",
+    "runs/<run>/events.csv": "scale / kill events applied during the run",
+    "runs/<run>/observations.csv": "per-interval policy Observations built from scrapes + request log",
+    "runs/<run>/logs/": "Triton, HAProxy and Locust logs",
+    "sweep/compute.csv": "per-batch compute time samples for each batch size",
+    "sweep/concurrency.csv": "throughput and latency percentiles vs closed-loop concurrency",
+    "sweep/sweep.json": "sweep settings and per-batch-size compute summary",
+    "startup/startup.csv": "replica start-up samples (process start -> model ready)",
+}
+
+
+def headline_table(summ: dict, name: str) -> str:
+    rows = [("average latency", "avg_ms", "ms"), ("p95 latency", "p95_ms", "ms"), ("p99 latency", "p99_ms", "ms"),
+            ("throughput", "throughput_rps", "req/s"), ("success rate", "success_rate", "%")]
+    lines = [f"Headline ({name} run)", f"{'metric':<18}{'measured':>12}{'seed study (GPU)':>20}",
+             "-" * 50]
+    for label, k, unit in rows:
+        v, s = summ.get(k, float("nan")), SEED_STUDY[k]
+        if unit == "%":
+            lines.append(f"{label:<18}{v * 100:>10.1f} %{s * 100:>18.0f} %")
+        else:
+            lines.append(f"{label:<18}{v:>9.1f} {unit:<5}{s:>12.0f} {unit}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def preflight(cfg: MeasureConfig, quiet: bool) -> None:
+    from .triton import backend_dir, tritonserver_bin
+    tritonserver_bin()
+    backend_dir()
+    if cfg.stack.backend == "local":
+        from .lb import haproxy_bin
+        haproxy_bin()
+    p = mdl.onnx_path()
+    if not p.exists():
+        if not quiet:
+            print(f"exporting {MODEL_NAME} to ONNX (once; cached in {p.parent}) ...", file=sys.stderr)
+        mdl.export_onnx()
+
+
+def measure(cfg: MeasureConfig, out: Path, phases=PHASES, force: bool = False, quiet: bool = False,
+            command: list[str] | None = None) -> dict:
+    out = Path(out)
+    if out.exists() and not force:
+        raise MeasureError(f"{out} already exists; use --force to replace it")
+    t_all = time.time()
+    preflight(cfg, quiet)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    work = Path(f"/tmp/servesim-work-{os.getpid()}-{int(time.time())}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    phase_wall: dict[str, dict] = {}
+    summaries: dict[str, dict] = {}
+    extra: dict = {}
+    try:
+        if "runs" in phases:
+            for run in cfg.runs:
+                t = time.time()
+                summaries[run.name] = run_one(run, cfg, tmp, work, quiet)
+                phase_wall[f"run:{run.name}"] = {"start": t, "wall_s": round(time.time() - t, 2)}
+        if "sweep" in phases and cfg.sweep.enabled:
+            t = time.time()
+            extra["sweep"] = run_sweep(cfg, tmp, work, quiet)
+            phase_wall["sweep"] = {"start": t, "wall_s": round(time.time() - t, 2)}
+        if "startup" in phases and cfg.startup.enabled:
+            t = time.time()
+            extra["startup"] = run_startup(cfg, tmp, work, quiet)
+            phase_wall["startup"] = {"start": t, "wall_s": round(time.time() - t, 2)}
+        if cfg.source and os.path.exists(cfg.source):
+            shutil.copyfile(cfg.source, tmp / "config.yaml")
+        manifest = {
+            "format": FORMAT, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command or [], "config_file": cfg.source, "config": cfg.raw,
+            "scenario": cfg.scenario.to_dict(), "seed": cfg.scenario.seed, "backend": cfg.stack.backend,
+            "stack": {"onnx_threads": cfg.stack.onnx_threads, "health_check_ms": cfg.stack.health_check_ms,
+                      "scrape_interval_s": cfg.stack.scrape_interval_s,
+                      "request_timeout_s": cfg.stack.request_timeout_s},
+            "phases_run": [p for p in PHASES if p in phases],
+            "versions": versions(), "machine": machine(), "model": model_info(),
+            "phases": phase_wall, "wall_s": round(time.time() - t_all, 2), "runs": summaries,
+            "sweep": extra.get("sweep", {}).get("compute_summary", {}), "startup": extra.get("startup", {}),
+            "files": FILES}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cluster.measure",
+                                 description="Measure the real Triton stack under Locust load (see module docstring "
+                                             "for the output format).")
+    ap.add_argument("config", help="measurement YAML (scenario + stack + measure sections), e.g. configs/baseline.yaml")
+    ap.add_argument("--out", required=True, help="output folder, e.g. results/baseline")
+    ap.add_argument("--force", action="store_true", help="replace --out if it exists")
+    ap.add_argument("--only", default=",".join(PHASES),
+                    help=f"comma-separated phases to run: {', '.join(PHASES)} (default: all)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the measurement file (YAML value), e.g. --set stack.onnx_threads=2")
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
+    a = ap.parse_args(argv)
+    phases = tuple(p.strip() for p in a.only.split(",") if p.strip())
+    bad = [p for p in phases if p not in PHASES]
+    if bad:
+        print(f"error: --only: unknown phase {bad[0]!r}; phases: {', '.join(PHASES)}", file=sys.stderr)
+        return 2
+    procs.install_signal_handlers()
+    try:
+        cfg = load_measure_config(a.config, a.set)
+        man = measure(cfg, Path(a.out), phases, a.force, a.quiet, command=sys.argv if argv is None else argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted: tearing down servers ...", file=sys.stderr)
+        procs.kill_all()
+        print("interrupted; nothing written", file=sys.stderr)
+        return 130
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except (MeasureError, TritonError, LoadGenError, LoadBalancerError, procs.PortInUseError, TimeoutError) as e:
+        procs.kill_all()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        from .kubernetes import KubernetesError
+        procs.kill_all()
+        if isinstance(e, KubernetesError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        procs.kill_all()
+    if man["runs"]:
+        name = "baseline" if "baseline" in man["runs"] else next(iter(man["runs"]))
+        print(headline_table(man["runs"][name], name))
+    took = ", ".join(f"{k} {v['wall_s']:.0f} s" for k, v in man["phases"].items())
+    print(f"wrote {a.out} in {man['wall_s']:.0f} s ({took})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""Shared pieces of the RL tooling: config loading, traces, windows, scenarios, reward.
+
+Nothing here imports Ray; ``rl.env`` needs gymnasium, ``rl.train`` needs Ray.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import subprocess
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+from simulator.config import AutoscalerSpec, ConfigError, Scenario, WorkloadSpec, load_scenario
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DAY_S = 86400
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "rl.yaml")
+
+DEFAULTS: dict[str, Any] = {
+    "scenario": "configs/rl_default.yaml",
+    "trace": {"path": "../shared/traces/twitter_2021_rps_days01-14.csv", "train_days": [1, 10],
+              "tune_days": [11, 12], "eval_days": [13, 14], "scale": "auto", "target_util": 0.7},
+    "slo_target": 0.01,
+    "env": {"episode_s": 600, "history": 4, "action": {"kind": "delta", "values": [-2, -1, 0, 1, 2, 3]},
+            "reward": {"cost_per_replica_s": 1.0, "lambda": 0.5}},
+    "curriculum": {"synthetic_frac": 0.3, "scale_jitter": [0.75, 1.25],
+                   "levels": [{"episodes": 0, "speedups": [1]}]},
+    "training": {"algo": "ppo", "iterations": 20, "train_batch_size": 2000, "minibatch_size": 250,
+                 "num_epochs": 8, "lr": 3e-4, "gamma": 0.97, "entropy_coeff": 0.005, "hidden": [64, 64]},
+}
+
+
+def resolve_path(p: str) -> str:
+    """A path as given if it exists (or is absolute), else relative to the project root."""
+    if os.path.isabs(p) or os.path.exists(p):
+        return os.path.abspath(p)
+    return os.path.normpath(os.path.join(ROOT, p))
+
+
+def _merge(base: dict, over: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def scenario_hash(sc: Scenario) -> str:
+    d = sc.to_dict()
+    d.pop("workload", None)
+    d.pop("seed", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_rl_config(path: str | None = None, scenario: str | None = None, trace: str | None = None,
+                   need_trace: bool = True, overrides: Mapping | None = None) -> dict:
+    """Load ``configs/rl.yaml``-style settings; resolve the scenario, capacity and trace scale.
+
+    Returns a plain (JSON-able) dict with extra resolved keys: ``scenario_path``,
+    ``scenario_dict``, ``scenario_name``, ``scenario_hash``, ``interval_s``,
+    ``capacity_rps_per_replica``, ``trace.path`` (absolute), ``trace.scale`` (a
+    number) and ``trace.p99_rps``.
+    """
+    path = path or DEFAULT_CONFIG
+    raw = {}
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"{path}: file not found")
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        unknown = sorted(set(raw) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f"{path}: {unknown[0]}: unknown key; allowed: {', '.join(sorted(DEFAULTS))}")
+    cfg = _merge(_merge(DEFAULTS, raw), overrides or {})
+    cfg["config_path"] = os.path.abspath(path) if path else None
+    if scenario:
+        cfg["scenario"] = scenario
+    if trace:
+        cfg["trace"]["path"] = trace
+    scen_path = resolve_path(cfg["scenario"])
+    sc = load_scenario(scen_path)
+    cfg["scenario_path"] = scen_path
+    cfg["scenario_dict"] = sc.to_dict()
+    cfg["scenario_name"] = sc.name or os.path.basename(scen_path)
+    cfg["scenario_hash"] = scenario_hash(sc)
+    cfg["interval_s"] = sc.autoscaler.interval_s
+    # checks
+    act = cfg["env"]["action"]
+    if act.get("kind") == "target" and act.get("values") == "all":
+        act["values"] = list(range(sc.cluster.min_replicas, sc.cluster.max_replicas + 1))
+    if act.get("kind") not in ("delta", "target", "rate") or not isinstance(act.get("values"), list) or not act["values"]:
+        raise ConfigError(f"{path}: env.action: must be {{kind: delta|target|rate, values: [...]}} (got {act!r})")
+    for k in ("cost_per_replica_s", "lambda"):
+        v = cfg["env"]["reward"].get(k)
+        if not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"{path}: env.reward.{k}: must be a number >= 0 (got {v!r})")
+    if not 0 <= float(cfg["slo_target"]) < 1:
+        raise ConfigError(f"{path}: slo_target: must be in [0, 1) (got {cfg['slo_target']!r})")
+    ep = float(cfg["env"]["episode_s"])
+    if ep < 2 * sc.autoscaler.interval_s:
+        raise ConfigError(f"{path}: env.episode_s: must be >= 2 control intervals ({2 * sc.autoscaler.interval_s})")
+    cfg["env"]["episode_s"] = math.floor(ep / sc.autoscaler.interval_s) * sc.autoscaler.interval_s
+    from simulator.predictive import per_replica_capacity
+    cfg["capacity_rps_per_replica"] = float(per_replica_capacity(sc, violation_target=float(cfg["slo_target"])))
+    if act["kind"] == "rate":
+        act["capacity_rps_per_replica"] = cfg["capacity_rps_per_replica"]
+    tr = cfg["trace"]
+    tr["path"] = resolve_path(tr["path"])
+    if need_trace:
+        rates = load_trace(tr["path"])
+        a, b = day_range(tr["train_days"], len(rates), "trace.train_days")
+        tr["p99_rps"] = float(np.percentile(rates[a:b], 99))
+        if tr["scale"] == "auto":
+            tr["scale"] = auto_scale(tr["p99_rps"], float(tr["target_util"]), sc.cluster.max_replicas,
+                                     cfg["capacity_rps_per_replica"])
+    if tr["scale"] == "auto":
+        tr["scale"] = None
+    elif not isinstance(tr["scale"], (int, float)) or tr["scale"] <= 0:
+        raise ConfigError(f"{path}: trace.scale: must be 'auto' or a number > 0 (got {tr['scale']!r})")
+    return cfg
+
+
+def auto_scale(p99_rps: float, target_util: float, max_replicas: int, capacity: float) -> float:
+    """Rate factor so that the trace's p99 rate needs ``target_util * max_replicas`` replicas."""
+    return round(target_util * max_replicas * capacity / max(p99_rps, 1e-9), 4)
+
+
+def base_scenario(cfg: Mapping) -> Scenario:
+    from simulator.config import scenario_from_dict
+    return scenario_from_dict(cfg["scenario_dict"], source=cfg.get("scenario_path", ""))
+
+
+# --------------------------------------------------------------------------- traces
+
+
+def load_trace(path: str) -> np.ndarray:
+    """Per-second rates (header ``rps``) as a float array; ConfigError (one line) on bad input."""
+    from simulator.workload import read_column
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: trace file not found (expected a CSV with header 'rps', one line per second)")
+    r = read_column(path, "rps")
+    if len(r) == 0:
+        raise ConfigError(f"{path}: trace is empty")
+    if (r < 0).any():
+        raise ConfigError(f"{path}: row {int(np.flatnonzero(r < 0)[0]) + 2}: negative rate")
+    return r
+
+
+def day_range(days, n: int, what: str) -> tuple[int, int]:
+    """Trace-second range ``[a, b)`` of inclusive 1-based ``days``, clipped to the trace."""
+    if not isinstance(days, (list, tuple)) or len(days) != 2 or not all(isinstance(d, int) for d in days) \
+            or not 1 <= days[0] <= days[1]:
+        raise ConfigError(f"{what}: must be [first_day, last_day] (1-based, inclusive) (got {days!r})")
+    a, b = (days[0] - 1) * DAY_S, min(days[1] * DAY_S, n)
+    if b - a < 1200:
+        raise ConfigError(f"{what}: days {days} are not in the trace ({n} seconds = {n / DAY_S:.1f} days)")
+    return a, b
+
+
+PATTERNS = ("bursty", "steady_low", "steady_high", "fluctuating")
+
+
+def window_stats(rates: np.ndarray, start: int, length: int) -> dict:
+    x = rates[start:start + length]
+    m10 = x[: len(x) // 10 * 10].reshape(-1, 10).mean(1)
+    m60 = x[: len(x) // 60 * 60].reshape(-1, 60).mean(1)
+    mean = float(x.mean())
+    rise = fall = 0.0
+    if len(m60) > 1:
+        lo_before = np.minimum.accumulate(m60)
+        hi_before = np.maximum.accumulate(m60)
+        rise = float(np.max(m60 - lo_before))
+        fall = float(np.max(hi_before - m60))
+    med60 = max(float(np.median(m60)), 1e-9) if len(m60) else 1e-9
+    return {"start": int(start), "length": int(length), "mean_rps": mean, "p99_rps": float(np.percentile(x, 99)),
+            "max_rps": float(x.max()),
+            # surge: peak 10-s mean after the first quarter / median 10-s mean of the first quarter
+            "burst": float(m10[len(m10) // 4:].max() / max(np.median(m10[:max(1, len(m10) // 4)]), 1e-9))
+            if len(m10) >= 4 else 0.0,
+            "cv60": float(m60.std() / max(mean, 1e-9)) if len(m60) > 1 else 0.0,
+            "fluct": min(rise, fall) / med60,
+            "zeros": int((x == 0).sum())}
+
+
+def select_windows(rates: np.ndarray, days, length: int = 1200, step: int = 300,
+                   what: str = "trace days") -> dict[str, dict]:
+    """Four non-overlapping windows like the IPA paper's patterns, from ``days``.
+
+    Candidates start every ``step`` s and contain no zero-rate second (trace outages).
+    ``steady_low`` / ``steady_high``: lowest / highest mean among windows with
+    below-median variation (``cv60``: std of 1-minute means / mean); ``bursty``:
+    highest ``burst`` (peak 10-s mean after the first quarter / median 10-s mean of the
+    first quarter: a sudden surge inside the window);
+    ``fluctuating``: highest ``fluct`` = min(largest rise, largest fall) of the
+    1-minute means / their median (load that goes up *and* down).
+    """
+    a, b = day_range(days, len(rates), what)
+    cands = [window_stats(rates, s, length) for s in range(a, b - length + 1, step)]
+    cands = [c for c in cands if c["zeros"] == 0 and c["mean_rps"] > 0]
+    if len(cands) < 8:
+        raise ConfigError(f"{what}: too few usable {length}-s windows in days {days}")
+    fl_med = float(np.median([c["cv60"] for c in cands]))
+    chosen: dict[str, dict] = {}
+
+    def free(c):
+        return all(abs(c["start"] - o["start"]) >= length for o in chosen.values())
+
+    order = {
+        "bursty": sorted(cands, key=lambda c: -c["burst"]),
+        "fluctuating": sorted(cands, key=lambda c: -c["fluct"]),
+        "steady_high": sorted([c for c in cands if c["cv60"] <= fl_med], key=lambda c: -c["mean_rps"]),
+        "steady_low": sorted([c for c in cands if c["cv60"] <= fl_med], key=lambda c: c["mean_rps"]),
+    }
+    for name in ("bursty", "fluctuating", "steady_high", "steady_low"):
+        for c in order[name]:
+            if free(c):
+                chosen[name] = dict(c, pattern=name)
+                break
+    return {p: chosen[p] for p in PATTERNS if p in chosen}
+
+
+def random_windows(rates: np.ndarray, days, n: int, length: int, seed: int, avoid=()) -> list[dict]:
+    a, b = day_range(days, len(rates), "trace days")
+    rng = np.random.default_rng(seed)
+    out: list[dict] = []
+    tries = 0
+    while len(out) < n and tries < 1000:
+        tries += 1
+        s = int(rng.integers(a, b - length))
+        st = window_stats(rates, s, length)
+        if st["zeros"] or any(abs(s - o["start"]) < length for o in list(out) + list(avoid)):
+            continue
+        out.append(dict(st, pattern=f"random{len(out)}"))
+    return out
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def trace_scenario(base: Scenario, trace_path: str, start: float, length: float, scale: float, speedup: float,
+                   seed: int, capacity: float, warmup_s: float = 60.0, rates: np.ndarray | None = None,
+                   interval_s: float | None = None) -> Scenario:
+    """A scenario replaying trace ``[start, start + length)`` (trace seconds) at ``speedup``.
+
+    The run starts with the replicas the first minute of load needs (the same for every policy).
+    """
+    import dataclasses
+    dur = length / speedup
+    if dur <= warmup_s:
+        raise ConfigError(f"window of {length:g} trace-s at speedup {speedup:g} lasts {dur:g} s, "
+                          f"not longer than the {warmup_s:g} s warm-up")
+    wl = WorkloadSpec(kind="trace", path=trace_path, column="rps", speedup=float(speedup), scale=float(scale),
+                      offset_s=float(start), length_s=float(length))
+    init = base.cluster.replicas
+    if rates is not None:
+        r0 = rates[int(start):int(start + max(speedup * 60, 1))]
+        if len(r0):
+            init = math.ceil(float(r0.mean()) * scale * 1.1 / capacity)
+    init = int(min(max(init, base.cluster.min_replicas, 1), base.cluster.max_replicas))
+    auto = base.autoscaler if interval_s is None else AutoscalerSpec(base.autoscaler.kind, float(interval_s),
+                                                                      base.autoscaler.params)
+    return base.replace(seed=int(seed), duration_s=float(dur), warmup_s=float(warmup_s), record_requests=False,
+                        workload=wl, cluster=dataclasses.replace(base.cluster, replicas=init), autoscaler=auto)
+
+
+def with_policy_interval(sc: Scenario, interval_s: float) -> Scenario:
+    return sc.replace(autoscaler=AutoscalerSpec(sc.autoscaler.kind, float(interval_s), sc.autoscaler.params))
+
+
+# --------------------------------------------------------------------------- reward
+
+
+def reward_norm(cfg_or_interval, max_replicas: int | None = None) -> float:
+    if isinstance(cfg_or_interval, Mapping):
+        sc = cfg_or_interval["scenario_dict"]
+        return float(sc["autoscaler"]["interval_s"]) * float(sc["cluster"]["max_replicas"])
+    return float(cfg_or_interval) * float(max_replicas)
+
+
+def step_reward(replica_s: float, violations: float, cost_per_replica_s: float, lam: float, norm: float) -> float:
+    """``-(cost * replica_s + lambda * violations) / norm``."""
+    return -(cost_per_replica_s * replica_s + lam * violations) / norm
+
+
+def interval_violations(obs) -> float:
+    """Late + failed requests finished in the observation's interval (from the Observation alone)."""
+    done = obs.completion_rps * obs.interval_s + obs.failures
+    f = obs.slo_violation_frac
+    if not done or f != f:  # 0 or NaN
+        return float(obs.failures)
+    return float(f * done)
+
+
+def jsonable(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        try:
+            return jsonable(x.item())
+        except Exception:
+            return str(x)
+    return x
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(jsonable(obj), f, indent=2)
+    os.replace(tmp, path)

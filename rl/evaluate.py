@@ -1,0 +1,364 @@
+"""``python -m rl.evaluate POLICY.pt [...] --trace PATH --out DIR`` -- a learned policy vs every baseline.
+
+Runs each policy file and the baselines (:mod:`rl.baselines`: default and tuned
+HPA, Knative KPA, IPA-style predictive, static tuned / best-in-hindsight, the
+oracle) on the same held-out trace windows with the same seeds, and writes
+into ``--out`` (atomically: a temporary folder renamed at the end):
+
+- ``results.csv``: one row per (policy, window, seed);
+- ``summary.csv``: per policy over all windows and seeds -- replica-seconds,
+  cost relative to the oracle, SLO-violation rate, p99 (mean and worst),
+  failures, scaling actions -- and per (policy, window) in ``by_window.csv``;
+- ``results.json``: everything above plus the windows, seeds, trace scale,
+  tuned baseline settings, the scenario and the policies' provenance;
+- ``timeline_<window>.png`` (replicas of every policy over time against the
+  load, first seed) and ``cost_violation.png``.
+
+Windows: ``--start/--length`` (trace seconds) give one window; otherwise four
+20-minute windows like the IPA paper's patterns (bursty, steady low, steady
+high, fluctuating) are chosen from the config's ``trace.eval_days`` (or from
+the whole trace if it is shorter). ``--scale auto`` sizes the trace so its p99
+rate needs ``target_util * max_replicas`` replicas (the factor is recorded).
+Baselines are tuned on the config's ``trace.tune_days`` (``--tuned FILE`` reuses
+a tuning written by ``python -m rl.baselines`` or an earlier evaluation).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from rl.baselines import baseline_specs, make, run_one, summarize, tune
+from rl.common import (DAY_S, DEFAULT_CONFIG, auto_scale, base_scenario, jsonable, load_rl_config, load_trace,
+                       select_windows, trace_scenario, window_stats, write_json)
+from simulator.config import ConfigError
+from simulator.policy import StaticPolicy
+
+BASELINES = ("hpa_default", "hpa_tuned", "knative", "predictive", "static_tuned", "static_best", "oracle")
+
+
+def _parse_baselines(s: str) -> list[str]:
+    if s in ("all", ""):
+        return list(BASELINES)
+    if s == "none":
+        return []
+    out = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in out if x not in BASELINES]
+    if bad:
+        raise ConfigError(f"--baselines: unknown {bad[0]!r}; choose from all, none, {', '.join(BASELINES)}")
+    return out
+
+
+def _windows(a, rates: np.ndarray, cfg: dict) -> list[dict]:
+    n = len(rates)
+    if a.start is not None:
+        length = a.length or 1200
+        if a.start < 0 or length <= 0:
+            raise ConfigError(f"--start/--length: must be >= 0 and > 0 (got {a.start}, {length})")
+        if a.start + length > n:
+            raise ConfigError(f"--start {a.start:g} --length {length:g}: beyond the end of {a.trace} "
+                              f"({n} seconds)")
+        return [dict(window_stats(rates, int(a.start), int(length)), pattern="custom")]
+    length = int(a.length or 1200)
+    days = cfg["trace"]["eval_days"]
+    if days[1] * DAY_S > n:
+        days = [1, max(1, int(math.ceil(n / DAY_S)))]
+    try:
+        w = select_windows(rates, days, length=length, step=max(60, length // 4), what=f"{a.trace} (days {days})")
+    except ConfigError:
+        if n < 2 * length:
+            raise ConfigError(f"{a.trace}: {n} seconds is too short for {length}-s windows; "
+                              f"give --start/--length") from None
+        raise
+    return list(w.values())
+
+
+def _static_best(sc_list, lo: int, hi: int, slo_target: float, model) -> tuple[int, list]:
+    """Smallest count meeting the target on this window over all seeds (hindsight)."""
+    runs = []
+    for n in range(lo, hi + 1):
+        rs = []
+        for sc in sc_list:
+            sc2 = sc.replace(cluster=sc.cluster.__class__(**{**sc.cluster.__dict__, "replicas": n}))
+            rs.append(run_one(sc2, StaticPolicy(n), None, model))
+        v = sum(r.summary["slo_violation_rate"] * r.summary["requests"] for r in rs) / \
+            max(1, sum(r.summary["requests"] for r in rs))
+        runs = rs
+        if v <= slo_target:
+            return n, rs
+    return hi, runs
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rl.evaluate", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("policies", nargs="*", help="policy.pt files (none: baselines only)")
+    ap.add_argument("--baselines", default="all", help=f"all | none | comma list of {', '.join(BASELINES)}")
+    ap.add_argument("--trace", default=None, help="rate trace CSV (header rps, one line per second); "
+                                                  "default: the config's trace")
+    ap.add_argument("--start", type=float, default=None, help="window start (trace seconds)")
+    ap.add_argument("--length", type=float, default=None, help="window length (trace seconds, default 1200)")
+    ap.add_argument("--scale", default="auto", help="rate factor, or auto (default)")
+    ap.add_argument("--speedup", type=float, default=1.0, help="trace seconds per simulated second")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--config", default=DEFAULT_CONFIG)
+    ap.add_argument("--scenario", default=None, help="scenario YAML (default: the config's)")
+    ap.add_argument("--tuned", default=None, help="reuse a baseline tuning (JSON from rl.baselines / an earlier run)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--no-plots", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        return _run(a)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing written", file=sys.stderr)
+        return 130
+
+
+def _run(a) -> int:
+    t_start = time.time()
+    if a.seeds < 1:
+        raise ConfigError("--seeds: must be >= 1")
+    if not (a.speedup > 0 and math.isfinite(a.speedup)):
+        raise ConfigError(f"--speedup: must be > 0 (got {a.speedup})")
+    base_names = _parse_baselines(a.baselines)
+    from simulator.learned import LearnedPolicy
+    pols = {}
+    for p in a.policies:
+        name = os.path.splitext(os.path.basename(p))[0]
+        if name in pols or name in BASELINES:
+            name = os.path.basename(os.path.dirname(os.path.abspath(p))) + "/" + name
+        pols[name] = LearnedPolicy.load(p)
+    if not pols and not base_names:
+        raise ConfigError("nothing to evaluate: give policy files and/or --baselines")
+    cfg = load_rl_config(a.config, scenario=a.scenario)
+    trace = os.path.abspath(a.trace) if a.trace else cfg["trace"]["path"]
+    rates = load_trace(trace)
+    if a.scale == "auto":
+        scale = auto_scale(float(np.percentile(rates, 99)), float(cfg["trace"]["target_util"]),
+                           cfg["scenario_dict"]["cluster"]["max_replicas"], cfg["capacity_rps_per_replica"])
+    else:
+        try:
+            scale = float(a.scale)
+        except ValueError:
+            raise ConfigError(f"--scale: must be a number or auto (got {a.scale!r})") from None
+        if not scale > 0:
+            raise ConfigError(f"--scale: must be > 0 (got {a.scale})")
+    a.trace = trace
+    wins = _windows(a, rates, cfg)
+    base = base_scenario(cfg)
+    for name, p in pols.items():
+        ps = p.meta.get("scenario", {})
+        if ps.get("hash") and ps["hash"] != cfg["scenario_hash"]:
+            print(f"warning: {name} was trained on scenario {ps.get('name')} ({ps.get('hash')}), evaluating on "
+                  f"{cfg['scenario_name']} ({cfg['scenario_hash']})", file=sys.stderr)
+    cap = cfg["capacity_rps_per_replica"]
+    slo_t = float(cfg["slo_target"])
+    from simulator.service import build_service_model
+    model = build_service_model(base.service, base.batching.max_batch_size)
+
+    tuned = None
+    need_tuning = any(b in base_names for b in ("hpa_tuned", "knative", "predictive", "static_tuned"))
+    if need_tuning:
+        if a.tuned:
+            if not os.path.exists(a.tuned):
+                raise ConfigError(f"--tuned {a.tuned}: file not found")
+            with open(a.tuned) as f:
+                tuned = json.load(f)
+            tuned = tuned.get("tuned", tuned)
+            if tuned.get("scenario_hash") not in (None, cfg["scenario_hash"]):
+                raise ConfigError(f"--tuned {a.tuned}: tuned for another scenario ({tuned.get('scenario_hash')})")
+        else:
+            tuned = tune(cfg, log=lambda m: print(m, flush=True))
+    specs = baseline_specs(tuned, cap) if tuned else {"hpa_default": baseline_specs(
+        {"hpa_tuned": {"choice": {}}, "knative": {"choice": {}}, "predictive": {"choice": {}},
+         "static_tuned": {"choice": {}}}, cap)["hpa_default"]}
+
+    seeds = [100 + i for i in range(a.seeds)]
+    rows, timelines = [], {}
+    print(f"evaluating {', '.join(list(pols) + base_names)} on {len(wins)} window(s) x {len(seeds)} seed(s) "
+          f"of {os.path.basename(trace)} (scale {scale}, speedup {a.speedup:g})", flush=True)
+    for w in wins:
+        scs = [trace_scenario(base, trace, w["start"], w["length"], scale, a.speedup, s, cap, rates=rates)
+               for s in seeds]
+        t_w = time.time()
+        per: dict[str, list] = {}
+        for name, pol in pols.items():
+            per[name] = [run_one(sc, pol, pol.interval_s, model) for sc in scs]
+        for b in base_names:
+            if b in specs:
+                sp = specs[b]
+                res = []
+                for sc in scs:
+                    if sp["kind"] == "static":
+                        n = sp["params"]["replicas"]
+                        sc = sc.replace(cluster=sc.cluster.__class__(**{**sc.cluster.__dict__, "replicas": n}))
+                    res.append(run_one(sc, make(sp["kind"], sp["params"]), sp["interval_s"], model))
+                per[b] = res
+        extra: dict[str, dict] = {}
+        if "static_best" in base_names:
+            c = base.cluster
+            n, res = _static_best(scs, max(c.min_replicas, 1), c.max_replicas, slo_t, model)
+            per["static_best"] = res
+            extra["static_best"] = {"replicas": n}
+        if "oracle" in base_names:
+            from rl.oracle import oracle_run
+            res, hs = [], []
+            for sc in scs:
+                r, h, _ = oracle_run(sc, cap, slo_t, model=model)
+                res.append(r)
+                hs.append(h)
+            per["oracle"] = res
+            extra["oracle"] = {"headroom": hs}
+        for name, res in per.items():
+            for i, (sc, r) in enumerate(zip(scs, res)):
+                row = {"policy": name, "window": w["pattern"], "start_s": w["start"], "length_s": w["length"],
+                       "seed": sc.seed, **summarize(r)}
+                if "oracle" in per:
+                    row["cost_vs_oracle"] = r.summary["replica_seconds"] / per["oracle"][i].summary["replica_seconds"]
+                if name in extra:
+                    v = extra[name]
+                    row["note"] = json.dumps({k: (x[i] if isinstance(x, list) else x) for k, x in v.items()})
+                rows.append(row)
+            timelines[(w["pattern"], name)] = [(t["time_s"], t["replicas"], t["arrival_rps"]) for t in res[0].timeline]
+        print(f"  window {w['pattern']} (trace s {w['start']}..{w['start'] + w['length']}, mean "
+              f"{w['mean_rps'] * scale:.0f} rps scaled): {len(per)} policies in {time.time() - t_w:.0f} s", flush=True)
+        for name in per:
+            rr = [r for r in rows if r["policy"] == name and r["window"] == w["pattern"]]
+            print(f"    {name:14s} replica-s {np.mean([r['replica_seconds'] for r in rr]):8.0f}  SLO-viol "
+                  f"{np.mean([r['slo_violation_rate'] for r in rr]):.4f}  p99 {np.mean([r['p99_ms'] for r in rr]):6.1f} ms",
+                  flush=True)
+
+    summary = aggregate(rows, ["policy"])
+    by_window = aggregate(rows, ["policy", "window"])
+    order = list(pols) + [b for b in BASELINES if b in base_names]
+    summary.sort(key=lambda r: order.index(r["policy"]))
+    by_window.sort(key=lambda r: (r["window"], order.index(r["policy"])))
+    result = {"trace": trace, "scale": scale, "scale_rule": "auto: p99(trace) * scale = target_util * max_replicas * "
+              "capacity" if a.scale == "auto" else "given", "speedup": a.speedup, "seeds": seeds, "windows": wins,
+              "slo_target": slo_t, "capacity_rps_per_replica": cap, "scenario": cfg["scenario_dict"],
+              "config": {k: v for k, v in cfg.items() if k != "scenario_dict"},
+              "policies": {n: {"path": os.path.abspath(pp), "meta": p.meta} for (n, p), pp in zip(pols.items(), a.policies)},
+              "baselines": {b: specs.get(b) for b in base_names}, "tuned": tuned,
+              "summary": summary, "by_window": by_window, "rows": rows, "wall_s": time.time() - t_start}
+    _write(a.out, result, rows, summary, by_window, timelines, wins, order, not a.no_plots)
+    print_table(summary)
+    print(f"wrote {a.out}/results.csv, summary.csv, by_window.csv, results.json"
+          f"{'' if a.no_plots else ', timeline_*.png, cost_violation.png'} ({time.time() - t_start:.0f} s)")
+    return 0
+
+
+def aggregate(rows: list[dict], keys: list[str]) -> list[dict]:
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for k, rr in groups.items():
+        req = sum(r["requests"] for r in rr)
+        d = dict(zip(keys, k))
+        d.update(runs=len(rr), replica_seconds=sum(r["replica_seconds"] for r in rr),
+                 mean_replicas=float(np.mean([r["mean_replicas"] for r in rr])),
+                 slo_violation_rate=sum(r["violations"] for r in rr) / max(req, 1),
+                 p99_ms_mean=float(np.mean([r["p99_ms"] for r in rr])), p99_ms_max=float(np.max([r["p99_ms"] for r in rr])),
+                 failed=int(sum(r["failed"] for r in rr)),
+                 scaling_actions=float(np.mean([r["scaling_actions"] for r in rr])))
+        if all("cost_vs_oracle" in r for r in rr):
+            orc = sum(r["replica_seconds"] / r["cost_vs_oracle"] for r in rr)
+            d["cost_vs_oracle"] = d["replica_seconds"] / orc
+        out.append(d)
+    return out
+
+
+def print_table(summary: list[dict]) -> None:
+    print(f"{'policy':16s} {'replica-s':>10s} {'vs oracle':>9s} {'SLO-viol':>9s} {'p99 ms':>8s} {'p99 max':>8s} "
+          f"{'failed':>7s} {'actions':>7s}")
+    for r in summary:
+        vo = r.get("cost_vs_oracle")
+        print(f"{r['policy']:16s} {r['replica_seconds']:10.0f} {'' if vo is None else f'{vo:.3f}':>9s} "
+              f"{r['slo_violation_rate']:9.4f} {r['p99_ms_mean']:8.1f} {r['p99_ms_max']:8.1f} {r['failed']:7d} "
+              f"{r['scaling_actions']:7.1f}")
+
+
+def _csv(path: str, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow(jsonable(r))
+
+
+def _write(out, result, rows, summary, by_window, timelines, wins, order, plots: bool) -> None:
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out.rstrip("/")) + "-", dir=parent)
+    try:
+        _csv(os.path.join(tmp, "results.csv"), rows)
+        _csv(os.path.join(tmp, "summary.csv"), summary)
+        _csv(os.path.join(tmp, "by_window.csv"), by_window)
+        write_json(os.path.join(tmp, "results.json"), result)
+        if plots:
+            _plots(tmp, timelines, wins, summary, order)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _plots(d, timelines, wins, summary, order) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for w in wins:
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+        load = None
+        for name in order:
+            tl = timelines.get((w["pattern"], name))
+            if not tl:
+                continue
+            t = [x[0] for x in tl]
+            if load is None:
+                load = True
+                ax1.plot(t, [x[2] for x in tl], color="k", lw=1)
+            ax2.step(t, [x[1] for x in tl], where="post", lw=1.2 if name != "oracle" else 2, label=name,
+                     ls="--" if name == "oracle" else "-")
+        ax1.set_ylabel("arrival rps")
+        ax1.set_title(f"{w['pattern']}: trace seconds {w['start']}..{w['start'] + w['length']}")
+        ax2.set_ylabel("replicas (requested)")
+        ax2.set_xlabel("simulated time (s)")
+        ax2.legend(fontsize=7, ncol=3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(d, f"timeline_{w['pattern']}.png"), dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in summary:
+        x = r.get("cost_vs_oracle", r["replica_seconds"])
+        ax.scatter(x, r["slo_violation_rate"] * 100)
+        ax.annotate(r["policy"], (x, r["slo_violation_rate"] * 100), fontsize=8)
+    ax.set_xlabel("cost (replica-seconds relative to oracle)" if summary and "cost_vs_oracle" in summary[0]
+                  else "replica-seconds")
+    ax.set_ylabel("SLO violations (% of requests)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(d, "cost_violation.png"), dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Learned scaling policies from a ``policy.pt`` file (``autoscaler: {kind: policy, path: policy.pt}``).
+
+``policy.pt`` is a TorchScript module saved by ``rl.train`` (or
+:func:`save_policy_file`) with one extra file, ``servesim.json``, holding
+everything needed to act -- no Ray, no gymnasium, no simulator internals:
+
+- ``format``: ``"servesim-policy/1"``;
+- ``obs``: the observation encoding (:class:`ObsEncoder`): per-frame feature
+  names, fixed scales (a frame is ``features / scales`` clipped to
+  ``[-clip, clip]``), the history length ``history`` (the input is the last
+  ``history`` frames, oldest first; at the first decision after ``reset()``
+  the history is filled with copies of the first frame) and
+  ``capacity_rps_per_replica`` used by the derived load features;
+- ``action``: ``{"kind": "delta", "values": [...]}`` (desired = current
+  requested replicas + values[argmax]), ``{"kind": "target", "values":
+  [...]}`` (desired = values[argmax]) or ``{"kind": "rate", "values": [u...],
+  "capacity_rps_per_replica": c}`` (desired = ceil(arrival_rps / (c * u)):
+  the policy picks the per-replica load level to provision for);
+- ``interval_s``: the control interval it was trained at (a run at another
+  interval is refused);
+- ``scenario`` / ``training``: provenance (scenario name and hash, trace
+  windows, algorithm, iterations, seed, git revision, ...).
+
+The module maps a float32 tensor ``[1, obs_dim]`` to action scores
+``[1, n_actions]``; the policy acts greedily (argmax). Non-finite scores or a
+wrong output shape raise :class:`~simulator.config.ConfigError`.
+
+The same :class:`ObsEncoder` builds the RL environment's observations
+(``rl.env``), so training and deployment see identical inputs; the history
+lives in the policy object, so it works the same on the real cluster.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from collections import deque
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from simulator.config import ConfigError
+from simulator.policy import Observation, Policy, register
+
+FORMAT = "servesim-policy/1"
+META_NAME = "servesim.json"
+DERIVED = ("load_per_replica", "load_per_ready", "pending_frac")
+ACTION_KINDS = ("delta", "target", "rate")
+
+
+# --------------------------------------------------------------------------- observation encoding
+
+
+def default_obs_spec(*, slo_ms: float, max_replicas: int, max_batch_size: int, interval_s: float,
+                     capacity_rps_per_replica: float, history: int = 4, clip: float = 10.0) -> dict:
+    """The fixed observation scales for a deployment (stored in ``policy.pt``)."""
+    rate = capacity_rps_per_replica * max_replicas
+    scales = {
+        "arrival_rps": rate, "completion_rps": rate,
+        "latency_p50_ms": slo_ms, "latency_p95_ms": slo_ms, "latency_p99_ms": slo_ms,
+        "slo_violation_frac": 1.0, "queue_ms": slo_ms, "batch_size": float(max_batch_size),
+        "busy_fraction": 1.0, "inflight": float(max_batch_size * max_replicas),
+        "replicas": float(max_replicas), "replicas_ready": float(max_replicas),
+        "replicas_pending": float(max_replicas), "failures": max(1.0, rate * interval_s),
+        "load_per_replica": 1.0, "load_per_ready": 1.0, "pending_frac": 1.0,
+    }
+    feats = list(Observation.FEATURES) + list(DERIVED)
+    return {"features": feats, "scales": [float(scales[f]) for f in feats], "history": int(history),
+            "clip": float(clip), "capacity_rps_per_replica": float(capacity_rps_per_replica)}
+
+
+class ObsEncoder:
+    """Observation -> normalised vector (last ``history`` frames, oldest first)."""
+
+    def __init__(self, spec: Mapping[str, Any]):
+        self.features = list(spec["features"])
+        self.scales = np.asarray(spec["scales"], dtype=np.float64)
+        self.history = int(spec["history"])
+        self.clip = float(spec.get("clip", 10.0))
+        self.capacity = float(spec["capacity_rps_per_replica"])
+        known = set(Observation.FEATURES) | set(DERIVED)
+        bad = [f for f in self.features if f not in known]
+        if bad or len(self.scales) != len(self.features) or self.history < 1 or not np.all(self.scales > 0):
+            raise ValueError(f"bad observation spec (unknown features {bad}, "
+                             f"{len(self.scales)} scales for {len(self.features)} features, history {self.history})")
+        self.frame_dim = len(self.features)
+        self.dim = self.frame_dim * self.history
+        self._frames: deque[np.ndarray] = deque(maxlen=self.history)
+
+    def reset(self) -> None:
+        self._frames.clear()
+
+    def frame(self, obs: Observation) -> np.ndarray:
+        raw = []
+        for f in self.features:
+            if f == "load_per_replica":
+                v = obs.arrival_rps / (max(obs.replicas, 1) * self.capacity)
+            elif f == "load_per_ready":
+                v = obs.arrival_rps / (max(obs.replicas_ready, 1) * self.capacity)
+            elif f == "pending_frac":
+                v = obs.replicas_pending / max(obs.replicas, 1)
+            else:
+                v = getattr(obs, f)
+            v = float(v)
+            raw.append(0.0 if math.isnan(v) else v)
+        x = np.asarray(raw) / self.scales
+        return np.clip(x, -self.clip, self.clip)
+
+    def encode(self, obs: Observation) -> np.ndarray:
+        fr = self.frame(obs)
+        if not self._frames:
+            for _ in range(self.history):
+                self._frames.append(fr)
+        else:
+            self._frames.append(fr)
+        return np.concatenate(list(self._frames)).astype(np.float32)
+
+
+def apply_action(index: int, obs: Observation, action: Mapping[str, Any]) -> int:
+    """Desired replicas for action ``index`` under the stored action mapping (clamped)."""
+    vals = action["values"]
+    if action["kind"] == "delta":
+        n = int(obs.replicas) + int(vals[index])
+    elif action["kind"] == "rate":
+        rate = float(obs.arrival_rps)
+        rate = 0.0 if not math.isfinite(rate) else rate
+        n = math.ceil(round(rate / (float(action["capacity_rps_per_replica"]) * float(vals[index])), 9))
+    else:
+        n = int(vals[index])
+    return int(min(max(n, obs.min_replicas), obs.max_replicas))
+
+
+# --------------------------------------------------------------------------- file format
+
+
+def validate_meta(meta: Any, where: str) -> dict:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ConfigError(f"{where}: not a servesim policy file (format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                          f"expected {FORMAT!r})")
+    for k in ("obs", "action", "interval_s"):
+        if k not in meta:
+            raise ConfigError(f"{where}: policy metadata lacks '{k}'")
+    act = meta["action"]
+    if not isinstance(act, dict) or act.get("kind") not in ACTION_KINDS or \
+            not isinstance(act.get("values"), list) or not act["values"]:
+        raise ConfigError(f"{where}: action mapping must be {{kind: delta|target|rate, values: [...]}} (got {act!r})")
+    if act["kind"] == "rate" and not (isinstance(act.get("capacity_rps_per_replica"), (int, float))
+                                      and act["capacity_rps_per_replica"] > 0 and all(
+                isinstance(v, (int, float)) and v > 0 for v in act["values"])):
+        raise ConfigError(f"{where}: action kind rate needs capacity_rps_per_replica > 0 and values > 0 (got {act!r})")
+    try:
+        ObsEncoder(meta["obs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return meta
+
+
+def save_policy_file(module, meta: Mapping[str, Any], path: str) -> None:
+    """Save a TorchScript ``module`` with its metadata to ``path`` (atomically)."""
+    import torch
+    meta = dict(meta)
+    meta["format"] = FORMAT
+    validate_meta(meta, path)
+    if not isinstance(module, torch.jit.ScriptModule):
+        module = torch.jit.script(module)
+    tmp = path + ".tmp"
+    torch.jit.save(module, tmp, _extra_files={META_NAME: json.dumps(meta, default=str)})
+    os.replace(tmp, path)
+
+
+def load_policy_file(path: str):
+    """``(module, meta)`` from a policy file; ConfigError if missing, corrupt or of the wrong format."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError("autoscaler.path: is required (a policy.pt file)")
+    if not os.path.exists(path):
+        raise ConfigError(f"autoscaler.path: {path}: file not found")
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise ConfigError("autoscaler.kind policy needs torch (pip install torch==2.13.0)") from None
+    extra = {META_NAME: ""}
+    try:
+        with open(path, "rb") as f:
+            buf = io.BytesIO(f.read())
+        module = torch.jit.load(buf, map_location="cpu", _extra_files=extra)
+    except Exception as e:  # torch raises RuntimeError/ValueError/zipfile errors for bad files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"autoscaler.path: {path}: not a TorchScript policy file ({msg[:200]})") from None
+    try:
+        meta = json.loads(extra[META_NAME] or "null")
+    except json.JSONDecodeError:
+        raise ConfigError(f"autoscaler.path: {path}: corrupt {META_NAME} metadata") from None
+    meta = validate_meta(meta, f"autoscaler.path: {path}")
+    module.eval()
+    # smoke test: right input width -> right output width, finite
+    enc = ObsEncoder(meta["obs"])
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros((1, enc.dim), dtype=torch.float32))
+    except Exception as e:
+        raise ConfigError(f"autoscaler.path: {path}: module fails on a [1, {enc.dim}] input "
+                          f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
+    n = len(meta["action"]["values"])
+    if tuple(out.shape) != (1, n):
+        raise ConfigError(f"autoscaler.path: {path}: module output shape {tuple(out.shape)}, expected (1, {n}) "
+                          "(one score per action)")
+    return module, meta
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+@register
+class LearnedPolicy(Policy):
+    """Acts greedily with a TorchScript module from ``policy.pt``."""
+
+    kind = "policy"
+
+    def __init__(self, module, meta: Mapping[str, Any], path: str = ""):
+        self.module = module
+        self.meta = dict(meta)
+        self.path = path
+        self.encoder = ObsEncoder(meta["obs"])
+        self.action = meta["action"]
+        self.interval_s = float(meta["interval_s"])
+        self.last_scores: Sequence[float] = ()
+        self.last_action: int = -1
+
+    @classmethod
+    def load(cls, path: str) -> "LearnedPolicy":
+        module, meta = load_policy_file(path)
+        return cls(module, meta, path)
+
+    def reset(self) -> None:
+        self.encoder.reset()
+        self.last_scores, self.last_action = (), -1
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        import torch
+        with torch.no_grad():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(1, -1))
+        return out.detach().cpu().numpy().reshape(-1).astype(np.float64)
+
+    def decide(self, obs: Observation) -> int:
+        if abs(float(obs.interval_s) - self.interval_s) > 1e-6:
+            raise ConfigError(f"autoscaler: {self.path or 'policy'} was trained with interval_s "
+                              f"{self.interval_s:g}; set autoscaler.interval_s: {self.interval_s:g} "
+                              f"(got {float(obs.interval_s):g})")
+        s = self.scores(self.encoder.encode(obs))
+        n = len(self.action["values"])
+        if s.shape != (n,) or not np.all(np.isfinite(s)):
+            raise ConfigError(f"autoscaler: {self.path or 'policy'} produced invalid action scores {s.tolist()} "
+                              f"(expected {n} finite numbers)")
+        a = int(np.argmax(s))
+        self.last_scores, self.last_action = s.tolist(), a
+        return apply_action(a, obs, self.action)
+
+    @classmethod
+    def validate_params(cls, params: Mapping[str, Any], path: str) -> None:
+        from simulator.config import _check_keys
+        _check_keys(params, {"path"}, path)
+        p = params.get("path")
+        if not isinstance(p, str) or not p:
+            raise ConfigError(f"{path}.path: is required (a policy.pt file written by rl.train)")
+        try:
+            load_policy_file(p)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("autoscaler.path", f"{path}.path", 1)) from None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], path: str = "autoscaler") -> "LearnedPolicy":
+        from simulator.config import _check_keys
+        _check_keys(params, {"path"}, path)
+        p = params.get("path")
+        if not isinstance(p, str) or not p:
+            raise ConfigError(f"{path}.path: is required (a policy.pt file written by rl.train)")
+        module, meta = load_policy_file(p)
+        return cls(module, meta, p)
+
+
+__all__ = ["LearnedPolicy", "ObsEncoder", "apply_action", "default_obs_spec", "load_policy_file",
+           "save_policy_file", "FORMAT", "DERIVED"]
