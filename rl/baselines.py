@@ -50,7 +50,7 @@ PRED_INTERVAL = 10.0
 def hpa_grid(capacity: float) -> list[dict]:
     grid = []
     for metric, targets in (("busy_fraction", (0.5, 0.6, 0.7, 0.8, 0.9)),
-                            ("arrival_rps_per_replica", tuple(round(capacity * f, 2) for f in (0.6, 0.7, 0.8, 0.9)))):
+                            ("arrival_rps_per_replica", tuple(round(capacity * f, 2) for f in (0.6, 0.7, 0.8, 0.9, 1.0, 1.1)))):
         for target, down, interval in itertools.product(targets, (0, 60, 300), (5.0, 15.0)):
             grid.append({"params": {"metric": metric, "target": target, "scale_down_stabilization_s": down},
                          "interval_s": interval})

@@ -193,8 +193,12 @@ class ServeSimEnv(gym.Env):
         info = {"replica_s": rs, "violations": viol, "desired": desired, "replicas": obs.replicas,
                 "arrival_rps": obs.arrival_rps}
         if truncated:
+            span = self.steps * self.interval
+            mean_reps = t["replica_s"] / span
+            # replicas the offered load needs at the per-replica capacity (a load-free cost measure)
+            load_reps = max(t["requests"] / span / self.capacity, 1.0)
             info["episode_totals"] = dict(t, slo_violation_rate=t["violations"] / max(t["requests"], 1.0),
-                                          mean_replicas=t["replica_s"] / (self.steps * self.interval))
+                                          mean_replicas=mean_reps, provision_ratio=mean_reps / load_reps)
         return self.encoder.encode(obs), float(r), False, bool(truncated), info
 
 

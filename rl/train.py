@@ -11,13 +11,17 @@ scales from this machine to a Ray cluster::
 Writes into ``--out`` (default ``runs/<algo>-<time>``):
 
 - ``progress.csv`` / per-iteration console line: env steps, episode return,
-  SLO-violation rate, mean replicas (cost) of the episodes of the iteration;
+  SLO-violation rate, mean replicas (cost) and provision ratio (mean replicas /
+  replicas the offered load needs at the per-replica capacity: cost with the
+  episode's load factored out) of the episodes of the iteration;
 - ``tb/``: TensorBoard scalars (``tensorboard --logdir OUT/tb``);
 - ``checkpoint/``: the latest RLlib checkpoint (every ``--checkpoint-every``
   iterations and at the end) plus ``train_state.json``; ``--resume OUT``
   continues from it with the run's saved settings;
 - ``policy.pt``: TorchScript policy + metadata (:mod:`simulator.learned`),
-  loadable without Ray; ``run.json``: settings, seed, provenance.
+  loadable without Ray; ``snapshots/policy_iterNNNN.pt`` at every checkpoint
+  (for learning curves / model selection on the tuning days with
+  ``python -m rl.select``); ``run.json``: settings, seed, provenance.
 """
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ def _callbacks_cls():
                 metrics_logger.log_value("slo_violation_rate", float(tot["slo_violation_rate"]), reduce="mean")
                 metrics_logger.log_value("mean_replicas", float(tot["mean_replicas"]), reduce="mean")
                 metrics_logger.log_value("failures", float(tot["failures"]), reduce="mean")
+                metrics_logger.log_value("provision_ratio", float(tot["provision_ratio"]), reduce="mean")
 
     return ServeSimMetrics
 
@@ -267,7 +272,7 @@ def _run(a) -> int:
         prog_path = os.path.join(out, "progress.csv")
         new_file = not os.path.exists(prog_path) or state is None
         fields = ["iteration", "env_steps", "episodes", "episode_return_mean", "slo_violation_rate",
-                  "mean_replicas", "failures_per_episode", "iter_s", "env_steps_per_s"]
+                  "mean_replicas", "provision_ratio", "failures_per_episode", "iter_s", "env_steps_per_s"]
         pf = open(prog_path, "w" if new_file else "a", newline="")
         wr = csv.DictWriter(pf, fieldnames=fields)
         if new_file:
@@ -293,6 +298,7 @@ def _run(a) -> int:
             row = {"iteration": it, "env_steps": steps, "episodes": er.get("num_episodes_lifetime"),
                    "episode_return_mean": er.get("episode_return_mean"),
                    "slo_violation_rate": er.get("slo_violation_rate"), "mean_replicas": er.get("mean_replicas"),
+                   "provision_ratio": er.get("provision_ratio"),
                    "failures_per_episode": er.get("failures"), "iter_s": round(dt, 2),
                    "env_steps_per_s": round(er.get("num_env_steps_sampled", 0) / dt, 1) if dt > 0 else None}
             row = jsonable(row)
@@ -306,18 +312,17 @@ def _run(a) -> int:
             if not a.quiet:
                 print(f"iter {it:4d}  steps {steps:8d}  return {_fmt(row['episode_return_mean'], 2):>8}  "
                       f"SLO-viol {_fmt(row['slo_violation_rate'], 4)}  replicas {_fmt(row['mean_replicas'], 2)}  "
+                      f"(x{_fmt(row['provision_ratio'], 2)} of load)  "
                       f"({dt:.1f} s)", flush=True)
             if a.checkpoint_every and it % a.checkpoint_every == 0:
                 _save(algo_obj, ckpt, it, steps, a)
+                os.makedirs(os.path.join(out, "snapshots"), exist_ok=True)
+                export_policy(algo_obj, cfg, os.path.join(out, "snapshots", f"policy_iter{it:04d}.pt"),
+                              _provenance(algo, it, steps, a, cfg, tr, row, ray.__version__))
         _save(algo_obj, ckpt, it, steps, a)
         pf.close()
         tb.close()
-        prov = {"algo": algo, "iterations": it, "env_steps": steps, "seed": a.seed, "git": git_rev(),
-                "finished": _dt.datetime.now().isoformat(timespec="seconds"), "ray": ray.__version__,
-                "train_days": cfg["trace"]["train_days"], "trace": os.path.basename(cfg["trace"]["path"]),
-                "trace_scale": cfg["trace"]["scale"], "curriculum": cfg["curriculum"], "training": tr,
-                "env": cfg["env"], "slo_target": cfg["slo_target"], "final": last,
-                "config": os.path.relpath(cfg["config_path"]) if cfg.get("config_path") else None}
+        prov = _provenance(algo, it, steps, a, cfg, tr, last, ray.__version__)
         pt = os.path.join(out, "policy.pt")
         export_policy(algo_obj, cfg, pt, prov)
         print(f"wrote {pt} (TorchScript; loads without Ray) and {ckpt}", flush=True)
@@ -325,6 +330,15 @@ def _run(a) -> int:
     finally:
         ray.shutdown()
     return 0
+
+
+def _provenance(algo, it, steps, a, cfg, tr, last, ray_version) -> dict:
+    return {"algo": algo, "iterations": it, "env_steps": steps, "seed": a.seed, "git": git_rev(),
+            "finished": _dt.datetime.now().isoformat(timespec="seconds"), "ray": ray_version,
+            "train_days": cfg["trace"]["train_days"], "trace": os.path.basename(cfg["trace"]["path"]),
+            "trace_scale": cfg["trace"]["scale"], "curriculum": cfg["curriculum"], "training": tr,
+            "env": cfg["env"], "slo_target": cfg["slo_target"], "final": last,
+            "config": os.path.relpath(cfg["config_path"]) if cfg.get("config_path") else None}
 
 
 def ap_default(k):

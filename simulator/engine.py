@@ -173,7 +173,7 @@ class Simulation:
 
     # ---- running
     def _run_until(self, t: float) -> None:
-        ev = self.env.timeout(t - self.env.now)
+        ev = self.env.timeout(max(0.0, t - self.env.now))  # last tick may overshoot duration_s by an ulp
         while not ev.processed:
             nxt = self.env.peek()
             self.dp.advance(nxt)

@@ -297,3 +297,11 @@ def test_rendered_resources_validate(tmp_path, fake_api):
     dep = res[1]
     assert dep["spec"]["replicas"] == 2
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "example/triton:1"
+
+
+def test_kubernetes_startup_samples(fake_api, tmp_path):
+    from cluster.kubernetes import startup_samples_k8s
+    rows = startup_samples_k8s(_scenario(1), _stack(fake_api.url), tmp_path, 2)
+    assert [r[0] for r in rows] == [0, 1]
+    assert all(r[4] >= 0 for r in rows)
+    assert ("deployments", "ssim-test", "servesim-triton") not in fake_api.objects

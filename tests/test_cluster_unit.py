@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from cluster import config as ccfg
-from cluster.arrivals import arrival_times, offered_rate, sample_dist
+from cluster.arrivals import arrival_times, sample_dist
+from simulator.workload import schedule_rate
 from cluster.lb import render_config
 from cluster.loadgen import classify
 from cluster.scrape import latency_summary, model_counters, observation_from_window, parse_prometheus
@@ -160,7 +161,7 @@ def test_arrivals_poisson_and_schedule():
     b = arrival_times(s, 20, seed=1)
     n1, n2 = (b < 10).sum(), (b >= 10).sum()
     assert 60 < n1 < 140 and 850 < n2 < 1150
-    assert offered_rate(s, np.array([5.0, 15.0, 30.0])).tolist() == [10.0, 100.0, 100.0]
+    assert schedule_rate(s.segments, np.array([5.0, 15.0, 30.0])).tolist() == [10.0, 100.0, 100.0]
     r = parse_workload({"kind": "schedule", "segments": [
         {"kind": "ramp", "duration_s": 10, "rate_rps": 0, "to_rps": 100}]}, "workload", "")
     c = arrival_times(r, 10, seed=2)
