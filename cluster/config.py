@@ -85,7 +85,10 @@ class SweepSettings:
     time; each one's compute time is the change of Triton's per-batch-size
     ``compute_infer`` statistic. Concurrency: closed-loop users with no think
     time, batch-1 requests, ``concurrency_duration_s`` per level, against a
-    replica configured with the scenario's batching.
+    replica configured with the scenario's batching. Interference: for each count in
+    ``interference_replicas``, that many replicas each driven back to back by
+    its own client for ``interference_duration_s`` (0 disables): compute time
+    vs the number of batches executing at once on the node.
     """
 
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
@@ -94,6 +97,8 @@ class SweepSettings:
     warmup: int = 5
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
     concurrency_duration_s: float = 6.0
+    interference_replicas: tuple[int, ...] = (1, 2, 3)
+    interference_duration_s: float = 8.0
     enabled: bool = True
 
 
@@ -172,7 +177,8 @@ def parse_sweep(d: Any, path: str) -> SweepSettings:
     if d is None:
         return SweepSettings()
     _check_keys(d, {"batch_sizes", "samples", "max_seconds_per_size", "warmup", "concurrency",
-                    "concurrency_duration_s", "enabled"}, path)
+                    "concurrency_duration_s", "interference_replicas", "interference_duration_s",
+                    "enabled"}, path)
     return SweepSettings(
         batch_sizes=_int_list(d, "batch_sizes", path, SweepSettings.batch_sizes),
         samples=_num(d, "samples", path, 200, lo=1, integer=True),
@@ -180,6 +186,8 @@ def parse_sweep(d: Any, path: str) -> SweepSettings:
         warmup=_num(d, "warmup", path, 5, lo=0, integer=True),
         concurrency=_int_list(d, "concurrency", path, SweepSettings.concurrency),
         concurrency_duration_s=_num(d, "concurrency_duration_s", path, 6.0, lo=0, lo_open=True),
+        interference_replicas=_int_list(d, "interference_replicas", path, SweepSettings.interference_replicas),
+        interference_duration_s=_num(d, "interference_duration_s", path, 8.0, lo=0),
         enabled=_bool(d, "enabled", path, True))
 
 

@@ -78,12 +78,25 @@ All times are seconds. Per run, ``t = 0`` is the start of the load
 ``sweep/compute.csv``
     ``batch_size, sample, compute_infer_ms, compute_input_ms,
     compute_output_ms, queue_ms, client_ms``: one row per executed batch
-    (Triton's per-batch-size statistics delta, one request at a time).
+    (Triton's per-batch-size statistics delta, one request at a time; the
+    sweep waits until the statistics count the request. Folders written before
+    that fix can hold a 0 ms row followed by a doubled one: calibration drops
+    such pairs).
 ``sweep/concurrency.csv``
     ``concurrency, requests, failures, duration_s, throughput_rps, avg_ms,
     p50_ms, p90_ms, p95_ms, p99_ms, mean_batch_size, mean_queue_ms,
     mean_compute_ms_per_request`` for closed-loop batch-1 load with no think
     time against one replica with the scenario's batching.
+``sweep/interference.csv``
+    ``replicas, replica, batches, duration_s, compute_ms, compute_infer_ms,
+    busy_fraction, concurrency, client_ms``: for each replica count ``N`` of
+    ``measure.sweep.interference_replicas``, one row per replica of ``N``
+    replicas each loaded back to back with batch-1 requests: mean compute time
+    per executed batch (input + infer + output; ``compute_infer_ms`` alone),
+    its busy fraction, and ``concurrency`` = mean number of batches executing
+    on the node while one of its batches runs (1 + the other replicas' busy
+    fractions). Absent when ``interference_duration_s`` is 0 (added in the same
+    format version; readers treat it as optional).
 ``sweep/sweep.json``
     Sweep settings and the batching used for each part.
 ``startup/startup.csv``
@@ -327,9 +340,23 @@ def run_sweep(cfg: MeasureConfig, out: Path, work: Path, quiet: bool = False) ->
         if bar:
             bar.close()
     _write_csv(sdir / "concurrency.csv", sw.CONCURRENCY_COLUMNS, crow)
+    irows: list[tuple] = []
+    if s.interference_duration_s > 0:
+        bar = None if quiet else _tqdm(total=len(s.interference_replicas), desc="[sweep] interference",
+                                       unit="level")
+        try:
+            irows = sw.interference_sweep(cfg.scenario, cfg.stack, work / "sweep", s.interference_replicas,
+                                          s.interference_duration_s, cfg.scenario.seed,
+                                          progress=(lambda k: bar.update(k)) if bar else None)
+        finally:
+            if bar:
+                bar.close()
+        _write_csv(sdir / "interference.csv", sw.INTERFERENCE_COLUMNS, irows)
     info = {"settings": {"batch_sizes": list(s.batch_sizes), "samples": s.samples,
                          "max_seconds_per_size": s.max_seconds_per_size, "warmup": s.warmup,
-                         "concurrency": list(s.concurrency), "concurrency_duration_s": s.concurrency_duration_s},
+                         "concurrency": list(s.concurrency), "concurrency_duration_s": s.concurrency_duration_s,
+                         "interference_replicas": list(s.interference_replicas),
+                         "interference_duration_s": s.interference_duration_s},
             "compute_batching": {**cfg.scenario.batching.to_dict(), "max_batch_size": max(s.batch_sizes),
                                  "preferred_batch_sizes": [], "max_queue_delay_us": 0, "max_queue_size": 0,
                                  "queue_timeout_us": 0},
@@ -348,6 +375,12 @@ def run_sweep(cfg: MeasureConfig, out: Path, work: Path, quiet: bool = False) ->
               file=sys.stderr)
         print("[sweep] latency vs concurrency: " + ", ".join(
             f"c={r[0]}: {r[4]:.1f} req/s p95 {r[8]:.0f} ms" for r in crow), file=sys.stderr)
+        if irows:
+            by_n: dict[int, list[float]] = {}
+            for r in irows:
+                by_n.setdefault(r[0], []).append(r[4])
+            print("[sweep] interference (compute ms per batch vs replicas loaded at once): " + ", ".join(
+                f"{n}: {np.nanmean(v):.1f} ms" for n, v in by_n.items()), file=sys.stderr)
     return info
 
 
@@ -443,6 +476,7 @@ FILES = {
     "runs/<run>/logs/": "Triton, HAProxy and Locust logs",
     "sweep/compute.csv": "per-batch compute time samples for each batch size",
     "sweep/concurrency.csv": "throughput and latency percentiles vs closed-loop concurrency",
+    "sweep/interference.csv": "compute time per batch vs replicas loaded at once on the node (interference)",
     "sweep/sweep.json": "sweep settings and per-batch-size compute summary",
     "startup/startup.csv": "replica start-up samples (process start -> model ready)",
 }

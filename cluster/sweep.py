@@ -13,8 +13,22 @@
   closed-loop users with no think time (batch-1 requests) for each ``c``:
   throughput and latency percentiles vs concurrency, and the mean executed
   batch size / queue time from Triton's counters.
+- :func:`interference_sweep`: for each replica count ``N`` (e.g. 1, 2, 3),
+  ``N`` replicas on this node, each driven by its own client thread sending
+  batch-1 requests back to back (so up to ``N`` batches execute at once), for
+  ``duration_s``. Per replica, from Triton's statistics before/after: executed
+  batches, mean compute time per batch (input + infer + output) and busy
+  fraction; ``concurrency`` is the mean number of batches executing on the node
+  while one of this replica's batches runs (``1 + sum of the other replicas'
+  busy fractions``). Calibration fits the slowdown vs concurrency curve
+  (``cluster.node_cores`` / ``cluster.interference``) from it.
 - :func:`startup_samples`: start a fresh server process ``n`` times; process
   start -> HTTP live -> model ready, each.
+
+Triton updates its statistics just after the response is sent, so a read right
+after a response can miss that request: the compute sweep waits (up to 0.5 s)
+until ``batch_stats[b].compute_infer.count`` has advanced before taking the
+difference.
 """
 from __future__ import annotations
 
@@ -34,6 +48,8 @@ COMPUTE_COLUMNS = ("batch_size", "sample", "compute_infer_ms", "compute_input_ms
                    "queue_ms", "client_ms")
 CONCURRENCY_COLUMNS = ("concurrency", "requests", "failures", "duration_s", "throughput_rps", "avg_ms", "p50_ms",
                        "p90_ms", "p95_ms", "p99_ms", "mean_batch_size", "mean_queue_ms", "mean_compute_ms_per_request")
+INTERFERENCE_COLUMNS = ("replicas", "replica", "batches", "duration_s", "compute_ms", "compute_infer_ms",
+                        "busy_fraction", "concurrency", "client_ms")
 STARTUP_COLUMNS = ("sample", "t_start", "process_to_live_s", "live_to_ready_s", "process_to_ready_s")
 
 
@@ -42,6 +58,13 @@ def _stats(url: str) -> dict:
     if st != 200:
         raise RuntimeError(f"statistics request failed (HTTP {st}) at {url}")
     return json.loads(body)["model_stats"][0]
+
+
+def _batch_count(stats: dict, b: int) -> int:
+    for bs in stats.get("batch_stats", []):
+        if int(bs["batch_size"]) == b:
+            return int(bs["compute_infer"]["count"])
+    return 0
 
 
 def _batch_ns(stats: dict, b: int) -> tuple[int, int, int]:
@@ -78,6 +101,10 @@ def compute_sweep(scenario, stack, workdir: str | Path, batch_sizes, samples: in
                 cl.infer(MODEL_NAME, [inp], outputs=outs)
                 client_ms = (time.perf_counter() - t0) * 1000
                 cur = _stats(srv.url)
+                t_wait = time.monotonic() + 0.5
+                while _batch_count(cur, bsz) <= _batch_count(prev, bsz) and time.monotonic() < t_wait:
+                    time.sleep(0.002)     # statistics not yet updated for this request
+                    cur = _stats(srv.url)
                 c1, i1, o1 = _batch_ns(cur, bsz)
                 c0, i0, o0 = _batch_ns(prev, bsz)
                 q = cur["inference_stats"]["queue"]["ns"] - prev["inference_stats"]["queue"]["ns"]
@@ -128,6 +155,87 @@ def concurrency_sweep(scenario, stack, workdir: str | Path, levels, duration_s: 
                 progress(1)
     finally:
         srv.stop()
+    return rows
+
+
+def _exec_totals(stats: dict) -> tuple[int, float, float]:
+    """(executed batches, compute input+infer+output ns, compute_infer ns) of a model's statistics."""
+    inf = stats["inference_stats"]
+    tot = sum(int(inf[k]["ns"]) for k in ("compute_input", "compute_infer", "compute_output"))
+    return int(stats.get("execution_count", 0)), float(tot), float(inf["compute_infer"]["ns"])
+
+
+def interference_sweep(scenario, stack, workdir: str | Path, replica_counts, duration_s: float, seed: int = 0,
+                       progress=None) -> list[tuple]:
+    """Rows of :data:`INTERFERENCE_COLUMNS`; see the module docstring."""
+    import threading
+
+    import tritonclient.http as th
+    workdir = Path(workdir)
+    b = replace(scenario.batching, max_batch_size=max(1, scenario.batching.max_batch_size),
+                preferred_batch_sizes=(), max_queue_delay_us=0, max_queue_size=0, queue_timeout_us=0)
+    repo = write_model_repository(workdir / "repo_interference", b, stack.onnx_threads)
+    rows: list[tuple] = []
+    x = mdl.synthetic_images(1, seed)
+    for n in replica_counts:
+        servers = [TritonServer(repo, f"intf{n}_{i}", workdir / f"interference_{n}_{i}.log").start()
+                   for i in range(n)]
+        try:
+            for srv in servers:
+                srv.wait_ready(stack.ready_timeout_s)
+            stop = threading.Event()
+            lat: list[list[float]] = [[] for _ in servers]
+            errors: list[str] = []
+
+            def _client(i: int) -> None:
+                try:
+                    cl = th.InferenceServerClient(servers[i].url[len("http://"):],
+                                                  network_timeout=stack.request_timeout_s)
+                    inp = th.InferInput("image", list(x.shape), "UINT8")
+                    inp.set_data_from_numpy(x, binary_data=True)
+                    outs = [th.InferRequestedOutput("logits", binary_data=True)]
+                    for _ in range(3):          # warm-up
+                        cl.infer(MODEL_NAME, [inp], outputs=outs)
+                    barrier.wait()
+                    while not stop.is_set():
+                        t0 = time.perf_counter()
+                        cl.infer(MODEL_NAME, [inp], outputs=outs)
+                        lat[i].append((time.perf_counter() - t0) * 1000)
+                except Exception as e:  # reported below
+                    errors.append(f"replica {i}: {e}")
+                    try:
+                        barrier.abort()
+                    except Exception:
+                        pass
+
+            barrier = threading.Barrier(n + 1)
+            threads = [threading.Thread(target=_client, args=(i,), daemon=True) for i in range(n)]
+            for t in threads:
+                t.start()
+            barrier.wait(timeout=60)
+            before = [_exec_totals(_stats(s.url)) for s in servers]
+            t0 = time.monotonic()
+            time.sleep(duration_s)
+            after = [_exec_totals(_stats(s.url)) for s in servers]
+            wall = time.monotonic() - t0
+            stop.set()
+            for t in threads:
+                t.join(stack.request_timeout_s)
+            if errors:
+                raise RuntimeError(f"interference sweep with {n} replicas: {errors[0]}")
+            busy = [(a[1] - b0[1]) / 1e9 / wall for a, b0 in zip(after, before)]
+            for i in range(n):
+                ex = after[i][0] - before[i][0]
+                comp = (after[i][1] - before[i][1]) / 1e6 / ex if ex else float("nan")
+                infer = (after[i][2] - before[i][2]) / 1e6 / ex if ex else float("nan")
+                conc = 1.0 + sum(busy[j] for j in range(n) if j != i)
+                rows.append((n, i, ex, round(wall, 3), comp, infer, busy[i], conc,
+                             float(np.mean(lat[i])) if lat[i] else float("nan")))
+        finally:
+            for srv in servers:
+                srv.stop()
+        if progress:
+            progress(1)
     return rows
 
 

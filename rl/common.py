@@ -60,10 +60,21 @@ def git_rev() -> str:
         return "unknown"
 
 
+def _drop_defaults(d, default):
+    if isinstance(d, dict) and isinstance(default, dict):
+        return {k: _drop_defaults(v, default.get(k)) for k, v in d.items() if k not in default or v != default[k]}
+    return d
+
+
 def scenario_hash(sc: Scenario) -> str:
-    d = sc.to_dict()
-    d.pop("workload", None)
-    d.pop("seed", None)
+    """Hash of the deployment (workload, seed, name, duration and provenance excluded).
+
+    Keys still at their schema default are left out, so adding a new scenario key
+    with a default value does not change the hash of existing scenarios.
+    """
+    d = _drop_defaults(sc.to_dict(), Scenario().to_dict())
+    for k in ("workload", "seed", "name", "duration_s", "warmup_s", "record_requests", "provenance"):
+        d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -177,7 +177,8 @@ def _run(a) -> int:
                 tuned = json.load(f)
             tuned = tuned.get("tuned", tuned)
             if tuned.get("scenario_hash") not in (None, cfg["scenario_hash"]):
-                raise ConfigError(f"--tuned {a.tuned}: tuned for another scenario ({tuned.get('scenario_hash')})")
+                print(f"warning: --tuned {a.tuned} was tuned on scenario {tuned.get('scenario_hash')}, evaluating "
+                      f"on {cfg['scenario_hash']}", file=sys.stderr)
         else:
             tuned = tune(cfg, log=lambda m: print(m, flush=True))
     specs = baseline_specs(tuned, cap) if tuned else {"hpa_default": baseline_specs(

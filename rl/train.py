@@ -106,8 +106,10 @@ def build_algo_config(algo: str, cfg: dict, args_tr: dict, num_env_runners: int,
             .callbacks(_callbacks_cls())
             .debugging(seed=seed, log_level="ERROR")
             .reporting(metrics_num_episodes_for_smoothing=20))
-    if algo == "appo" and num_env_runners == 0:
-        conf = conf.env_runners(num_env_runners=1)
+    if algo == "appo":
+        # APPO samples asynchronously: it needs at least one remote EnvRunner; the learner stays in
+        # the driver so that 2 CPUs suffice (on a cluster, add learners with RLlib's .learners()).
+        conf = conf.env_runners(num_env_runners=max(1, num_env_runners)).learners(num_learners=0)
     return conf
 
 
@@ -127,8 +129,13 @@ def export_policy(algo_obj, cfg: dict, out_path: str, provenance: dict) -> None:
 
     with torch.no_grad():
         probe = module.forward_inference({"obs": torch.zeros((2, dim))})
-    key = "action_dist_inputs" if "action_dist_inputs" in probe else ("qf_preds" if "qf_preds" in probe else None)
-    if key is None:
+    if "action_dist_inputs" in probe:          # PPO / APPO: logits
+        def scores(m, obs):
+            return m.forward_inference({"obs": obs})["action_dist_inputs"]
+    elif hasattr(module, "compute_q_values"):  # DQN: Q-values (its forward_inference returns only the argmax)
+        def scores(m, obs):
+            return m.compute_q_values({"obs": obs})["qf_preds"]
+    else:
         raise RuntimeError(f"cannot export: the RLModule's forward_inference returns {sorted(probe)}")
 
     class _Greedy(torch.nn.Module):
@@ -137,7 +144,7 @@ def export_policy(algo_obj, cfg: dict, out_path: str, provenance: dict) -> None:
             self.m = m
 
         def forward(self, obs):
-            return self.m.forward_inference({"obs": obs})[key]
+            return scores(self.m, obs)
 
     w = _Greedy(module).eval()
     x = torch.randn((3, dim)) * 0.5

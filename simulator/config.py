@@ -204,6 +204,7 @@ class WorkloadSpec:
     rate_rps: float = 10.0                      # poisson
     segments: tuple[Segment, ...] = ()          # schedule (repeats if shorter than the run? no: last rate holds)
     path: str = ""                              # trace / timestamps CSV
+    times: tuple[float, ...] = ()               # timestamps: in-memory arrival instants (s) instead of a CSV
     column: str = ""                            # trace: 'rps'; timestamps: 'TIMESTAMP'
     speedup: float = 1.0                        # time compression: trace seconds per simulated second
     scale: float = 1.0                          # multiply rates (trace) / thin-or-copy arrivals (timestamps)
@@ -219,6 +220,9 @@ class WorkloadSpec:
             d["rate_rps"] = self.rate_rps
         elif self.kind == "schedule":
             d["segments"] = [_seg_to_dict(s) for s in self.segments]
+        elif self.kind == "timestamps" and self.times:
+            d.update(times_s=list(self.times), speedup=self.speedup, scale=self.scale,
+                     offset_s=self.offset_s, length_s=self.length_s)
         elif self.kind in ("trace", "timestamps"):
             d.update(path=self.path, column=self.column, speedup=self.speedup, scale=self.scale,
                      offset_s=self.offset_s, length_s=self.length_s)
@@ -238,12 +242,12 @@ def _seg_to_dict(s: Segment) -> dict:
 
 def parse_workload(d: Any, path: str, base_dir: str) -> WorkloadSpec:
     _check_keys(d, {"kind", "rate_rps", "segments", "path", "column", "speedup", "scale",
-                    "offset_s", "length_s", "users", "think", "think_s", "spawn_rate"}, path)
+                    "offset_s", "length_s", "users", "think", "think_s", "spawn_rate", "times_s"}, path)
     kind = _choice(d, "kind", path, WORKLOAD_KINDS)
     allowed = {"poisson": {"kind", "rate_rps"},
                "schedule": {"kind", "segments"},
                "trace": {"kind", "path", "column", "speedup", "scale", "offset_s", "length_s"},
-               "timestamps": {"kind", "path", "column", "speedup", "scale", "offset_s", "length_s"},
+               "timestamps": {"kind", "path", "column", "speedup", "scale", "offset_s", "length_s", "times_s"},
                "closed_loop": {"kind", "users", "think", "think_s", "spawn_rate"}}[kind]
     extra = sorted(set(d) - allowed)
     if extra:
@@ -257,6 +261,20 @@ def parse_workload(d: Any, path: str, base_dir: str) -> WorkloadSpec:
                   f"(kind: {', '.join(SEGMENT_KINDS)}; duration_s; rate_rps; ...)")
         return WorkloadSpec(kind=kind, segments=tuple(_parse_segment(s, f"{path}.segments[{i}]")
                                                       for i, s in enumerate(segs)))
+    if kind == "timestamps" and "times_s" in d:
+        if "path" in d or "column" in d:
+            _fail(f"{path}.times_s", "give either times_s (a list of arrival instants) or path (a CSV), not both")
+        times = d["times_s"]
+        if not isinstance(times, (list, tuple)) or not times:
+            _fail(f"{path}.times_s", "must be a non-empty list of arrival instants in seconds")
+        for i, v in enumerate(times):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                _fail(f"{path}.times_s[{i}]", f"must be a finite number >= 0 (got {v!r})")
+        return WorkloadSpec(kind=kind, times=tuple(sorted(float(v) for v in times)),
+                            speedup=_num(d, "speedup", path, 1.0, lo=0, lo_open=True),
+                            scale=_num(d, "scale", path, 1.0, lo=0, lo_open=True),
+                            offset_s=_num(d, "offset_s", path, 0.0, lo=0),
+                            length_s=_num(d, "length_s", path, 0.0, lo=0))
     if kind in ("trace", "timestamps"):
         p = _str(d, "path", path, required=True)
         if not os.path.isabs(p) and base_dir:
@@ -304,9 +322,8 @@ class ServiceSpec:
     of the last two sizes, or by ``batch_slope`` when only one size is listed).
     ``overhead`` is time outside Triton per request (client + network + load
     balancer); it adds to client latency but does not occupy the server.
-    ``interference`` is the slowdown of compute when several batches run at once
-    on one node: factor(k) = 1 + interference * (k - 1) for k concurrent batches
-    on a node of ``node_capacity`` (0 = no interference).
+    Node interference (several batches executing at once on one node) is a
+    cluster property: see :class:`ClusterSpec` ``node_cores`` / ``interference``.
     """
 
     per_batch: tuple[tuple[int, Dist], ...] = ((1, Dist("deterministic", 10.0, 0.0)),)
@@ -410,6 +427,11 @@ class ClusterSpec:
     ``node_cores`` / ``interference``: replicas share one node; when k batches execute at
     once across the node, compute time is multiplied by
     ``1 + interference * max(0, k - node_cores)`` (0 disables; fitted by calibration).
+    ``rate_contention`` / ``rate_window_s``: CPU contention from request handling outside
+    the model (load generator, load balancer, HTTP front end on the same cores): compute
+    time is also multiplied by ``1 + rate_contention * r``, with ``r`` the node's arrival
+    rate (req/s) over the last complete ``rate_window_s`` bin (time cut in fixed bins;
+    0 disables; fitted by calibration).
     """
 
     replicas: int = 1
@@ -419,17 +441,20 @@ class ClusterSpec:
     load_balancer: str = "round_robin"
     node_cores: int = 0
     interference: float = 0.0
+    rate_contention: float = 0.0
+    rate_window_s: float = 1.0
 
     def to_dict(self) -> dict:
         return {"replicas": self.replicas, "min_replicas": self.min_replicas,
                 "max_replicas": self.max_replicas, "startup_s": self.startup.to_dict("s"),
                 "load_balancer": self.load_balancer, "node_cores": self.node_cores,
-                "interference": self.interference}
+                "interference": self.interference, "rate_contention": self.rate_contention,
+                "rate_window_s": self.rate_window_s}
 
 
 def parse_cluster(d: Any, path: str) -> ClusterSpec:
     _check_keys(d, {"replicas", "min_replicas", "max_replicas", "startup_s", "load_balancer",
-                    "node_cores", "interference"}, path)
+                    "node_cores", "interference", "rate_contention", "rate_window_s"}, path)
     reps = _num(d, "replicas", path, 1, lo=0, hi=10000, integer=True)
     mn = _num(d, "min_replicas", path, min(1, reps), lo=0, integer=True)
     mx = _num(d, "max_replicas", path, max(reps, mn, 1), lo=1, hi=10000, integer=True)
@@ -442,7 +467,9 @@ def parse_cluster(d: Any, path: str) -> ClusterSpec:
     return ClusterSpec(replicas=reps, min_replicas=mn, max_replicas=mx, startup=startup,
                        load_balancer=_choice(d, "load_balancer", path, LOAD_BALANCERS, "round_robin"),
                        node_cores=_num(d, "node_cores", path, 0, lo=0, integer=True),
-                       interference=_num(d, "interference", path, 0.0, lo=0))
+                       interference=_num(d, "interference", path, 0.0, lo=0),
+                       rate_contention=_num(d, "rate_contention", path, 0.0, lo=0),
+                       rate_window_s=_num(d, "rate_window_s", path, 1.0, lo=0, lo_open=True))
 
 
 # --------------------------------------------------------------------------- autoscaler

@@ -146,7 +146,7 @@ class Simulation:
 
     def _startup(self, r: Replica, delay: float):
         yield self.env.timeout(delay)
-        if r.alive and math.isnan(r.drain_s):
+        if r.alive and math.isnan(r.drain_s) and self.env.now <= self.sc.duration_s:
             r.ready_s = self.env.now
             self.dp.set_ready(r.uid, self.env.now)
 

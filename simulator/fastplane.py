@@ -38,7 +38,8 @@ LB_CODES = {"round_robin": LB_RR, "random": LB_RANDOM, "least_outstanding": LB_L
 # int state vector
 S_NSLOTS, S_RR, S_NEXT_ID, S_NREADY, S_PTR, S_HEAP, S_NBUSY, S_REC_CAP, S_NGONE = range(9)
 # float params
-F_WARMUP, F_SLO, F_STOP, F_DELAY_US, F_TIMEOUT, F_ISTART, F_INTERF, F_CORES = range(8)
+F_WARMUP, F_SLO, F_STOP, F_DELAY_US, F_TIMEOUT, F_ISTART, F_INTERF, F_CORES, F_RCONT, F_RWIN, F_RBIN, F_RCUR, \
+    F_RPREV = range(13)
 # int params
 P_SEED, P_MAXB, P_INST, P_MAXQ, P_LB, P_REC, P_CLOSED, P_OVZERO = range(8)
 
@@ -143,6 +144,29 @@ def _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, 
 
 
 @njit(cache=True)
+def _note_arrival(fs, t):
+    """Count an arrival in its ``rate_window_s`` bin (see simulator.config.ClusterSpec)."""
+    b = math.floor(t / fs[F_RWIN])
+    if b == fs[F_RBIN]:
+        fs[F_RCUR] += 1.0
+    else:
+        fs[F_RPREV] = fs[F_RCUR] if b == fs[F_RBIN] + 1.0 else 0.0
+        fs[F_RCUR] = 1.0
+        fs[F_RBIN] = b
+
+
+@njit(cache=True)
+def _node_rate(fs, t):
+    """Node arrival rate (req/s) over the last complete ``rate_window_s`` bin before ``t``."""
+    b = math.floor(t / fs[F_RWIN])
+    if b == fs[F_RBIN]:
+        return fs[F_RPREV] / fs[F_RWIN]
+    if b == fs[F_RBIN] + 1.0:
+        return fs[F_RCUR] / fs[F_RWIN]
+    return 0.0
+
+
+@njit(cache=True)
 def _try_dispatch(s, t, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head, q_len,
                   i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer):
     """Run the batcher of slot ``s`` at time ``t`` while it has a free instance."""
@@ -174,6 +198,8 @@ def _try_dispatch(s, t, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_use
             extra = st[S_NBUSY] - fs[F_CORES]
             if extra > 0:
                 svc *= 1.0 + fs[F_INTERF] * extra
+        if fs[F_RCONT] > 0.0:
+            svc *= 1.0 + fs[F_RCONT] * _node_rate(fs, t)
         h = q_head[s]
         for j in range(n):
             b_arr[s, free, j] = q_arr[s, h]
@@ -333,6 +359,8 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
                 user = -1
                 st[S_PTR] += 1
             st[S_NEXT_ID] = rid + 1
+            if fs[F_RCONT] > 0.0:
+                _note_arrival(fs, ta)
             ia[A_ARRIVALS] += 1.0
             if ta >= warm:
                 ga[A_ARRIVALS] += 1.0
@@ -388,7 +416,8 @@ class FastPlane:
         stop = sc.duration_s
         self.fs = np.array([sc.warmup_s, sc.slo_ms * 1e-3, stop, float(b.max_queue_delay_us),
                             b.queue_timeout_us * 1e-6, 0.0, sc.cluster.interference,
-                            float(sc.cluster.node_cores)], dtype=np.float64)
+                            float(sc.cluster.node_cores), sc.cluster.rate_contention,
+                            sc.cluster.rate_window_s, -1.0, 0.0, 0.0], dtype=np.float64)
         self.pref = np.array(b.preferred_batch_sizes, dtype=np.int64)
         self.table, self.ovt, self.tht = model.table, model.overhead, think_table
         self.st = np.zeros(9, dtype=np.int64)

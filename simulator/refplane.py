@@ -151,6 +151,9 @@ class RefPlane:
         self.lb = sc.cluster.load_balancer
         self.interference = sc.cluster.interference
         self.cores = float(sc.cluster.node_cores)
+        self.rate_cont = sc.cluster.rate_contention
+        self.rate_win = sc.cluster.rate_window_s
+        self.rate_bin, self.rate_cur, self.rate_prev = -1.0, 0.0, 0.0   # arrivals per window bin
         self.warmup = sc.warmup_s
         self.slo_s = sc.slo_ms * 1e-3
         self.stop = sc.duration_s
@@ -218,6 +221,14 @@ class RefPlane:
         t = self.env.now
         req = Request(self.next_id, user, t)
         self.next_id += 1
+        if self.rate_cont > 0.0:
+            b = math.floor(t / self.rate_win)
+            if b == self.rate_bin:
+                self.rate_cur += 1.0
+            else:
+                self.rate_prev = self.rate_cur if b == self.rate_bin + 1.0 else 0.0
+                self.rate_cur = 1.0
+                self.rate_bin = b
         self.ia[A_ARRIVALS] += 1
         if t >= self.warmup:
             self.ga[A_ARRIVALS] += 1
@@ -363,6 +374,11 @@ class RefPlane:
             extra = self.n_busy - self.cores
             if extra > 0:
                 svc *= 1.0 + self.interference * extra
+        if self.rate_cont > 0.0:
+            b = math.floor(t / self.rate_win)
+            rate = (self.rate_prev if b == self.rate_bin else
+                    (self.rate_cur if b == self.rate_bin + 1.0 else 0.0)) / self.rate_win
+            svc *= 1.0 + self.rate_cont * rate
         reqs = [rep.queue.popleft() for _ in range(n)]
         batch = Batch(reqs, t, svc, instance)
         rep.running[instance] = batch

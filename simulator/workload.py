@@ -12,8 +12,10 @@ who asks for them or how the run is sliced (memory stays bounded for long runs).
 - ``trace``: per-second rate CSV (header ``rps``). Simulated time ``t`` maps to
   trace second ``offset_s + t * speedup``; the rate there is ``rps * scale``
   (time is compressed, rates are not). Piecewise-constant Poisson.
-- ``timestamps``: exact arrival instants from a CSV column (datetimes or
-  seconds), relative to the first one, window ``[offset_s, offset_s + length_s)``
+- ``timestamps``: exact arrival instants, from a CSV column (datetimes or
+  seconds, relative to the first one) or from the spec's in-memory ``times``
+  (``times_s`` in YAML; seconds used as given, not shifted to start at 0 --
+  calibration replays measured send times this way), window ``[offset_s, offset_s + length_s)``
   in trace time, divided by ``speedup``. ``scale < 1`` keeps each arrival with
   probability ``scale``; ``scale > 1`` emits ``floor(scale)`` or ``ceil(scale)``
   copies, extra copies displaced by a uniform fraction of the gap to the next
@@ -126,7 +128,10 @@ def _timestamps(path, column, offset, length, speedup, scale, seed, mtime):
     t = read_column(path, column)
     if np.any(np.diff(t) < 0):
         t = np.sort(t)
-    t = t - t[0]
+    return _window_scale(t - t[0], offset, length, speedup, scale, seed)
+
+
+def _window_scale(t, offset, length, speedup, scale, seed):
     t = t[(t >= offset) & ((length <= 0) | (t < offset + length))] - offset
     t = t / speedup
     if scale != 1.0:
@@ -173,7 +178,10 @@ class ArrivalSource:
         self._t = 0.0
         if spec.kind == "trace":
             self._rates = trace_rates(spec)
-        if spec.kind == "timestamps":
+        if spec.kind == "timestamps" and spec.times:
+            self._ts = _window_scale(np.sort(np.asarray(spec.times, dtype=float)), spec.offset_s,
+                                     spec.length_s, spec.speedup, spec.scale, self.seed)
+        elif spec.kind == "timestamps":
             self._ts = _timestamps(spec.path, spec.column, spec.offset_s, spec.length_s, spec.speedup,
                                    spec.scale, self.seed, os.path.getmtime(spec.path) if
                                    os.path.exists(spec.path) else 0.0)

@@ -64,3 +64,19 @@ def test_load_scenario_file_errors(tmp_path):
     assert sc.workload.rate_rps == 9 and sc.batching.max_batch_size == 4 and sc.seed == 42
     with pytest.raises(ConfigError, match="expected key=value"):
         load_scenario(str(p), ["workload.rate_rps"])
+
+
+def test_every_shipped_scenario_loads():
+    """configs/*.yaml that are plain scenarios must load (catches broken YAML in shipped files)."""
+    import glob
+    import os
+    import yaml
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    n = 0
+    for p in sorted(glob.glob(os.path.join(root, "configs", "**", "*.yaml"), recursive=True)):
+        docs = list(yaml.safe_load_all(open(p)))
+        d = docs[0] if len(docs) == 1 else None
+        if isinstance(d, dict) and "workload" in d and "service" in d:
+            load_scenario(p)
+            n += 1
+    assert n >= 2

@@ -266,6 +266,17 @@ def test_scripted_scaling(lb):
     assert any(math.isnan(r.ready_s) and not math.isnan(r.drain_s) for r in fast.replicas)
 
 
+def test_scale_up_at_end_of_run():
+    # Replicas requested at the last tick become ready while in-flight requests drain out
+    # after duration_s: only the reference engine steps the control plane then (see
+    # assert_same); every request, the summary and the timeline still agree.
+    d = dict(SCRIPT_BASE, duration_s=10,
+             cluster=dict(SCRIPT_BASE["cluster"], startup_s={"kind": "deterministic", "mean_s": 0.005}))
+    fast, ref = both(d, [2, 2, 2, 2, 8])
+    assert max(fast.records["completion_s"]) > 10.005
+    assert sum(r.requested_s == 10 for r in fast.replicas) == 6
+
+
 def test_scale_to_zero_drops():
     desired = [1, 0, 0, 0, 2, 2, 0, 3, 3, 1]
     d = dict(SCRIPT_BASE, duration_s=20, cluster=dict(SCRIPT_BASE["cluster"], load_balancer="round_robin"))

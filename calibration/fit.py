@@ -1,0 +1,255 @@
+"""Calibrate the simulator to a measurement folder and report its fidelity.
+
+    python -m calibration.fit results/baseline [--name NAME] [--config-out PATH] [--report DIR]
+                                               [--seeds 3] [--quiet]
+
+Writes ``configs/calibrated/<name>.yaml`` (a scenario ``simulator.run`` accepts,
+with ``provenance``: source folder, fit criteria, goodness of fit per batch
+size, every fitted number and warning) and ``report/<name>/`` with
+``fidelity.md``, ``fidelity.json`` and PNGs. See :mod:`calibration.calibrate`
+for what is fitted from what, :mod:`calibration.replay` for how a run is
+replayed and compared.
+
+Fidelity:
+
+- **in-sample**: run-derived parameters (overhead mean, contention factor)
+  fitted on all runs, every run replayed;
+- **held out, leave-one-run-out**: for each run (runs with an identical
+  configuration, e.g. a repeat, are held out together), fit on the others and
+  predict it;
+- **held out across replica counts**: fit on the one-replica runs, predict the
+  runs that used more replicas, and the reverse;
+- **noise floor**: runs with an identical configuration compared with each other
+  (relative differences of the same metrics): no simulator can be expected to
+  be closer to a run than a repeat of that run is.
+
+Sweep-derived parts (per-batch shapes, interference, start-up, overhead shape)
+never see the runs and are shared by every fold.
+
+Errors (missing files, wrong format version, nothing fittable) print one line
+``error: ...`` naming the file and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from simulator.config import ConfigError, load_scenario
+
+from . import fitting
+from .calibrate import calibrate, log, shared_fits, source_label
+from .measurements import CalibrationError, Measurements, RunData, load_measurements
+from .replay import TARGETS, compare, measured_summary, simulate_run
+
+
+def _clean(o):
+    """JSON/YAML-safe plain data (NaN -> None, numpy -> python)."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        v = float(o)
+        return v if math.isfinite(v) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return o
+
+
+def _runs_desc(r: RunData) -> dict:
+    w = r.scenario.workload
+    return {"workload": w.kind if w.kind != "schedule" else "/".join(s.kind for s in w.segments),
+            "loop": "open" if r.open_loop else "closed", "replicas": r.max_replicas_used,
+            "duration_s": r.duration_s, "warmup_s": r.warmup_s}
+
+
+def evaluate(sc, runs: list[RunData], seeds, keep: bool = False) -> dict:
+    out = {}
+    for r in runs:
+        sim = simulate_run(sc, r, seeds)
+        ms = measured_summary(r)
+        out[r.name] = {"measured": ms, "simulated": sim["summary"], "errors": compare(ms, sim["summary"]),
+                       **({"_sim": sim} if keep else {})}
+    return out
+
+
+def noise_floor(meas: Measurements) -> dict:
+    groups: dict[str, list[RunData]] = {}
+    for r in meas.runs.values():
+        groups.setdefault(r.group, []).append(r)
+    pairs = []
+    for g in groups.values():
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                a, b = measured_summary(g[i]), measured_summary(g[j])
+                pairs.append({"runs": [g[i].name, g[j].name], "a": a, "b": b, "errors": compare(a, b)})
+    return {"pairs": pairs}
+
+
+def run_fit(root: str, name: str | None = None, config_out: str | None = None, report_dir: str | None = None,
+            seeds: int = 3, quiet: bool = False, plots: bool = True) -> dict:
+    t_start = dt.datetime.now(dt.timezone.utc)
+    meas = load_measurements(root)
+    name = name or Path(root).resolve().name
+    config_out = config_out or os.path.join("configs", "calibrated", f"{name}.yaml")
+    report_dir = report_dir or os.path.join("report", name)
+    seeds_t = tuple(range(seeds))
+    runs = list(meas.runs.values())
+    for w in meas.warnings:
+        log(f"warning: {w}", quiet)
+    log(f"[fit] {len(runs)} runs: {', '.join(r.name for r in runs)}; fitting sweep data ...", quiet)
+    shared = shared_fits(meas)
+    comp = shared["compute"]
+    for row in comp["rows"]:
+        log(f"[fit] batch {row['batch_size']}: n={row['n']} {row['chosen']} mean {row['fit']['mean']:.2f} ms "
+            f"p99 {row['fit']['p99']:.2f} ms (KS {row['ks']:.3f})", quiet)
+    for p in comp["partial"]:
+        log(f"warning: partial fit: batch {p['batch_size']}: {p['reason']}", quiet)
+    intf = shared["interference"]
+    log(f"[fit] interference: node_cores={intf['node_cores']} interference={intf['interference']:.3f}"
+        + (f" ({intf.get('note')})" if intf.get("note") else ""), quiet)
+
+    # ---- in-sample
+    sc_all, info_all = calibrate(meas, runs, shared, (0,), quiet)
+    log(f"[fit] overhead mean {info_all['overhead']['mean_ms']:.2f} ms", quiet)
+    log(f"[fidelity] in-sample replay of {len(runs)} runs x {seeds} seeds ...", quiet)
+    in_sample = evaluate(sc_all, runs, seeds_t, keep=plots)
+
+    # ---- held out: leave one run (group) out
+    groups: dict[str, list[RunData]] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r)
+    loro, folds = {}, []
+    for g, test in groups.items():
+        train = [r for r in runs if r.group != g]
+        names = [r.name for r in test]
+        if not train:
+            folds.append({"test": names, "train": [], "skipped": "no other runs to fit on"})
+            continue
+        sc_g, info_g = calibrate(meas, train, shared, (0,), quiet, label=f" -{'/'.join(names)}")
+        folds.append({"test": names, "train": info_g["train_runs"], "scale": info_g["contention"]["scale"],
+                      "rate_contention": info_g["contention"]["rate_contention"],
+                      "overhead_ms": info_g["overhead"]["mean_ms"]})
+        loro.update(evaluate(sc_g, test, seeds_t, keep=plots))
+    # ---- held out: across replica counts
+    by_rep = {}
+    one = [r for r in runs if r.max_replicas_used <= 1]
+    many = [r for r in runs if r.max_replicas_used > 1]
+    for label, train, test in (("fit 1 replica -> predict >1", one, many), ("fit >1 replicas -> predict 1", many, one)):
+        if not train or not test:
+            continue
+        sc_r, info_r = calibrate(meas, train, shared, (0,), quiet, label=f" {label}")
+        by_rep[label] = {"train": [r.name for r in train], "scale": info_r["contention"]["scale"],
+                         "rate_contention": info_r["contention"]["rate_contention"],
+                         "overhead_ms": info_r["overhead"]["mean_ms"],
+                         "runs": evaluate(sc_r, test, seeds_t)}
+    nf = noise_floor(meas)
+
+    # ---- outputs
+    prov = {
+        "source": source_label(meas), "source_format": meas.manifest.get("format"),
+        "source_created": meas.manifest.get("created"), "source_seed": meas.manifest.get("seed"),
+        "source_machine": meas.manifest.get("machine"),
+        "calibrated": t_start.isoformat(timespec="seconds"),
+        "command": " ".join(["python -m calibration.fit", str(root)] + (["--name", name] if name else [])),
+        "criteria": {"family_selection": f"lowest AIC among {', '.join(fitting.FAMILIES)}, kept if its KS "
+                                         f"distance <= {fitting.KS_MAX}, else the sample's quantiles "
+                                         f"({fitting.EMPIRICAL_LEVELS} levels)",
+                     "min_samples": fitting.MIN_SAMPLES,
+                     "contention": "compute x scale x (1 + rate_contention x node req/s over the last second); "
+                                   "each training run's own factor by bisection (replayed per-request compute "
+                                   "= Triton's counters), then a weighted line of factor vs request rate",
+                     "overhead": "shape from the sweep (client - queue - compute), mean from the runs (client "
+                                 "latency - Triton queue - compute per request)",
+                     "interference": "least squares slowdown(k) = 1 + interference * max(0, k - node_cores)"},
+        "per_batch": [{k: v for k, v in row.items() if k != "candidates"} for row in comp["rows"]],
+        "partial": comp["partial"] + ([{"what": "startup", "reason": shared["startup"][1].get("note")}]
+                                      if shared["startup"][1].get("partial") else []),
+        "mean_curve": comp["mean_curve"], "interference": intf,
+        "startup": {k: v for k, v in shared["startup"][1].items() if k != "samples_s"},
+        "overhead": info_all["overhead"], "contention": {k: v for k, v in info_all["contention"].items()
+                                                          if k != "iterations"},
+        "warnings": meas.warnings,
+    }
+    sc_out = sc_all.replace(name=f"calibrated:{name}", provenance=_clean(prov))
+    fid = {"name": name, "source": source_label(meas), "config": config_out, "seeds": seeds,
+           "created": t_start.isoformat(timespec="seconds"),
+           "targets": {k: {"kind": v[0], "tolerance": v[1]} for k, v in TARGETS.items()},
+           "runs": {r.name: _runs_desc(r) for r in runs},
+           "in_sample": {k: {kk: vv for kk, vv in v.items() if kk != "_sim"} for k, v in in_sample.items()},
+           "held_out": {"leave_one_run_out": {k: {kk: vv for kk, vv in v.items() if kk != "_sim"}
+                                              for k, v in loro.items()},
+                        "folds": folds, "across_replica_counts": by_rep},
+           "noise_floor": nf, "provenance": prov,
+           "fits": {"per_batch": comp["rows"], "overhead_shape": shared["overhead_shape"][1],
+                    "startup": shared["startup"][1]}}
+    fid = _clean(fid)
+    # calibrated scenario (atomic), validated by loading it back
+    cp = Path(config_out)
+    cp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cp.with_name(f".{cp.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"# Calibrated by python -m calibration.fit {root} -- see provenance at the end.\n")
+            yaml.safe_dump(_clean(sc_out.to_dict()), f, sort_keys=False)
+        load_scenario(str(tmp))
+        os.replace(tmp, cp)
+    except ConfigError as e:
+        raise CalibrationError(f"{cp}: the calibrated scenario does not validate: {e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    # report (atomic: temp folder, then rename)
+    rp = Path(report_dir)
+    rp.parent.mkdir(parents=True, exist_ok=True)
+    rtmp = rp.with_name(f".{rp.name}.tmp-{os.getpid()}")
+    shutil.rmtree(rtmp, ignore_errors=True)
+    rtmp.mkdir(parents=True)
+    try:
+        from .report import write_report
+        log(f"[report] writing {rp} ...", quiet)
+        fid["report_dir"] = str(rp)
+        write_report(rtmp, fid, meas, shared, in_sample, loro, plots=plots)
+        if rp.exists():
+            shutil.rmtree(rp)
+        os.replace(rtmp, rp)
+    finally:
+        shutil.rmtree(rtmp, ignore_errors=True)
+    return fid
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m calibration.fit", description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", help="measurement folder written by python -m cluster.measure")
+    ap.add_argument("--name", help="calibration name (default: the folder's name)")
+    ap.add_argument("--config-out", help="calibrated scenario path (default configs/calibrated/<name>.yaml)")
+    ap.add_argument("--report", help="report folder (default report/<name>)")
+    ap.add_argument("--seeds", type=int, default=3, help="simulation seeds per replayed run (pooled; default 3)")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    if a.seeds < 1:
+        print("error: --seeds must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        fid = run_fit(a.folder, a.name, a.config_out, a.report, a.seeds, a.quiet, plots=not a.no_plots)
+    except CalibrationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from .report import summary_lines
+    print("\n".join(summary_lines(fid)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
