@@ -26,11 +26,12 @@ DEFAULTS: dict[str, Any] = {
     "trace": {"path": "../shared/traces/twitter_2021_rps_days01-14.csv", "train_days": [1, 10],
               "tune_days": [11, 12], "eval_days": [13, 14], "scale": "auto", "target_util": 0.7},
     "slo_target": 0.01,
-    "env": {"episode_s": 600, "history": 4, "action": {"kind": "delta", "values": [-2, -1, 0, 1, 2, 3]},
-            "reward": {"cost_per_replica_s": 1.0, "lambda": 0.5}},
+    "env": {"episode_s": 600, "history": 4,
+            "action": {"kind": "rate", "values": [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]},
+            "reward": {"cost_per_replica_s": 1.0, "lambda": 2.0}},
     "curriculum": {"synthetic_frac": 0.3, "scale_jitter": [0.75, 1.25],
                    "levels": [{"episodes": 0, "speedups": [1]}]},
-    "training": {"algo": "ppo", "iterations": 20, "train_batch_size": 2000, "minibatch_size": 250,
+    "training": {"algo": "ppo", "iterations": 30, "train_batch_size": 2000, "minibatch_size": 250,
                  "num_epochs": 8, "lr": 3e-4, "gamma": 0.97, "entropy_coeff": 0.005, "hidden": [64, 64]},
 }
 

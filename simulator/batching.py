@@ -41,25 +41,30 @@ STATUS_NAMES = ("ok", "rejected", "timeout", "dropped")
 
 
 @njit(cache=True)
-def batch_decision(q, oldest_wait_us, max_batch, preferred, delay_us):
-    """What a free instance does with ``q`` pending requests.
+def batch_decision(q, oldest_s, now_s, max_batch, preferred, delay_us):
+    """What a free instance does at ``now_s`` with ``q`` pending requests.
 
-    ``preferred`` is a sorted int array of preferred batch sizes (may be empty).
-    ``oldest_wait_us`` is how long the oldest pending request has waited.
-    Returns ``(n, wait_us)``: send a batch of ``n`` now (``n > 0``), or send
-    nothing and re-decide after ``wait_us`` more microseconds (``wait_us = -1``:
-    nothing to wait for, the queue is empty).
+    ``preferred`` is a sorted int array of preferred batch sizes (may be empty);
+    ``oldest_s`` is the arrival instant of the oldest pending request.
+    Returns ``(n, deadline_s)``: send a batch of ``n`` now (``n > 0``), or send
+    nothing and decide again at the absolute instant ``deadline_s`` (``-1``: the
+    queue is empty). The delay test compares absolute instants,
+    ``now_s >= oldest_s + delay``, and the timer is set to exactly that sum, so a
+    timer firing is always recognised as expired — no subtraction of large,
+    nearly equal times (which at t ~ 10^5 s loses more than a picosecond and
+    could re-arm a timer at the same instant forever).
     """
     if q <= 0:
         return 0, -1.0
     if q >= max_batch:
-        return max_batch, 0.0
+        return max_batch, now_s
     best = 0
     for p in preferred:
         if p <= q and p > best:
             best = p
     if best > 0:
-        return best, 0.0
-    if oldest_wait_us >= delay_us - 1e-6:   # 1 ps slack for float round-off of timer instants
-        return q, 0.0
-    return 0, delay_us - oldest_wait_us
+        return best, now_s
+    deadline = oldest_s + delay_us * 1e-6
+    if now_s >= deadline:
+        return q, now_s
+    return 0, deadline

@@ -186,9 +186,9 @@ def _try_dispatch(s, t, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_use
             timer[s] = INF
             return
         oldest = q_arr[s, q_head[s]]
-        n, wait_us = batch_decision(q, (t - oldest) * 1e6, ip[P_MAXB], pref, fs[F_DELAY_US])
+        n, deadline = batch_decision(q, oldest, t, ip[P_MAXB], pref, fs[F_DELAY_US])
         if n == 0:
-            timer[s] = t + wait_us * 1e-6 if wait_us >= 0 else INF
+            timer[s] = deadline if deadline >= 0 else INF
             return
         k = s_nb[s]
         s_nb[s] = k + 1

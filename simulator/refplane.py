@@ -25,7 +25,7 @@ Random quantities use the same counter-based keys as the fast plane
 
 Time and ties. Every event is scheduled at an *absolute* instant computed with
 the same floating-point expression as the fast plane (batch completion
-``start + svc``, delay timer ``t + wait_us * 1e-6``, queue deadline
+``start + svc``, delay timer ``oldest arrival + delay`` (returned by ``batch_decision``), queue deadline
 ``arrival + timeout``), so equal instants compare equal. At equal instants the
 order is (SimPy orders events by time, then priority, then creation):
 
@@ -352,10 +352,10 @@ class RefPlane:
             free = next((i for i, b in enumerate(rep.running) if b is None), None)
             if free is None or not rep.queue:
                 return
-            n, wait_us = batch_decision(len(rep.queue), (t - rep.queue[0].arrival) * 1e6,
-                                        self.max_batch, self.preferred, self.delay_us)
+            n, deadline = batch_decision(len(rep.queue), rep.queue[0].arrival, t,
+                                         self.max_batch, self.preferred, self.delay_us)
             if n == 0:
-                rep.timer = timer = _At(self.env, t + wait_us * 1e-6, PRIO_TIMER)
+                rep.timer = timer = _At(self.env, deadline, PRIO_TIMER)
                 timer.callbacks.append(lambda ev, rep=rep: self._on_timer(rep, ev))
                 return
             self._dispatch(rep, free, int(n), t)

@@ -39,7 +39,7 @@ RUNS = [
     ("baseline", {}, []),
     ("baseline_repeat", {}, []),
     ("step", {"workload": {"kind": "schedule", "segments": [
-        {"kind": "step", "duration_s": 60, "rate_rps": 40, "to_rps": 130, "at_s": 10}]}, "duration_s": 60,
+        {"kind": "step", "duration_s": 60, "rate_rps": 40, "to_rps": 100, "at_s": 10}]}, "duration_s": 60,
         "warmup_s": 0}, [(12, 2)]),
     ("const1", {"workload": {"kind": "poisson", "rate_rps": 70}, "duration_s": 40}, []),
     ("const2", {"workload": {"kind": "poisson", "rate_rps": 110}, "cluster": {"replicas": 2}, "duration_s": 40},

@@ -4,7 +4,9 @@ Tolerances: per-batch means from 400 samples with cv <= 0.25 have a standard err
 of ~1.3%, so 5% is > 3 sigma; the contention model is recovered from 4-5 runs'
 counters through a bisection with ~1.5% resolution, so its factor at 100 req/s is
 checked to 8%; the overhead mean is the runs' client - queue - compute, exact up to
-the simulated overhead's sampling error (~1%).
+the simulated overhead's sampling error (~1%). The synthetic runs' request rates
+(66-110 req/s) are chosen so every held-out run lies inside the rate range of the
+runs it is predicted from: the contention line is fitted, not extrapolated.
 """
 import json
 import shutil

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_baseline_config_loads():
     cfg = ccfg.load_measure_config(str(ROOT / "configs" / "baseline.yaml"))
     names = [r.name for r in cfg.runs]
-    assert names == ["baseline", "step", "ramp"]
+    assert names == ["baseline", "step", "ramp", "baseline_repeat", "const1", "const2"]
     base = cfg.runs[0].scenario
     assert base.workload.kind == "closed_loop" and base.workload.users == 10
     step = cfg.runs[1]
