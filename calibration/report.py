@@ -115,9 +115,15 @@ def plot_compute(path_hist: Path, path_qq: Path, meas, shared) -> None:
         x = meas.compute[meas.compute["batch_size"] == b]["service_ms"].to_numpy(float)
         x = x[np.isfinite(x) & (x > 0)]
         hi = np.percentile(x, 99.5) * 1.1
-        ax.hist(x, bins=50, range=(0, hi), density=True, color="#9ecae1", label=f"sweep (n={len(x)})")
-        xs, pdf = _density(fits[b].dist, 0, hi)
-        ax.plot(xs, pdf, color="#d62728", lw=1.6, label=f"fit: {fits[b].chosen}")
+        lo = max(0.0, np.percentile(x, 0.5) * 0.9)
+        ax.hist(x, bins=50, range=(lo, hi), density=True, color="#9ecae1", label=f"sweep (n={len(x)})")
+        if fits[b].chosen == "empirical":   # piecewise-linear quantiles: show the density on the same bins
+            u = (np.arange(20000) + 0.5) / 20000
+            ax.hist(quantile_function(fits[b].dist, u), bins=50, range=(lo, hi), density=True, histtype="step",
+                    color="#d62728", lw=1.6, label="fit: empirical (quantiles)")
+        else:
+            xs, pdf = _density(fits[b].dist, lo, hi)
+            ax.plot(xs, pdf, color="#d62728", lw=1.6, label=f"fit: {fits[b].chosen}")
         ax.set_title(f"batch {b}")
         ax.set_xlabel("compute per batch (ms)")
         ax.legend(fontsize=7)
