@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
+from simulator.io import jsonable, write_json  # noqa: F401  (re-exported)
 from simulator.config import AutoscalerSpec, ConfigError, Scenario, WorkloadSpec, load_scenario
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -323,23 +324,3 @@ def interval_violations(obs) -> float:
     return float(f * done)
 
 
-def jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        try:
-            return jsonable(x.item())
-        except Exception:
-            return str(x)
-    return x
-
-
-def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(jsonable(obj), f, indent=2)
-    os.replace(tmp, path)

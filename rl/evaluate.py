@@ -39,6 +39,7 @@ import numpy as np
 from rl.baselines import baseline_specs, make, run_one, summarize, tune
 from rl.common import (DAY_S, DEFAULT_CONFIG, auto_scale, base_scenario, jsonable, load_rl_config, load_trace,
                        select_windows, trace_scenario, window_stats, write_json)
+from simulator.io import run_cli
 from simulator.config import ConfigError
 from simulator.policy import StaticPolicy
 
@@ -115,14 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-plots", action="store_true")
     a = ap.parse_args(argv)
-    try:
-        return _run(a)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing written", file=sys.stderr)
-        return 130
+    return run_cli(lambda: _run(a))
 
 
 def _run(a) -> int:

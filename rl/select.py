@@ -18,6 +18,7 @@ import sys
 
 from rl.baselines import run_one, summarize, tuning_windows
 from rl.common import DEFAULT_CONFIG, base_scenario, load_rl_config, load_trace, trace_scenario
+from simulator.io import run_cli
 from simulator.config import ConfigError
 
 
@@ -28,11 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scenario", default=None)
     ap.add_argument("--seed", type=int, default=1000, help="simulation seed base (as the baseline tuning)")
     a = ap.parse_args(argv)
-    try:
-        return _run(a)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(a))
 
 
 def _run(a) -> int:

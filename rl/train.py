@@ -35,6 +35,7 @@ import sys
 import time
 
 from rl.common import DEFAULT_CONFIG, git_rev, jsonable, load_rl_config, write_json
+from simulator.io import run_cli
 from simulator.config import ConfigError
 
 ALGOS = ("ppo", "appo", "dqn")
@@ -201,14 +202,7 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-every", type=int, default=5)
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
-    try:
-        return _run(a)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (the last checkpoint, if any, is in OUT/checkpoint)", file=sys.stderr)
-        return 130
+    return run_cli(lambda: _run(a), interrupted='interrupted (the last checkpoint, if any, is in OUT/checkpoint)')
 
 
 def _run(a) -> int:

@@ -24,26 +24,14 @@ import sys
 import tempfile
 
 from simulator.config import ConfigError, dump_scenario, load_scenario
-from simulator.engine import ENGINES, Simulation, simulate
+from simulator.engine import ENGINES, simulate
+from simulator.io import jsonable
 
 VERSION = "0.1.0"
 
 
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "item"):
-        return _jsonable(x.item())
-    return x
-
-
 def write_outputs(res, out: str, plots: bool = True) -> None:
     """Write a :class:`~simulator.engine.Result` into folder ``out`` atomically."""
-    import pandas as pd
     parent = os.path.dirname(os.path.abspath(out)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out.rstrip("/")) + "-", dir=parent)
@@ -51,7 +39,7 @@ def write_outputs(res, out: str, plots: bool = True) -> None:
         summary = dict(res.summary)
         summary["servesim_version"] = VERSION
         with open(os.path.join(tmp, "summary.json"), "w") as f:
-            json.dump(_jsonable(summary), f, indent=2)
+            json.dump(jsonable(summary), f, indent=2)
         tl = res.timeline_frame()
         tl["seed"] = res.scenario.seed
         tl.to_csv(os.path.join(tmp, "timeline.csv"), index=False)
@@ -61,7 +49,7 @@ def write_outputs(res, out: str, plots: bool = True) -> None:
             import pyarrow.parquet as pq
             table = pa.Table.from_pandas(res.records_frame(), preserve_index=False)
             meta = dict(table.schema.metadata or {})
-            meta[b"servesim.scenario"] = json.dumps(_jsonable(res.scenario.to_dict())).encode()
+            meta[b"servesim.scenario"] = json.dumps(jsonable(res.scenario.to_dict())).encode()
             meta[b"servesim.seed"] = str(res.scenario.seed).encode()
             pq.write_table(table.replace_schema_metadata(meta), os.path.join(tmp, "requests.parquet"))
         if plots:
