@@ -127,8 +127,13 @@ def write_run(root: Path, name: str, over: dict, events, seed: int) -> None:
         "t0_epoch": 0.0, "duration_s": sc.duration_s, "warmup_s": sc.warmup_s, "summary": {}}))
 
 
-def write_folder(root: Path, runs=RUNS, sweep_samples: int = 400, seed: int = 0) -> Path:
+def write_folder(root: Path, runs=RUNS, sweep_samples: int = 400, seed: int = 0,
+                 run_overhead_cv: float | None = None) -> Path:
+    """``run_overhead_cv``: the loaded runs' overhead spread, when it differs from the idle sweep's."""
     root = Path(root)
+    if run_overhead_cv is not None:
+        ov_run = {"service": {"overhead": {"kind": "lognormal", "mean_ms": OVERHEAD[0], "cv": run_overhead_cv}}}
+        runs = [(n, merge(ov_run, o), e) for n, o, e in runs]
     g = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     base = scenario_from_dict(BASE)
