@@ -22,6 +22,12 @@ Two load shapes, both :class:`locust.LoadTestShape` s built from a
   sent and logged as ``client_overload``. :class:`OpenLoopShape` keeps the
   dispatcher alive until every request has finished or timed out.
 
+Live feed (``plan["stream"]: true``, used by the live controller of
+:mod:`cluster.validate`): every ``stream_interval_s`` (0.25 s) the child prints
+one JSON line ``{"sends": [[seq, t_send], ...], "done": [[seq, t_send,
+latency_ms, status], ...]}`` with the requests sent and finished since the last
+line (epoch seconds); :func:`run_load` hands each to ``on_records``.
+
 Per-request log (CSV, epoch seconds; :func:`run_load` converts to run time):
 ``seq, user, t_sched, t_send, latency_ms, status, http_status, replica, error``
 with ``status`` one of ``ok``, ``rejected`` (Triton queue full), ``timeout``
@@ -81,13 +87,15 @@ class LoadResult:
     meta: dict = field(default_factory=dict)
 
 
-def run_load(plan: dict, workdir: str | Path, progress=None, timeout_margin_s: float = 60.0) -> LoadResult:
+def run_load(plan: dict, workdir: str | Path, progress=None, timeout_margin_s: float = 60.0,
+             on_records=None) -> LoadResult:
     """Run the load generator subprocess for ``plan``; returns the request log path and metadata.
 
     ``plan`` keys: url, model, mode ('closed'|'open'), duration_s, seed, users, think (Dist
     dict, seconds), spawn_rate, arrivals (list of run-time seconds, open loop), batch_size,
     timeout_s, max_inflight, n_images, start_at_epoch (begin the load at this wall-clock time, if
-    still ahead). ``progress(elapsed_s, counts)`` is called about once a second.
+    still ahead), stream (live feed, see module docstring). ``progress(elapsed_s, counts)`` is called
+    about once a second; ``on_records(message)`` for every live-feed line (``plan["stream"]``).
     """
     from . import procs
     workdir = Path(workdir)
@@ -117,9 +125,17 @@ def run_load(plan: dict, workdir: str | Path, progress=None, timeout_margin_s: f
             line = line.decode("utf-8", "replace").strip()
             if line.startswith("{"):
                 try:
-                    last.update(json.loads(line))
+                    msg = json.loads(line)
                 except ValueError:
                     continue
+                if "sends" in msg or "done" in msg:
+                    if on_records is not None:
+                        try:
+                            on_records(msg)
+                        except Exception:  # a consumer bug must not stop the reader (progress would hang)
+                            pass
+                    continue
+                last.update(msg)
                 if progress:
                     progress(last.get("elapsed_s", 0.0), last)
     rt = threading.Thread(target=_reader, daemon=True)
@@ -166,6 +182,7 @@ class LocustLoad:
     counts: dict
     state: dict
     mode: str
+    sends: list = field(default_factory=list)
 
 
 def build_load(plan: dict) -> LocustLoad:
@@ -204,6 +221,8 @@ def build_load(plan: dict) -> LocustLoad:
     outputs = [th.InferRequestedOutput("logits", binary_data=True),
                th.InferRequestedOutput("replica", binary_data=True)]
     records: list[tuple] = []
+    sends: list[tuple] = []                 # (seq, t_send) in send order; only with plan["stream"]
+    stream = bool(plan.get("stream", False))
     counts = {"sent": 0, "ok": 0, "failed": 0, "inflight": 0}
     state = {"t0": None, "done": False}
 
@@ -214,6 +233,8 @@ def build_load(plan: dict) -> LocustLoad:
     def send(cl, seq: int, user: int, t_sched: float, env) -> bool:
         t_send = time.time()
         t0 = time.perf_counter()
+        if stream:
+            sends.append((seq, t_send))
         counts["sent"] += 1
         counts["inflight"] += 1
         exc = None
@@ -318,7 +339,7 @@ def build_load(plan: dict) -> LocustLoad:
         user_classes, shape = [Dispatcher], OpenLoopShape()
     else:
         raise ValueError(f"unknown load mode {mode!r} (closed or open)")
-    return LocustLoad(user_classes, shape, records, counts, state, mode)
+    return LocustLoad(user_classes, shape, records, counts, state, mode, sends)
 
 
 def write_records(records: list, path: str | Path) -> None:
@@ -367,6 +388,25 @@ def _child_main(plan_path: str) -> int:
             el = time.time() - (state["t0"] or t_start)
             print(json.dumps({"elapsed_s": round(el, 2), **counts}), flush=True)
     pg = gevent.spawn(_progress)
+    sg = None
+    if plan.get("stream"):
+        fed = {"sends": 0, "done": 0}
+
+        def _flush():
+            ns, nd = len(load.sends), len(records)
+            snd = [[k, round(t, 6)] for k, t in load.sends[fed["sends"]:ns]]
+            done = [[r[0], round(r[3], 6), None if r[4] != r[4] else round(r[4], 3), r[5]]
+                    for r in records[fed["done"]:nd]]
+            fed["sends"], fed["done"] = ns, nd
+            # printed even when empty: a heartbeat (the controller treats a silent feed as missing metrics)
+            print(json.dumps({"sends": snd, "done": done, "t": round(time.time(), 3)}), flush=True)
+
+        def _stream():
+            every = float(plan.get("stream_interval_s", 0.25))
+            while True:
+                gevent.sleep(every)
+                _flush()
+        sg = gevent.spawn(_stream)
     hard_limit = duration + timeout_s + 30.0
     while runner.state not in ("stopped",) or runner.shape_greenlet is not None:
         gevent.sleep(0.2)
@@ -378,6 +418,9 @@ def _child_main(plan_path: str) -> int:
             break
     runner.quit()
     pg.kill()
+    if sg is not None:
+        sg.kill()
+        _flush()
     t_end = time.time()
     write_records(records, plan["out"])
     st = env.stats.total

@@ -1,0 +1,352 @@
+"""The live controller: a scaling policy in the loop of a real deployment.
+
+Every ``interval_s`` of wall-clock time (ticks at ``t0 + k * interval_s``, ``t0``
+the start of the load) the :class:`Controller`
+
+1. builds the :class:`simulator.policy.Observation` of the interval that just
+   ended from live metrics -- Triton's counters scraped from every replica at the
+   tick and the client request log streamed by the load generator (see
+   :mod:`cluster.loadgen`, ``plan["stream"]``) -- with
+   :func:`cluster.scrape.observation_from_window`, i.e. the metric definitions of
+   :mod:`simulator.policy` that the simulator uses; ``time_s`` is the run time of
+   the tick and ``interval_s`` the nominal interval, exactly as in a simulated run;
+2. asks the policy (``policy.decide(obs)``), clamps the answer to
+   ``[min_replicas, max_replicas]`` (:func:`simulator.policy.clamp_replicas`);
+3. asks the backend for that many replicas (``backend.scale(n)``).
+
+Safety:
+
+- a policy is checked before any scaling happens (:func:`check_policy`): it
+  must load, and answer a set of synthetic observations (idle, loaded,
+  overloaded, missing latencies) with finite replica counts inside
+  ``[min_replicas, max_replicas]``; otherwise :class:`PolicyRejected`;
+- if the metrics of an interval are missing (a scrape fails or a ready replica
+  does not answer it, or the load generator's feed has been silent for a whole
+  interval), the controller holds its last decision and logs why; the same if
+  the policy raises or answers NaN at run time (it is never asked to scale to a
+  non-number);
+- the replica count sent to the backend is always clamped.
+
+The first interval starts at ``t0`` with a counter snapshot taken then; the
+controller evaluates each tick ``lag_s`` (0.25 s) after it, so that the load
+generator's feed (every 0.25 s) holds every request that finished before the tick.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from simulator.config import ConfigError
+from simulator.policy import Observation, Policy, clamp_replicas
+
+from .scrape import model_counters, observation_from_window, parse_prometheus
+
+
+class PolicyRejected(ConfigError):
+    """The policy failed its pre-flight check; nothing was scaled."""
+
+
+# --------------------------------------------------------------------------- policy checks
+
+
+def load_policy_file(path: str):
+    """A :class:`simulator.learned.LearnedPolicy` from ``policy.pt``; :class:`PolicyRejected` if it cannot load."""
+    from simulator.learned import LearnedPolicy
+    try:
+        return LearnedPolicy.load(path)
+    except ConfigError as e:
+        raise PolicyRejected(str(e).replace("autoscaler.path: ", "", 1)) from None
+
+
+def synthetic_observations(*, interval_s: float, slo_ms: float, min_replicas: int, max_replicas: int,
+                           capacity_rps: float = 50.0) -> list[Observation]:
+    """Observations a policy must answer sensibly: idle, light, at capacity, overloaded, no latencies."""
+    nan = float("nan")
+    out = []
+    cases = [  # (load factor of max capacity, replicas, latency factor of SLO, busy, missing latency)
+        (0.0, min_replicas, 0.0, 0.0, True),
+        (0.2, min_replicas, 0.3, 0.3, False),
+        (0.6, max(min_replicas, (min_replicas + max_replicas) // 2), 0.5, 0.6, False),
+        (1.0, max_replicas, 0.9, 0.9, False),
+        (2.0, max_replicas, 5.0, 1.0, False),
+        (1.0, min_replicas, 3.0, 1.0, False),
+    ]
+    for i, (f, reps, lat, busy, missing) in enumerate(cases):
+        reps = max(int(reps), 0)
+        rate = f * capacity_rps * max(max_replicas, 1)
+        lp = nan if missing else lat * slo_ms
+        out.append(Observation(
+            time_s=(i + 1) * interval_s, interval_s=interval_s, arrival_rps=rate, completion_rps=min(rate, capacity_rps * max(reps, 1)),
+            latency_p50_ms=lp * 0.6 if not missing else nan, latency_p95_ms=lp, latency_p99_ms=lp * 1.3 if not missing else nan,
+            slo_violation_frac=nan if missing else (0.5 if lat > 1 else 0.0), queue_ms=nan if missing else lat * slo_ms * 0.3,
+            batch_size=nan if missing else 1.0 + 3 * busy, busy_fraction=busy, inflight=rate * lat * slo_ms / 1000.0 if not missing else 0.0,
+            replicas=reps, replicas_ready=reps, replicas_pending=0, failures=0 if f < 2 else int(rate * interval_s * 0.05),
+            slo_ms=slo_ms, min_replicas=min_replicas, max_replicas=max_replicas))
+    return out
+
+
+def check_policy(policy: Policy, *, interval_s: float, slo_ms: float, min_replicas: int, max_replicas: int,
+                 capacity_rps: float = 50.0, name: str = "policy") -> list[int]:
+    """Reject (``PolicyRejected``) a policy that raises, or answers NaN / a non-number / a count outside
+    ``[min_replicas, max_replicas]``, on :func:`synthetic_observations`. Returns its answers; the
+    policy is reset before and after."""
+    want = getattr(policy, "interval_s", None)
+    if want is not None and abs(float(want) - float(interval_s)) > 1e-6:
+        raise PolicyRejected(f"{name}: trained with control interval {float(want):g} s, the controller runs at "
+                             f"{float(interval_s):g} s")
+    answers = []
+    policy.reset()
+    try:
+        for obs in synthetic_observations(interval_s=interval_s, slo_ms=slo_ms, min_replicas=min_replicas,
+                                          max_replicas=max_replicas, capacity_rps=capacity_rps):
+            try:
+                raw = policy.decide(obs)
+            except Exception as e:  # noqa: BLE001 - any failure rejects the policy
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise PolicyRejected(f"{name}: fails on a synthetic observation "
+                                     f"(arrival {obs.arrival_rps:.0f} rps, {obs.replicas} replicas): {msg}") from None
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, np.integer, np.floating)):
+                raise PolicyRejected(f"{name}: answered {raw!r} (not a number) to a synthetic observation")
+            v = float(raw)
+            if not math.isfinite(v):
+                raise PolicyRejected(f"{name}: answered {raw!r} to a synthetic observation "
+                                     f"(arrival {obs.arrival_rps:.0f} rps)")
+            if v != round(v) or not min_replicas <= v <= max_replicas:
+                raise PolicyRejected(f"{name}: answered {raw!r} replicas to a synthetic observation "
+                                     f"(arrival {obs.arrival_rps:.0f} rps); allowed: whole numbers in "
+                                     f"[{min_replicas}, {max_replicas}]")
+            answers.append(int(v))
+    finally:
+        policy.reset()
+    return answers
+
+
+# --------------------------------------------------------------------------- live inputs
+
+
+class LiveRequests:
+    """The client request log as streamed by the load generator (thread-safe).
+
+    ``feed(msg)`` takes one live-feed line (``sends`` / ``done``); :meth:`view`
+    gives the columns :func:`observation_from_window` wants, with requests still in
+    flight as latency +inf (counted as in flight, never as finished).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self._lock = threading.Lock()
+        self._sent: dict[int, float] = {}
+        self._done: dict[int, tuple[float, float, str]] = {}
+        self.last_msg: float | None = None
+        self.clock = clock
+
+    def feed(self, msg: dict) -> None:
+        with self._lock:
+            for seq, t in msg.get("sends", ()):
+                self._sent[int(seq)] = float(t)
+            for seq, t, lat, status in msg.get("done", ()):
+                self._done[int(seq)] = (float(t), float("nan") if lat is None else float(lat), str(status))
+            self.last_msg = self.clock()
+
+    def add(self, seq: int, t_send: float, latency_ms: float | None = None, status: str = "ok") -> None:
+        """Tests / closed-form callers: one request (finished when ``latency_ms`` is given)."""
+        with self._lock:
+            self._sent[seq] = t_send
+            if latency_ms is not None:
+                self._done[seq] = (t_send, latency_ms, status)
+            self.last_msg = self.clock()
+
+    def silent_for(self) -> float:
+        with self._lock:
+            return math.inf if self.last_msg is None else self.clock() - self.last_msg
+
+    def view(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            done = list(self._done.values())
+            infl = [t for s, t in self._sent.items() if s not in self._done]
+        ts = np.array([d[0] for d in done] + infl, float)
+        lat = np.array([d[1] for d in done] + [math.inf] * len(infl), float)
+        st = np.array([d[2] for d in done] + ["inflight"] * len(infl), object)
+        return {"t_send": ts, "latency_ms": lat, "status": st}
+
+
+def scrape_counters(backend, model: str) -> tuple[dict | None, str]:
+    """``({replica: counters}, "")`` from every replica, or ``(None, reason)`` when metrics are missing."""
+    try:
+        ready = set(backend.endpoints.get("replicas", {}))
+        texts = backend.metrics()
+    except Exception as e:  # noqa: BLE001 - any scrape failure is "metrics missing"
+        return None, f"scrape failed ({type(e).__name__}: {e})"
+    missing = sorted(ready - set(texts))
+    if missing:
+        return None, f"no metrics from ready replica(s) {', '.join(missing)}"
+    return {rep: model_counters(parse_prometheus(t), model) for rep, t in texts.items()}, ""
+
+
+# --------------------------------------------------------------------------- controller
+
+
+@dataclass
+class Decision:
+    """One control tick: what the policy saw and what was asked of the backend."""
+
+    tick: int
+    t_s: float                      # run time of the tick (k * interval_s)
+    t_eval_epoch: float
+    obs: dict | None                # the Observation (None: metrics missing)
+    raw: Any = None                 # the policy's answer
+    desired: int = 0                # replicas asked for (clamped; the held value when held)
+    held: bool = False
+    reason: str = ""
+    ready: int = 0
+    pending: int = 0
+    scale_error: str = ""
+
+    def row(self) -> dict:
+        d = {"tick": self.tick, "t_s": round(self.t_s, 3), "desired": self.desired, "held": int(self.held),
+             "raw": "" if self.raw is None else self.raw, "ready": self.ready, "pending": self.pending,
+             "reason": self.reason, "scale_error": self.scale_error}
+        for k in Observation.FEATURES:
+            d[k] = (self.obs or {}).get(k, float("nan"))
+        return d
+
+
+@dataclass
+class Controller:
+    backend: Any
+    policy: Policy
+    interval_s: float
+    slo_ms: float
+    min_replicas: int
+    max_replicas: int
+    instances: int = 1
+    model: str = ""
+    requests: LiveRequests | None = None
+    lag_s: float = 0.25
+    name: str = "policy"
+    log: Callable[[str], None] = field(default=lambda m: None)
+    decisions: list[Decision] = field(default_factory=list)
+    scrapes: list[tuple[float, dict]] = field(default_factory=list)     # (epoch, {replica: counters})
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.last = None
+        self._snap: tuple[float, dict] | None = None
+        self.t0 = 0.0
+
+    # ---- the decision logic (no clock, no I/O but backend.scale)
+    def decide(self, tick: int, obs: Observation | None, missing_reason: str = "", t_eval: float = 0.0) -> Decision:
+        t_run = tick * self.interval_s
+        ready, pending = self._counts()
+        d = Decision(tick=tick, t_s=t_run, t_eval_epoch=t_eval, obs=None if obs is None else obs.to_dict(),
+                     ready=ready, pending=pending)
+        if self.last is None:
+            self.last = clamp_replicas(getattr(self.backend, "desired", self.min_replicas), self.min_replicas,
+                                       self.max_replicas)
+        if obs is None:
+            d.desired, d.held, d.reason = self.last, True, f"metrics missing: {missing_reason or 'unknown'}"
+            self.log(f"[{self.name}] t={t_run:.0f}s {d.reason}; holding {self.last} replica(s)")
+            self.decisions.append(d)
+            return d
+        try:
+            raw = self.policy.decide(obs)
+        except Exception as e:  # noqa: BLE001 - a failing policy must not crash the run
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            d.desired, d.held, d.reason = self.last, True, f"policy error: {msg[:200]}"
+            self.log(f"[{self.name}] t={t_run:.0f}s {d.reason}; holding {self.last} replica(s)")
+            self.decisions.append(d)
+            return d
+        d.raw = raw if isinstance(raw, (int, float, str)) else repr(raw)
+        try:
+            n = clamp_replicas(raw, self.min_replicas, self.max_replicas)
+        except ValueError as e:
+            d.desired, d.held, d.reason = self.last, True, f"policy answer rejected: {e}"
+            self.log(f"[{self.name}] t={t_run:.0f}s {d.reason}; holding {self.last} replica(s)")
+            self.decisions.append(d)
+            return d
+        if float(raw) != n:
+            d.reason = f"clamped {raw!r} to {n}"
+            self.log(f"[{self.name}] t={t_run:.0f}s {d.reason}")
+        d.desired = n
+        try:
+            self.backend.scale(n)
+        except Exception as e:  # noqa: BLE001 - recorded; the next tick tries again
+            d.scale_error = f"{type(e).__name__}: {e}"[:300]
+            self.errors.append(d.scale_error)
+            self.log(f"[{self.name}] t={t_run:.0f}s scale({n}) failed: {d.scale_error}")
+        self.last = n
+        self.decisions.append(d)
+        return d
+
+    def _counts(self) -> tuple[int, int]:
+        try:
+            return int(self.backend.ready_replicas), int(self.backend.pending_replicas)
+        except Exception:  # noqa: BLE001
+            return 0, 0
+
+    # ---- live observation
+    def observe(self, tick: int) -> tuple[Observation | None, str]:
+        """The Observation of ``[t0 + (tick-1) iv, t0 + tick iv)`` from a scrape now and the live request log."""
+        ta = self.t0 + (tick - 1) * self.interval_s
+        tb = self.t0 + tick * self.interval_s
+        snap, why = scrape_counters(self.backend, self.model)
+        prev = self._snap
+        if snap is not None:
+            self._snap = (time.time(), snap)
+            self.scrapes.append(self._snap)
+        else:
+            self._snap = None
+        if snap is None:
+            return None, why
+        if prev is None:
+            return None, "no counter snapshot at the start of the interval"
+        if self.requests is not None and self.requests.silent_for() > self.interval_s:
+            return None, f"load generator feed silent for {self.requests.silent_for():.1f} s"
+        ready, pending = self._counts()
+        obs = observation_from_window(ta, tb, self.requests.view() if self.requests is not None else None,
+                                      prev[1], snap, replicas=ready + pending, replicas_ready=ready,
+                                      replicas_pending=pending, instances=self.instances, slo_ms=self.slo_ms,
+                                      min_replicas=self.min_replicas, max_replicas=self.max_replicas)
+        # the simulator's conventions: run time of the tick, the nominal interval
+        return dataclasses.replace(obs, time_s=tick * self.interval_s, interval_s=self.interval_s), ""
+
+    def start(self, t0_epoch: float) -> None:
+        """Reset the policy and take the counter snapshot that opens the first interval (at ``t0``)."""
+        self.t0 = t0_epoch
+        self.policy.reset()
+        self.last = None
+        snap, why = scrape_counters(self.backend, self.model)
+        self._snap = (time.time(), snap) if snap is not None else None
+        if snap is not None:
+            self.scrapes.append(self._snap)
+        else:
+            self.log(f"[{self.name}] start: {why}")
+
+    def run(self, t0_epoch: float, duration_s: float, stop: threading.Event) -> None:
+        """Tick until ``duration_s`` of run time (or ``stop``); every failure is logged, none escapes."""
+        try:
+            if stop.wait(max(0.0, t0_epoch - time.time())):
+                return
+            self.start(t0_epoch)
+            k = 1
+            while k * self.interval_s <= duration_s + 1e-9:
+                if stop.wait(max(0.0, t0_epoch + k * self.interval_s + self.lag_s - time.time())):
+                    return
+                try:
+                    obs, why = self.observe(k)
+                except Exception as e:  # noqa: BLE001
+                    obs, why = None, f"observation failed ({type(e).__name__}: {e})"
+                self.decide(k, obs, why, time.time())
+                k += 1
+        except Exception as e:  # noqa: BLE001 - the run goes on with the last decision
+            self.errors.append(f"controller stopped: {type(e).__name__}: {e}")
+            self.log(f"[{self.name}] controller stopped: {type(e).__name__}: {e}")
+
+
+__all__ = ["Controller", "Decision", "LiveRequests", "PolicyRejected", "check_policy", "load_policy_file",
+           "scrape_counters", "synthetic_observations"]

@@ -1,0 +1,388 @@
+"""The whole job in one command: ``python -m cluster.pipeline [--out DIR] [--quick]``.
+
+On the embedded default (local Triton replicas on this machine), in order:
+
+1. ``setup``     ``python -m cluster.setup`` (HAProxy, ONNX model, a Triton check; idempotent)
+2. ``measure``   ``python -m cluster.measure configs/baseline.yaml --out DIR/results/baseline``
+3. ``fit``       ``python -m calibration.fit DIR/results/baseline --config-out DIR/calibrated/baseline.yaml
+                 --report DIR/report/baseline``
+4. ``scenario``  the deployment the policies are trained for: the calibrated scenario with the SLO
+                 (``--slo-ms``, default 30 ms) and control interval (``--interval``, 5 s) of this
+                 study -> ``DIR/calibrated/deployment.yaml`` (``python -m cluster.pipeline --only scenario``)
+5. ``train``     ``python -m rl.train --scenario DIR/calibrated/deployment.yaml --iterations N --out DIR/train``
+6. ``tune``      ``python -m rl.baselines --scenario DIR/calibrated/deployment.yaml --out DIR/tuned.json``
+7. ``evaluate``  ``python -m rl.evaluate DIR/train/policy.pt --scenario ... --tuned DIR/tuned.json --out DIR/eval``
+8. ``validate``  ``python -m cluster.validate DIR/train/policy.pt --scenario ... --tuned DIR/tuned.json
+                 --out DIR/validate`` (the policy, the tuned HPA and the best static count on the real stack,
+                 each replayed in the calibrated simulator)
+
+and prints the real-vs-simulated table with the paths of the reports and plots.
+Each step is the standalone command shown (printed before it runs; its output
+goes to the console and ``DIR/logs/<step>.log``). A step is skipped when its
+output exists and is newer than its inputs (re-running after an interruption
+resumes at the first missing step); ``--force`` re-runs everything, ``--from
+STEP`` re-runs from a step, ``--only STEP[,STEP]`` runs just those. Every step
+writes its output atomically. Why a 30 ms SLO: at the measurement's 100 ms one
+replica serves ~165 req/s in the calibrated simulator, more than this 2-core
+machine can offer, so every policy would sit at one replica; at 30 ms the
+simulated per-replica capacity is ~64 req/s and the 1..3 replica range matters.
+
+Bad input is one line ``error: ...`` and exit code 2; a failing step stops the
+pipeline with exit code 1 naming its log; Ctrl-C stops the running step (which
+tears its servers down) and exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ("setup", "measure", "fit", "scenario", "train", "tune", "evaluate", "validate")
+NOISE = re.compile(r"(Warning:|warnings\.warn|monkey\.patch_all\(\)|if isinstance\(o, |elif isinstance\(o, |"
+                   r"DeprecationWarning|FutureWarning|UserWarning|RuntimeWarning)")
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+class BadInput(ValueError):
+    pass
+
+
+@dataclass
+class Step:
+    name: str
+    what: str
+    cmd: list[str] | None                 # None: done in-process
+    output: Path                          # the file whose existence (and mtime) means "done"
+    inputs: list[Path] = field(default_factory=list)
+    clean: Path | None = None             # folder removed before the step runs (non-atomic writers)
+
+
+def plan(out: Path, a) -> list[Step]:
+    py = sys.executable
+    res = out / "results" / "baseline"
+    cal = out / "calibrated" / "baseline.yaml"
+    dep = out / "calibrated" / "deployment.yaml"
+    pol = out / "train" / "policy.pt"
+    tuned = out / "tuned.json"
+    rel = (lambda p: os.path.relpath(p, ROOT) if str(p).startswith(str(ROOT)) else str(p))
+    cfg = ROOT / "configs" / "baseline.yaml"
+    steps = [
+        Step("setup", "check / install HAProxy, export the model, start one Triton server",
+             [py, "-m", "cluster.setup"], out / "logs" / "setup.ok"),
+        Step("measure", "measure the real stack (runs, sweep, start-ups)",
+             [py, "-m", "cluster.measure", rel(cfg), "--out", rel(res), "--force"], res / "manifest.json", [cfg]),
+        Step("fit", "calibrate the simulator to the measurements",
+             [py, "-m", "calibration.fit", rel(res), "--name", "baseline", "--config-out", rel(cal),
+              "--report", rel(out / "report" / "baseline")], cal, [res / "manifest.json"]),
+        Step("scenario", f"deployment scenario: calibrated + SLO {a.slo_ms:g} ms, control interval {a.interval:g} s",
+             None, dep, [cal]),
+        Step("train", f"train PPO in the calibrated simulator ({a.iterations} iterations)",
+             [py, "-m", "rl.train", "--scenario", rel(dep), "--iterations", str(a.iterations), "--out",
+              rel(out / "train"), "--checkpoint-every", "0", "--seed", str(a.seed)], pol, [dep],
+             clean=out / "train"),
+        Step("tune", "tune the baselines (HPA grid, KPA, predictive, static) on the tuning days",
+             [py, "-m", "rl.baselines", "--scenario", rel(dep), "--out", rel(tuned)], tuned, [dep]),
+        Step("evaluate", "policy vs baselines on the held-out trace windows (simulation)",
+             [py, "-m", "rl.evaluate", rel(pol), "--scenario", rel(dep), "--tuned", rel(tuned), "--baselines",
+              a.eval_baselines, "--seeds", str(a.eval_seeds), "--out", rel(out / "eval")],
+             out / "eval" / "summary.csv", [pol, tuned]),
+        Step("validate", "the policy, tuned HPA and static on the real stack vs the simulator",
+             [py, "-m", "cluster.validate", rel(pol), "--scenario", rel(dep), "--tuned", rel(tuned), "--compare",
+              a.compare, "--duration", f"{a.duration:g}", "--out", rel(out / "validate"), "--force"]
+             + (["--backend", a.backend] if a.backend else []),
+             out / "validate" / "summary.json", [pol, tuned, dep]),
+    ]
+    return steps
+
+
+def write_deployment(cal: Path, dep: Path, slo_ms: float, interval_s: float) -> bool:
+    """``dep`` = the calibrated scenario with this study's SLO and control interval. Returns True if rewritten."""
+    import yaml
+
+    from simulator.config import load_scenario
+    d = yaml.safe_load(cal.read_text())
+    d["slo_ms"] = float(slo_ms)
+    d["name"] = f"{d.get('name') or 'calibrated'}:slo{slo_ms:g}ms-{interval_s:g}s"
+    d["autoscaler"] = {"kind": "static", "interval_s": float(interval_s)}
+    prov = d.get("provenance") or {}
+    d["provenance"] = {"derived_from": os.path.relpath(cal, ROOT) if str(cal).startswith(str(ROOT)) else str(cal),
+                       "changes": {"slo_ms": float(slo_ms), "autoscaler.interval_s": float(interval_s)},
+                       "calibration": {k: prov.get(k) for k in ("source", "source_created", "calibrated", "command")}}
+    text = ("# Deployment scenario of the pipeline (cluster.pipeline step 'scenario'): the calibrated scenario\n"
+            f"# with SLO {slo_ms:g} ms and a {interval_s:g} s control interval (what the policies are trained for).\n"
+            + yaml.safe_dump(d, sort_keys=False))
+    if dep.exists() and dep.read_text() == text:
+        return False
+    dep.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dep.with_suffix(".tmp")
+    tmp.write_text(text)
+    load_scenario(str(tmp))          # it must load
+    os.replace(tmp, dep)
+    return True
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+def is_done(s: Step) -> bool:
+    if not s.output.exists():
+        return False
+    m = _mtime(s.output)
+    return all(_mtime(i) <= m for i in s.inputs)
+
+
+def run_cmd(cmd: list[str], log: Path, verbose: bool) -> int:
+    """Run one step as a child in its own session; stream its output to the console and ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(log, "wb") as lf:
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        buf = b""
+        try:
+            while True:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                lf.write(chunk)
+                lf.flush()
+                buf += chunk
+                # console: whole lines (and \r progress updates), minus library warning noise
+                parts = re.split(rb"(\r|\n)", buf)
+                buf = parts.pop() if parts and parts[-1] not in (b"\r", b"\n") else b""
+                out = []
+                for i in range(0, len(parts) - 1, 2):
+                    text, sep = parts[i], parts[i + 1]
+                    if not verbose and NOISE.search(text.decode("utf-8", "replace")):
+                        continue
+                    out.append(text + sep)
+                if out:
+                    sys.stderr.buffer.write(b"".join(out))
+                    sys.stderr.flush()
+            return p.wait()
+        except KeyboardInterrupt:
+            # one SIGINT to the step (it tears its servers down), then wait; SIGKILL its group as a last resort
+            try:
+                os.killpg(p.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(10)
+            raise
+        finally:
+            if buf:
+                sys.stderr.buffer.write(buf)
+                sys.stderr.flush()
+
+
+def final_table(out: Path) -> list[str]:
+    from .validate import table_lines
+    lines = []
+    vs = out / "validate" / "summary.json"
+    if vs.exists():
+        s = json.loads(vs.read_text())
+        w = s["workload"]
+        lines += ["", f"Real vs simulated ({s['backend']} backend, {s['duration_s']:g} s of real load per policy"
+                      + (f", trace slice x{w['speedup']:g} faster, scale {w['scale']:g}, mean {w['mean_rps']:g} rps, "
+                         f"p99 {w['p99_rps']:g} rps" if w.get("kind") == "trace" else "") + "):", ""]
+        lines += table_lines(s, markdown=False)
+        t, rk = s["targets"], s["ranking"]
+        lines += ["", f"targets: replica-seconds within 10 %: {'met' if t['cost'] else 'NOT met'}; p95 within 15 %: "
+                      f"{'met' if t['p95'] else 'NOT met'}; same ranking: {'yes' if rk['agrees'] else 'NO'} "
+                      f"(cost order real {' < '.join(rk['cost_order_real'])}, sim {' < '.join(rk['cost_order_sim'])})"]
+    ev = out / "eval" / "summary.csv"
+    if ev.exists():
+        import csv
+        with open(ev) as f:
+            rows = list(csv.DictReader(f))
+        lines += ["", "Simulation, held-out trace windows (rl.evaluate):",
+                  f"{'policy':<16} {'replica-s':>10} {'vs oracle':>9} {'SLO-viol':>9} {'p99 ms':>8}"]
+        for r in rows:
+            vo = r.get("cost_vs_oracle") or ""
+            lines.append(f"{r['policy'][:16]:<16} {float(r['replica_seconds']):10.0f} "
+                         f"{(f'{float(vo):.3f}' if vo else ''):>9} {float(r['slo_violation_rate']) * 100:8.2f}% "
+                         f"{float(r['p99_ms_mean']):8.1f}")
+    rel = (lambda p: os.path.relpath(p))
+    paths = [("validation report", out / "validate" / "report.md"), ("real vs simulated plot", out / "validate" / "overlay.png"),
+             ("validation data", out / "validate" / "summary.json"),
+             ("calibration fidelity", out / "report" / "baseline" / "fidelity.md"),
+             ("calibrated scenario", out / "calibrated" / "baseline.yaml"),
+             ("deployment scenario", out / "calibrated" / "deployment.yaml"),
+             ("policy", out / "train" / "policy.pt"), ("simulated evaluation", out / "eval" / "summary.csv"),
+             ("evaluation plot", out / "eval" / "cost_violation.png"), ("measurements", out / "results" / "baseline")]
+    lines += ["", "Reports and plots:"] + [f"  {k:<24} {rel(p)}" for k, p in paths if p.exists()]
+    return lines
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m cluster.pipeline", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="pipeline", help="output folder (default pipeline/)")
+    ap.add_argument("--quick", action="store_true",
+                    help="shorter: 6 training iterations, 60 s of real load per policy, HPA only")
+    ap.add_argument("--force", action="store_true", help="re-run every step")
+    ap.add_argument("--from", dest="from_step", default=None, choices=STEPS, help="re-run from this step on")
+    ap.add_argument("--only", default=None, help=f"comma list of steps to run ({', '.join(STEPS)})")
+    ap.add_argument("--slo-ms", type=float, default=30.0, help="SLO of the deployment the policies are trained for")
+    ap.add_argument("--interval", type=float, default=5.0, help="control interval (s) of the learned policy")
+    ap.add_argument("--iterations", type=int, default=None, help="PPO iterations (default 20; --quick 6)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--duration", type=float, default=None, help="seconds of real load per policy (default 120; --quick 60)")
+    ap.add_argument("--compare", default=None, help="validate --compare (default hpa,static; --quick hpa)")
+    ap.add_argument("--backend", choices=("local", "kubernetes"), default=None, help="validate --backend")
+    ap.add_argument("--verbose", action="store_true", help="show library warnings on the console too")
+    a = ap.parse_args(argv)
+    a.iterations = a.iterations if a.iterations is not None else (6 if a.quick else 20)
+    a.duration = a.duration if a.duration is not None else (60.0 if a.quick else 120.0)
+    a.compare = a.compare or ("hpa" if a.quick else "hpa,static")
+    a.eval_seeds = 1
+    a.eval_baselines = "hpa_default,hpa_tuned,static_tuned,oracle" if a.quick else "all"
+    return a
+
+
+def check_args(a) -> tuple[Path, list[str]]:
+    import math
+    if not (math.isfinite(a.slo_ms) and a.slo_ms > 0):
+        raise BadInput(f"--slo-ms: must be > 0 (got {a.slo_ms:g})")
+    if not (math.isfinite(a.interval) and a.interval > 0):
+        raise BadInput(f"--interval: must be > 0 (got {a.interval:g})")
+    if a.iterations < 1:
+        raise BadInput(f"--iterations: must be >= 1 (got {a.iterations})")
+    if not (math.isfinite(a.duration) and a.duration >= 4 * a.interval):
+        raise BadInput(f"--duration: must be at least 4 control intervals ({4 * a.interval:g} s) (got {a.duration:g})")
+    from .validate import COMPARE
+    comp = [x.strip() for x in a.compare.split(",") if x.strip()]
+    bad = [x for x in comp if x not in COMPARE and x != "none"]
+    if bad:
+        raise BadInput(f"--compare: unknown {bad[0]!r}; choose from {', '.join(COMPARE)} or none")
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out}: exists and is not a folder")
+    if a.only:
+        only = [x.strip() for x in a.only.split(",") if x.strip()]
+        badst = [x for x in only if x not in STEPS]
+        if badst or not only:
+            raise BadInput(f"--only: unknown step {badst[0] if badst else a.only!r}; steps: {', '.join(STEPS)}")
+    else:
+        only = list(STEPS)
+    if a.only and a.from_step:
+        raise BadInput("--only and --from: give one of them")
+    trace = ROOT.parent / "shared" / "traces" / "twitter_2021_rps_days01-14.csv"
+    if any(s in only for s in ("train", "tune", "evaluate", "validate")) and not trace.exists():
+        raise BadInput(f"{trace}: trace file not found (the RL steps and the validation workload need it)")
+    return out, only
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    try:
+        out, only = check_args(a)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    steps = plan(out, a)
+    forced_from = STEPS.index(a.from_step) if a.from_step else (0 if a.force else None)
+    t_all = time.time()
+    record = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv,
+              "settings": {k: getattr(a, k) for k in ("slo_ms", "interval", "iterations", "seed", "duration", "compare",
+                                                         "quick", "backend")}, "steps": {}}
+    n = len([s for s in steps if s.name in only])
+    k = 0
+
+    def save_record():
+        tmp = out / ".pipeline.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        os.replace(tmp, out / "pipeline.json")
+
+    try:
+        for i, s in enumerate(steps):
+            if s.name not in only:
+                continue
+            k += 1
+            forced = forced_from is not None and i >= forced_from
+            if s.name == "scenario":
+                head = f"[{k}/{n}] {s.name}: {s.what}"
+                print(f"\n{head}\n    (python -m cluster.pipeline --out {os.path.relpath(out)} --only scenario"
+                      f" --slo-ms {a.slo_ms:g} --interval {a.interval:g})", file=sys.stderr, flush=True)
+                cal = out / "calibrated" / "baseline.yaml"
+                if not cal.exists():
+                    raise PipelineError(f"step scenario: {os.path.relpath(cal)} missing (run the fit step first)")
+                t = time.time()
+                changed = write_deployment(cal, s.output, a.slo_ms, a.interval)
+                if forced and not changed:
+                    os.utime(s.output)
+                record["steps"][s.name] = {"status": "ran" if changed or forced else "unchanged",
+                                           "wall_s": round(time.time() - t, 2)}
+                continue
+            if not forced and is_done(s) and s.name != "setup":
+                print(f"\n[{k}/{n}] {s.name}: done already ({os.path.relpath(s.output)}); skipping "
+                      f"(--from {s.name} re-runs it)", file=sys.stderr, flush=True)
+                record["steps"][s.name] = {"status": "skipped"}
+                continue
+            if s.name == "setup" and not forced and is_done(s) and \
+                    time.time() - _mtime(s.output) < 24 * 3600:
+                print(f"\n[{k}/{n}] setup: checked {((time.time() - _mtime(s.output)) / 60):.0f} min ago; skipping",
+                      file=sys.stderr, flush=True)
+                record["steps"][s.name] = {"status": "skipped"}
+                continue
+            shown = " ".join(["python"] + s.cmd[1:])
+            print(f"\n[{k}/{n}] {s.name}: {s.what}\n    $ {shown}", file=sys.stderr, flush=True)
+            if s.clean is not None and s.clean.exists():
+                import shutil
+                shutil.rmtree(s.clean)
+            log = out / "logs" / f"{s.name}.log"
+            t = time.time()
+            rc = run_cmd(s.cmd, log, a.verbose)
+            wall = round(time.time() - t, 1)
+            record["steps"][s.name] = {"status": "ran" if rc == 0 else f"failed ({rc})", "wall_s": wall,
+                                       "command": shown, "log": os.path.relpath(log)}
+            save_record()
+            if rc != 0:
+                raise PipelineError(f"step {s.name} failed (exit code {rc}); log: {os.path.relpath(log)}")
+            if s.name == "setup":
+                s.output.write_text(dt.datetime.now().isoformat())
+            print(f"[{k}/{n}] {s.name}: done in {wall:.0f} s", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        record["interrupted"] = True
+        save_record()
+        print("\ninterrupted: the running step was stopped (servers torn down); re-run to resume", file=sys.stderr)
+        return 130
+    except PipelineError as e:
+        save_record()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    record["wall_s"] = round(time.time() - t_all, 1)
+    save_record()
+    ran = ", ".join(f"{n_} {v['wall_s']:.0f} s" for n_, v in record["steps"].items() if "wall_s" in v)
+    print("\n".join(final_table(out)))
+    print(f"\npipeline finished in {record['wall_s'] / 60:.1f} min ({ran}); record: {os.path.relpath(out / 'pipeline.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
