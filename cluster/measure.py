@@ -123,16 +123,14 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.config import ConfigError
-
 from . import model as mdl
 from . import procs
 from .backends import make_backend
 from .config import MeasureConfig, RunSpec, load_measure_config
-from .lb import LoadBalancerError, haproxy_version
-from .loadgen import LoadGenError, run_load
+from .lb import haproxy_version
+from .loadgen import run_load
 from .scrape import Scraper, latency_summary, observation_from_window
-from .triton import MODEL_NAME, TritonError
+from .triton import MODEL_NAME
 
 FORMAT = "servesim-measurements/1"
 PHASES = ("runs", "sweep", "startup")
@@ -584,31 +582,12 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: --only: unknown phase {bad[0]!r}; phases: {', '.join(PHASES)}", file=sys.stderr)
         return 2
-    procs.install_signal_handlers()
-    try:
+    def body():
         cfg = load_measure_config(a.config, a.set)
-        man = measure(cfg, Path(a.out), phases, a.force, a.quiet, command=sys.argv if argv is None else argv)
-    except KeyboardInterrupt:
-        print("\ninterrupted: tearing down servers ...", file=sys.stderr)
-        procs.kill_all()
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except (MeasureError, TritonError, LoadGenError, LoadBalancerError, procs.PortInUseError, TimeoutError) as e:
-        procs.kill_all()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        from .kubernetes import KubernetesError
-        procs.kill_all()
-        if isinstance(e, KubernetesError):
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
-    finally:
-        procs.kill_all()
+        return measure(cfg, Path(a.out), phases, a.force, a.quiet, command=sys.argv if argv is None else argv)
+    rc, man = procs.run_guarded(body, runtime_errors=(MeasureError,), config_prefix="config error")
+    if rc is not None:
+        return rc
     if man["runs"]:
         name = "baseline" if "baseline" in man["runs"] else next(iter(man["runs"]))
         print(headline_table(man["runs"][name], name))

@@ -126,6 +126,40 @@ def install_signal_handlers() -> None:
         signal.signal(signal.SIGTERM, _term)
 
 
+def run_guarded(fn, *, config_errors: tuple = (), runtime_errors: tuple = (), config_prefix: str = "error"):
+    """The real-stack CLIs' error policy: ``(exit code, result)`` of ``fn()``, servers always torn down.
+
+    ``ConfigError`` (and ``config_errors``) -> ``<config_prefix>: msg``, exit 2 (bad input, nothing
+    started or written); a server, load generator, port or Kubernetes failure (and ``runtime_errors``)
+    -> ``error: msg``, exit 1;
+    Ctrl-C / SIGTERM -> teardown, exit 130. The code is ``None`` when ``fn`` returned normally.
+    """
+    from simulator.config import ConfigError
+
+    from .kubernetes import KubernetesError
+    from .lb import LoadBalancerError
+    from .loadgen import LoadGenError
+    from .triton import TritonError
+    import sys
+    install_signal_handlers()
+    try:
+        return None, fn()
+    except KeyboardInterrupt:
+        print("\ninterrupted: tearing down servers ...", file=sys.stderr)
+        kill_all()
+        print("interrupted; nothing written", file=sys.stderr)
+        return 130, None
+    except (ConfigError, *config_errors) as e:
+        print(f"{config_prefix}: {e}", file=sys.stderr)
+        return 2, None
+    except (TritonError, LoadGenError, LoadBalancerError, PortInUseError, TimeoutError, KubernetesError,
+            *runtime_errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1, None
+    finally:
+        kill_all()
+
+
 # --------------------------------------------------------------------------- ports
 
 

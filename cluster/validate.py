@@ -78,6 +78,7 @@ from typing import Any, Callable
 import numpy as np
 
 from simulator.config import AutoscalerSpec, ConfigError, Scenario, WorkloadSpec, load_scenario
+from simulator.io import jsonable
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRACE = "../shared/traces/twitter_2021_rps_days01-14.csv"
@@ -141,20 +142,11 @@ def tuned_hpa(tuned_path: str | None, scenario_path: str, quiet: bool) -> tuple[
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"--tuned {tuned_path}: not a tuning written by rl.baselines / rl.evaluate "
                               f"(missing {e})") from None
-    from rl.baselines import _grid_pick, hpa_grid, tuning_windows
-    from rl.common import base_scenario, load_rl_config, load_trace, trace_scenario
-    from simulator.service import build_service_model
+    from rl.baselines import tune_hpa
+    from rl.common import load_rl_config
     _say(quiet, "tuning the HPA on the tuning days (no --tuned given) ...")
-    cfg = load_rl_config(None, scenario=scenario_path)
-    rates = load_trace(cfg["trace"]["path"])
-    base = base_scenario(cfg)
-    cap = cfg["capacity_rps_per_replica"]
-    wins = tuning_windows(cfg, rates)
-    model = build_service_model(base.service, base.batching.max_batch_size)
-    scen = [trace_scenario(base, cfg["trace"]["path"], w["start"], w["length"], cfg["trace"]["scale"], 1.0,
-                           1000 + i, cap, rates=rates) for i, w in enumerate(wins)]
-    pick = _grid_pick("hpa", hpa_grid(cap), scen, float(cfg["slo_target"]), model, lambda m: None)
-    return dict(pick["choice"]), "tuned now on the tuning days (rl.baselines HPA grid)"
+    choice = tune_hpa(load_rl_config(None, scenario=scenario_path), log=lambda m: None)
+    return choice, "tuned now on the tuning days (rl.baselines HPA grid)"
 
 
 # --------------------------------------------------------------------------- workload
@@ -350,7 +342,6 @@ def replica_curve(reps: list[tuple[float, float, float, float]], ts: np.ndarray)
 
 def run_real(c: Contender, policy, sc: Scenario, stack, wl: WorkloadSpec, duration: float, arrivals, work: Path,
              odir: Path, capacity: float, quiet: bool) -> dict:
-    from . import procs
     from .backends import make_backend
     from .controller import Controller, LiveRequests
     from .loadgen import run_load
@@ -532,22 +523,6 @@ def _write_csv(path: Path, header, rows) -> None:
         w.writerow(header)
         for r in rows:
             w.writerow(["" if (isinstance(v, float) and math.isnan(v)) else v for v in r])
-
-
-def _jsonable(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return _jsonable(float(x))
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 def _fmt(v, kind: str = "") -> str:
@@ -773,7 +748,7 @@ def parse_args(argv):
 def validate(a) -> dict:
     from . import procs
     from .config import load_measure_config
-    from .controller import PolicyRejected, check_policy, load_policy_file
+    from .controller import check_policy, load_policy_file
     from simulator.hpa import HPAPolicy
     from simulator.policy import StaticPolicy
     from simulator.predictive import per_replica_capacity
@@ -912,7 +887,7 @@ def validate(a) -> dict:
             "capacity_rps_per_replica": capacity, "duration_s": duration, "warmup_s": warm, "workload": wdesc,
             "sim_seeds": len(sim_seeds), "equal_slo_pts": a.equal_slo_pts, "targets": targets, "ranking": rk,
             "policies": results, **info, "wall_s": round(time.time() - t_all, 1)}
-        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1, default=str))
+        (tmp / "summary.json").write_text(json.dumps(jsonable(summary), indent=1, default=str))
         (tmp / "report.md").write_text(report_md(summary))
         plots(tmp, summary, curves)
         if out.exists():
@@ -928,35 +903,16 @@ def validate(a) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from . import procs
     from .controller import PolicyRejected
-    from .lb import LoadBalancerError
-    from .loadgen import LoadGenError
-    from .triton import TritonError
     a = parse_args(argv)
-    procs.install_signal_handlers()
-    try:
-        s = validate(a)
-    except KeyboardInterrupt:
-        print("\ninterrupted: tearing down servers ...", file=sys.stderr)
-        procs.kill_all()
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130
-    except PolicyRejected as e:
-        print(f"error: policy rejected before any scaling: {e}", file=sys.stderr)
-        return 2
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValidateError, TritonError, LoadGenError, LoadBalancerError, procs.PortInUseError, TimeoutError) as e:
-        procs.kill_all()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        from .kubernetes import KubernetesError
-        procs.kill_all()
-        if isinstance(e, KubernetesError):
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
+
+    def body():
+        try:
+            return validate(a)
+        except PolicyRejected as e:
+            raise PolicyRejected(f"policy rejected before any scaling: {e}") from None
+    rc, s = procs.run_guarded(body, runtime_errors=(ValidateError,))
+    if rc is not None:
+        return rc
     print("\n".join(table_lines(s, markdown=False)))
     t = s["targets"]
     rk = s["ranking"]

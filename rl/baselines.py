@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
-import os
 import sys
 import time
 from typing import Any, Callable
 
 import numpy as np
 
-from rl.common import (DEFAULT_CONFIG, base_scenario, jsonable, load_rl_config, load_trace, random_windows,
+from rl.common import (DEFAULT_CONFIG, base_scenario, load_rl_config, load_trace, random_windows,
                        select_windows, trace_scenario, with_policy_interval, write_json)
 from simulator.config import ConfigError
 from simulator.engine import simulate
@@ -111,9 +109,8 @@ def _grid_pick(kind: str, grid: list[dict], scenarios: list, slo_target: float, 
             "grid": rows}
 
 
-def tune(cfg: dict, seed: int = 1000, log: Callable[[str], None] = print) -> dict:
-    """Tune HPA, KPA, predictive headroom and the static count on the tuning days (one seed)."""
-    t0 = time.time()
+def tuning_set(cfg: dict, seed: int = 1000) -> tuple[list[dict], list, Any]:
+    """``(windows, scenarios, service model)``: the tuning-day windows as scenarios (seed ``seed + i``)."""
     rates = load_trace(cfg["trace"]["path"])
     base = base_scenario(cfg)
     cap = cfg["capacity_rps_per_replica"]
@@ -122,6 +119,22 @@ def tune(cfg: dict, seed: int = 1000, log: Callable[[str], None] = print) -> dic
     model = build_service_model(base.service, base.batching.max_batch_size)
     scen = [trace_scenario(base, cfg["trace"]["path"], w["start"], w["length"], cfg["trace"]["scale"], 1.0,
                            seed + i, cap, rates=rates) for i, w in enumerate(wins)]
+    return wins, scen, model
+
+
+def tune_hpa(cfg: dict, seed: int = 1000, log: Callable[[str], None] = print) -> dict:
+    """Only the tuned HPA (``{"params", "interval_s"}``) on the tuning days: what ``tune`` picks for it."""
+    wins, scen, model = tuning_set(cfg, seed)
+    return dict(_grid_pick("hpa", hpa_grid(cfg["capacity_rps_per_replica"]), scen, float(cfg["slo_target"]), model,
+                           log)["choice"])
+
+
+def tune(cfg: dict, seed: int = 1000, log: Callable[[str], None] = print) -> dict:
+    """Tune HPA, KPA, predictive headroom and the static count on the tuning days (one seed)."""
+    t0 = time.time()
+    cap = cfg["capacity_rps_per_replica"]
+    wins, scen, model = tuning_set(cfg, seed)
+    base = base_scenario(cfg)
     slo_t = float(cfg["slo_target"])
     log(f"tuning baselines on {len(wins)} windows of days {cfg['trace']['tune_days']} "
         f"(SLO-violation target {slo_t})")
