@@ -34,6 +34,17 @@ What is fitted from what (every figure is recorded in the scenario's ``provenanc
    training run with the model and moving its point by measured / simulated
    compute. The report lists every run's own factor so the run-to-run spread
    (the noise) is visible.
+   A second candidate treats request handling as CPU demand
+   (``cluster.rate_cores``, needs fitted interference): ``rate_cores * r`` cores
+   join the executing batches in the interference term, so it slows the model
+   only when batches and request handling together exceed the node's cores (a
+   lone replica on a 2-core node is not slowed where two busy ones are). For
+   each ``rate_cores`` in ``RATE_CORES_GRID`` every training run's own constant
+   scale is found by bisection with that term in the replay; the value whose
+   scales agree best (smallest request-weighted variance of log scale) wins, and
+   the scale is their weighted mean. The candidate with the smaller residual
+   (weighted mean squared log error of the runs' own factors) is kept; both
+   residuals are recorded.
 4. **Overhead** (``service.overhead``: client + network + load balancer, not
    occupying the server): its shape from the sweep (client latency - queue -
    compute, one request at a time, direct to Triton), its mean set to the
@@ -65,6 +76,7 @@ CONTENTION_ITERATIONS = 7      # bisection steps on log(scale): ~1.5% resolution
 SCALE_LO, SCALE_HI = 0.5, 6.0
 RATE_WINDOW_S = 1.0
 REFINE_ITERATIONS = 2
+RATE_CORES_GRID = (0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03)   # cores per req/s
 SPREAD_CVS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.5, 6.0, 9.0)   # overhead spread candidates (lognormal cv), see fit_overhead_spread
 SPREAD_QUANTILES = ("p50_ms", "p95_ms", "p99_ms")
 SPREAD_MIN_GAIN = 0.005   # per training run: keep the sweep shape unless another spread beats it by this
@@ -250,7 +262,7 @@ def run_counters(run: RunData) -> dict | None:
 
 
 def make_scenario(meas: Measurements, compute: dict, scale: float, rate_contention: float, overhead: Dist,
-                  intf: dict, startup: Dist, provenance: dict) -> Scenario:
+                  intf: dict, startup: Dist, provenance: dict, rate_cores: float = 0.0) -> Scenario:
     base = meas.base
     pb = tuple((b, scale_dist(f.dist, scale)) for b, f in sorted(compute["fits"].items()))
     curve = compute["mean_curve"]
@@ -258,7 +270,8 @@ def make_scenario(meas: Measurements, compute: dict, scale: float, rate_contenti
     svc = ServiceSpec(per_batch=pb, batch_slope=max(0.0, slope), overhead=overhead)
     cl = replace(base.cluster, startup=startup, node_cores=int(intf["node_cores"]),
                  interference=float(intf["interference"]), rate_contention=float(rate_contention),
-                 rate_window_s=RATE_WINDOW_S)
+                 rate_window_s=RATE_WINDOW_S,
+                 rate_cores=float(rate_cores) if float(intf["interference"]) > 0 else 0.0)
     return base.replace(service=svc, cluster=cl, provenance=provenance)
 
 
@@ -326,9 +339,35 @@ def fit_contention(own: dict[str, dict], train: list[RunData]) -> dict:
     else:
         note = "training runs cover one request rate only: constant factor"
     a = min(max(a, SCALE_LO), SCALE_HI)
-    return {"scale": a, "rate_contention": b / a, "rate_window_s": RATE_WINDOW_S, "fitted": True, "note": note,
+    resid = float(np.average((np.log(y) - np.log(np.maximum(a + b * x, 1e-9))) ** 2, weights=w))
+    return {"model": "rate", "scale": a, "rate_contention": b / a, "rate_cores": 0.0, "rate_window_s": RATE_WINDOW_S,
+            "fitted": True, "note": note, "residual": resid,
             "runs": {n: {**p, "model_scale": a + b * p["rate_rps"]} for n, p in pts},
             "train_runs": [n for n, _ in pts]}
+
+
+def fit_rate_cores(own_by_c: dict[float, dict[str, dict]], train: list[RunData]) -> dict | None:
+    """The CPU-demand candidate: the ``rate_cores`` whose per-run own scales agree best, and their mean.
+
+    ``own_by_c[c][run]`` is the run's own scale (:func:`own_scale`) replayed with ``rate_cores = c``.
+    Returns None when fewer than two training runs have counters (nothing to agree on)."""
+    best = None
+    rows = []
+    for c, own in sorted(own_by_c.items()):
+        pts = [own[r.name] for r in train if own.get(r.name)]
+        if len(pts) < 2:
+            return None
+        y = np.log([p["own_scale"] for p in pts])
+        w = np.array([p["successes"] for p in pts], float)
+        m = float(np.average(y, weights=w))
+        resid = float(np.average((y - m) ** 2, weights=w))
+        rows.append({"rate_cores": c, "scale": math.exp(m), "residual": resid})
+        if best is None or resid < best["residual"] - 1e-12:
+            best = {"rate_cores": c, "scale": min(max(math.exp(m), SCALE_LO), SCALE_HI), "residual": resid,
+                    "runs": {r.name: dict(own[r.name], model_scale=math.exp(m)) for r in train if own.get(r.name)}}
+    return {"model": "cores", "scale": best["scale"], "rate_contention": 0.0, "rate_cores": best["rate_cores"],
+            "rate_window_s": RATE_WINDOW_S, "fitted": True, "residual": best["residual"], "grid": rows,
+            "note": "", "runs": best["runs"], "train_runs": [r.name for r in train if best["runs"].get(r.name)]}
 
 
 def calibrate(meas: Measurements, train: list[RunData], shared: dict, seeds=(0,), quiet: bool = True,
@@ -347,9 +386,9 @@ def calibrate(meas: Measurements, train: list[RunData], shared: dict, seeds=(0,)
         ov = {"mean_ms": ov_shape.mean_value, "from_runs": [], "shape": ov_info,
               "note": "no training run has counters: overhead from the sweep only (excludes load balancer)"}
 
-    def make(s: float, beta: float, prov: dict | None = None) -> Scenario:
+    def make(s: float, beta: float, prov: dict | None = None, cores: float = 0.0) -> Scenario:
         return make_scenario(meas, shared["compute"], s, beta, overhead, shared["interference"],
-                             shared["startup"][0], prov or {})
+                             shared["startup"][0], prov or {}, rate_cores=cores)
     own = shared.setdefault("own_scales", {})
     for r in train:
         if r.name not in own:
@@ -371,16 +410,36 @@ def calibrate(meas: Measurements, train: list[RunData], shared: dict, seeds=(0,)
             pts[r.name] = {**o, "own_scale": model * ratio, "constant_factor": o["own_scale"],
                            "simulated_compute_ms": v["compute_ms_per_request"]}
         cont = fit_contention(pts, train)
-    log(f"[fit{label}] contention: factor {cont['scale']:.3f} x (1 + {cont['rate_contention']:.4f} x req/s) "
-        f"from {', '.join(r.name for r in train)}", quiet)
+    if cont["fitted"] and float(shared["interference"].get("interference", 0.0)) > 0:
+        # the CPU-demand candidate (module doc, 3.): own scales per rate_cores, cached across folds
+        by_c = shared.setdefault("own_scales_cores", {})
+        for c in RATE_CORES_GRID:
+            oc = by_c.setdefault(c, {})
+            for r in train:
+                if r.name not in oc:
+                    oc[r.name] = own_scale(r, lambda s_, b_, c=c: make(s_, 0.0, cores=c), seeds)
+        cores = fit_rate_cores({0.0: own, **by_c}, train)
+        if cores is not None:
+            cores["rate_candidate_residual"] = cont.get("residual")
+            cont["cores_candidate"] = {k: v for k, v in cores.items() if k != "runs"}
+            if cores["residual"] < cont.get("residual", math.inf):
+                cores["rate_candidate"] = {k: v for k, v in cont.items() if k not in ("runs", "cores_candidate")}
+                cont = cores
+    if cont.get("model") == "cores":
+        log(f"[fit{label}] contention: factor {cont['scale']:.3f}, request handling {cont['rate_cores']:g} cores "
+            f"per req/s in the interference term (residual {cont['residual']:.4f} vs "
+            f"{cont['rate_candidate_residual']:.4f} for the rate line) from {', '.join(r.name for r in train)}", quiet)
+    else:
+        log(f"[fit{label}] contention: factor {cont['scale']:.3f} x (1 + {cont['rate_contention']:.4f} x req/s) "
+            f"from {', '.join(r.name for r in train)}", quiet)
     overhead, spread = fit_overhead_spread(overhead, train, lambda o: make_scenario(
         meas, shared["compute"], cont["scale"], cont["rate_contention"], o, shared["interference"],
-        shared["startup"][0], {}), seeds)
+        shared["startup"][0], {}, rate_cores=cont.get("rate_cores", 0.0)), seeds)
     ov["spread"] = spread
     log(f"[fit{label}] overhead spread: {spread['chosen']} (training-run quantile loss "
         f"{spread['losses'][spread['chosen']]:.3f})", quiet)
     sc = make_scenario(meas, shared["compute"], cont["scale"], cont["rate_contention"], overhead,
-                       shared["interference"], shared["startup"][0], {})
+                       shared["interference"], shared["startup"][0], {}, rate_cores=cont.get("rate_cores", 0.0))
     return sc, {"overhead": ov, "overhead_dist": overhead.to_dict("ms"), "contention": cont,
                 "train_runs": [r.name for r in train]}
 

@@ -139,6 +139,7 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
         sc_g, info_g = calibrate(meas, train, shared, (0,), quiet, label=f" -{'/'.join(names)}")
         folds.append({"test": names, "train": info_g["train_runs"], "scale": info_g["contention"]["scale"],
                       "rate_contention": info_g["contention"]["rate_contention"],
+                      "rate_cores": info_g["contention"].get("rate_cores", 0.0),
                       "overhead_ms": info_g["overhead"]["mean_ms"]})
         loro.update(evaluate(sc_g, test, seeds_t, keep=plots))
     # ---- held out: across replica counts
@@ -151,6 +152,7 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
         sc_r, info_r = calibrate(meas, train, shared, (0,), quiet, label=f" {label}")
         by_rep[label] = {"train": [r.name for r in train], "scale": info_r["contention"]["scale"],
                          "rate_contention": info_r["contention"]["rate_contention"],
+                         "rate_cores": info_r["contention"].get("rate_cores", 0.0),
                          "overhead_ms": info_r["overhead"]["mean_ms"],
                          "runs": evaluate(sc_r, test, seeds_t)}
     nf = noise_floor(meas)
@@ -166,9 +168,13 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
                                          f"distance <= {fitting.KS_MAX}, else the sample's quantiles "
                                          f"({fitting.EMPIRICAL_LEVELS} levels)",
                      "min_samples": fitting.MIN_SAMPLES,
-                     "contention": "compute x scale x (1 + rate_contention x node req/s over the last second); "
-                                   "each training run's own factor by bisection (replayed per-request compute "
-                                   "= Triton's counters), then a weighted line of factor vs request rate",
+                     "contention": "two candidates, the smaller residual of the training runs' own factors "
+                                   "(bisection: replayed per-request compute = Triton's counters) kept: (rate) "
+                                   "compute x scale x (1 + rate_contention x node req/s over the last second), a "
+                                   "weighted line of factor vs request rate; (cores) compute x scale, with "
+                                   "rate_cores x node req/s cores of request handling joining the executing "
+                                   "batches in the interference term, rate_cores from a grid by agreement of "
+                                   "the runs' scales",
                      "overhead": "shape from the sweep (client - queue - compute), mean from the runs (client "
                                  "latency - Triton queue - compute per request)",
                      "interference": "least squares slowdown(k) = 1 + interference * max(0, k - node_cores)"},

@@ -323,16 +323,18 @@ def write_report(out: Path, fid: dict, meas, shared, in_sample: dict, held: dict
           "Each run (with its identical-configuration repeats) is predicted by a calibration fitted on the "
           "*other* runs (contention factor and overhead mean; the sweep-derived parts never see any run).", ""]
     L += table(ho, fid["runs"]) + [""]
-    L += ["| held-out run | trained on | contention scale | rate contention per req/s | overhead mean ms |",
-          "|---|---|---|---|---|"]
+    L += ["| held-out run | trained on | contention scale | rate contention per req/s | request-handling cores "
+          "per req/s | overhead mean ms |", "|---|---|---|---|---|---|"]
     for f in fid["held_out"]["folds"]:
         L.append(f"| {', '.join(f['test'])} | {', '.join(f['train']) or '—'} | {_f(f.get('scale'))} | "
-                 f"{f.get('rate_contention', 0) or 0:.4f} | {_f(f.get('overhead_ms'))} |")
+                 f"{f.get('rate_contention', 0) or 0:.4f} | {f.get('rate_cores', 0) or 0:.4f} | "
+                 f"{_f(f.get('overhead_ms'))} |")
     L.append("")
     for label, r in fid["held_out"]["across_replica_counts"].items():
         L += [f"## Held-out across replica counts: {label}", "",
               f"Trained on {', '.join(r['train'])} (contention scale {_f(r['scale'])}, rate contention "
-              f"{r.get('rate_contention', 0) or 0:.4f} per req/s, overhead {_f(r['overhead_ms'])} ms).", ""]
+              f"{r.get('rate_contention', 0) or 0:.4f} per req/s, request handling {r.get('rate_cores', 0) or 0:.4f} "
+              f"cores per req/s, overhead {_f(r['overhead_ms'])} ms).", ""]
         L += table(r["runs"], fid["runs"]) + [""]
     L += ["## In-sample (fitted on all runs)", ""]
     L += table(fid["in_sample"], fid["runs"]) + [""]
@@ -362,11 +364,25 @@ def write_report(out: Path, fid: dict, meas, shared, in_sample: dict, held: dict
     L += ["", f"Smoothness: weighted line mean(b) = {mc['intercept_ms']:.2f} + {mc['per_item_ms']:.2f}·b ms "
           f"(R² {mc['r2']:.3f}); unlisted sizes interpolate quantile functions linearly in b.", ""]
     c = prov["contention"]
-    L += ["### Contention", "",
-          f"Compute per batch = sweep fit × **{_f(c.get('scale'))}** × (1 + **{c.get('rate_contention', 0) or 0:.4f}**"
-          f" × node arrival rate over the last second) (fitted on all runs; {c.get('note') or 'line through the runs'}"
-          "). Each run's own constant factor (bisection: replayed per-request compute = Triton's counter) against its "
-          "request-weighted arrival rate, and the model's factor at that rate:", "",
+    if c.get("model") == "cores":
+        alt = c.get("rate_candidate") or {}
+        head = (f"Compute per batch = sweep fit × **{_f(c.get('scale'))}**, and request handling occupies "
+                f"**{c.get('rate_cores'):g}** cores per req/s of node arrival rate (last second), which join the "
+                f"executing batches in the interference term (fitted on all runs: the CPU-demand candidate, "
+                f"residual {c.get('residual', 0):.4f}, beat the rate line, {alt.get('residual', math.nan):.4f}: "
+                f"scale {_f(alt.get('scale'))} × (1 + {alt.get('rate_contention', 0) or 0:.4f} × req/s)). "
+                "Each run's own constant scale with that term in the replay (bisection: replayed per-request "
+                "compute = Triton's counter), and the model's scale:")
+    else:
+        cc = c.get("cores_candidate") or {}
+        head = (f"Compute per batch = sweep fit × **{_f(c.get('scale'))}** × (1 + "
+                f"**{c.get('rate_contention', 0) or 0:.4f}** × node arrival rate over the last second) (fitted on all "
+                f"runs; {c.get('note') or 'line through the runs'}"
+                + (f"; residual {c['residual']:.4f}, the CPU-demand candidate had {cc['residual']:.4f} at "
+                   f"{cc['rate_cores']:g} cores per req/s" if cc and "residual" in c else "")
+                + "). Each run's own constant factor (bisection: replayed per-request compute = Triton's counter) "
+                  "against its request-weighted arrival rate, and the model's factor at that rate:")
+    L += ["### Contention", "", head, "",
           "| run | measured compute ms / request (Triton counters) | req/s seen by a request | own factor | model factor |",
           "|---|---|---|---|---|"]
     for n, v in (c.get("runs") or {}).items():

@@ -432,6 +432,12 @@ class ClusterSpec:
     time is also multiplied by ``1 + rate_contention * r``, with ``r`` the node's arrival
     rate (req/s) over the last complete ``rate_window_s`` bin (time cut in fixed bins;
     0 disables; fitted by calibration).
+    ``rate_cores``: the same request handling as CPU demand instead: it occupies
+    ``rate_cores * r`` cores, which join the executing batches in the interference
+    term, ``1 + interference * max(0, k + rate_cores * r - node_cores)``: request
+    handling slows the model only when it and the batches together exceed the node's
+    cores (a lone replica on a 2-core node has a core to spare; two busy replicas do
+    not). Needs ``interference > 0``; 0 disables; fitted by calibration.
     """
 
     replicas: int = 1
@@ -443,18 +449,19 @@ class ClusterSpec:
     interference: float = 0.0
     rate_contention: float = 0.0
     rate_window_s: float = 1.0
+    rate_cores: float = 0.0
 
     def to_dict(self) -> dict:
         return {"replicas": self.replicas, "min_replicas": self.min_replicas,
                 "max_replicas": self.max_replicas, "startup_s": self.startup.to_dict("s"),
                 "load_balancer": self.load_balancer, "node_cores": self.node_cores,
                 "interference": self.interference, "rate_contention": self.rate_contention,
-                "rate_window_s": self.rate_window_s}
+                "rate_window_s": self.rate_window_s, "rate_cores": self.rate_cores}
 
 
 def parse_cluster(d: Any, path: str) -> ClusterSpec:
     _check_keys(d, {"replicas", "min_replicas", "max_replicas", "startup_s", "load_balancer",
-                    "node_cores", "interference", "rate_contention", "rate_window_s"}, path)
+                    "node_cores", "interference", "rate_contention", "rate_window_s", "rate_cores"}, path)
     reps = _num(d, "replicas", path, 1, lo=0, hi=10000, integer=True)
     mn = _num(d, "min_replicas", path, min(1, reps), lo=0, integer=True)
     mx = _num(d, "max_replicas", path, max(reps, mn, 1), lo=1, hi=10000, integer=True)
@@ -464,12 +471,15 @@ def parse_cluster(d: Any, path: str) -> ClusterSpec:
         _fail(f"{path}.replicas", f"must be within min_replicas..max_replicas = {mn}..{mx} (got {reps})")
     st = d.get("startup_s", 0.0)
     startup = parse_dist(st, f"{path}.startup_s", "s")
+    if _num(d, "rate_cores", path, 0.0, lo=0) > 0 and _num(d, "interference", path, 0.0, lo=0) == 0:
+        _fail(f"{path}.rate_cores", "acts through the interference term: needs interference > 0 (and node_cores)")
     return ClusterSpec(replicas=reps, min_replicas=mn, max_replicas=mx, startup=startup,
                        load_balancer=_choice(d, "load_balancer", path, LOAD_BALANCERS, "round_robin"),
                        node_cores=_num(d, "node_cores", path, 0, lo=0, integer=True),
                        interference=_num(d, "interference", path, 0.0, lo=0),
                        rate_contention=_num(d, "rate_contention", path, 0.0, lo=0),
-                       rate_window_s=_num(d, "rate_window_s", path, 1.0, lo=0, lo_open=True))
+                       rate_window_s=_num(d, "rate_window_s", path, 1.0, lo=0, lo_open=True),
+                       rate_cores=_num(d, "rate_cores", path, 0.0, lo=0))
 
 
 # --------------------------------------------------------------------------- autoscaler

@@ -39,7 +39,7 @@ LB_CODES = {"round_robin": LB_RR, "random": LB_RANDOM, "least_outstanding": LB_L
 S_NSLOTS, S_RR, S_NEXT_ID, S_NREADY, S_PTR, S_HEAP, S_NBUSY, S_REC_CAP, S_NGONE = range(9)
 # float params
 F_WARMUP, F_SLO, F_STOP, F_DELAY_US, F_TIMEOUT, F_ISTART, F_INTERF, F_CORES, F_RCONT, F_RWIN, F_RBIN, F_RCUR, \
-    F_RPREV = range(13)
+    F_RPREV, F_RCORES = range(14)
 # int params
 P_SEED, P_MAXB, P_INST, P_MAXQ, P_LB, P_REC, P_CLOSED, P_OVZERO = range(8)
 
@@ -196,6 +196,8 @@ def _try_dispatch(s, t, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_use
         st[S_NBUSY] += 1
         if fs[F_INTERF] > 0.0:
             extra = st[S_NBUSY] - fs[F_CORES]
+            if fs[F_RCORES] > 0.0:
+                extra += fs[F_RCORES] * _node_rate(fs, t)
             if extra > 0:
                 svc *= 1.0 + fs[F_INTERF] * extra
         if fs[F_RCONT] > 0.0:
@@ -359,7 +361,7 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
                 user = -1
                 st[S_PTR] += 1
             st[S_NEXT_ID] = rid + 1
-            if fs[F_RCONT] > 0.0:
+            if fs[F_RCONT] > 0.0 or fs[F_RCORES] > 0.0:
                 _note_arrival(fs, ta)
             ia[A_ARRIVALS] += 1.0
             if ta >= warm:
@@ -417,7 +419,7 @@ class FastPlane:
         self.fs = np.array([sc.warmup_s, sc.slo_ms * 1e-3, stop, float(b.max_queue_delay_us),
                             b.queue_timeout_us * 1e-6, 0.0, sc.cluster.interference,
                             float(sc.cluster.node_cores), sc.cluster.rate_contention,
-                            sc.cluster.rate_window_s, -1.0, 0.0, 0.0], dtype=np.float64)
+                            sc.cluster.rate_window_s, -1.0, 0.0, 0.0, sc.cluster.rate_cores], dtype=np.float64)
         self.pref = np.array(b.preferred_batch_sizes, dtype=np.int64)
         self.table, self.ovt, self.tht = model.table, model.overhead, think_table
         self.st = np.zeros(9, dtype=np.int64)

@@ -152,6 +152,7 @@ class RefPlane:
         self.interference = sc.cluster.interference
         self.cores = float(sc.cluster.node_cores)
         self.rate_cont = sc.cluster.rate_contention
+        self.rate_cores = sc.cluster.rate_cores
         self.rate_win = sc.cluster.rate_window_s
         self.rate_bin, self.rate_cur, self.rate_prev = -1.0, 0.0, 0.0   # arrivals per window bin
         self.warmup = sc.warmup_s
@@ -221,7 +222,7 @@ class RefPlane:
         t = self.env.now
         req = Request(self.next_id, user, t)
         self.next_id += 1
-        if self.rate_cont > 0.0:
+        if self.rate_cont > 0.0 or self.rate_cores > 0.0:
             b = math.floor(t / self.rate_win)
             if b == self.rate_bin:
                 self.rate_cur += 1.0
@@ -365,6 +366,12 @@ class RefPlane:
             rep.timer = None
             self._poke(rep)
 
+    def _node_rate(self, t: float) -> float:
+        """Node arrival rate (req/s) over the last complete ``rate_window_s`` bin before ``t``."""
+        b = math.floor(t / self.rate_win)
+        return (self.rate_prev if b == self.rate_bin else
+                (self.rate_cur if b == self.rate_bin + 1.0 else 0.0)) / self.rate_win
+
     def _dispatch(self, rep: Replica, instance: int, n: int, t: float) -> None:
         k = rep.n_batches
         rep.n_batches += 1
@@ -372,13 +379,12 @@ class RefPlane:
         self.n_busy += 1
         if self.interference > 0.0:
             extra = self.n_busy - self.cores
+            if self.rate_cores > 0.0:
+                extra += self.rate_cores * self._node_rate(t)
             if extra > 0:
                 svc *= 1.0 + self.interference * extra
         if self.rate_cont > 0.0:
-            b = math.floor(t / self.rate_win)
-            rate = (self.rate_prev if b == self.rate_bin else
-                    (self.rate_cur if b == self.rate_bin + 1.0 else 0.0)) / self.rate_win
-            svc *= 1.0 + self.rate_cont * rate
+            svc *= 1.0 + self.rate_cont * self._node_rate(t)
         reqs = [rep.queue.popleft() for _ in range(n)]
         batch = Batch(reqs, t, svc, instance)
         rep.running[instance] = batch

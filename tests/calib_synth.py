@@ -56,10 +56,14 @@ def merge(a, b):
     return b
 
 
-def truth_dict(over: dict) -> dict:
+CONTENTION = {"node_cores": NODE_CORES, "interference": INTERFERENCE, "rate_contention": RATE_CONTENTION}
+# the CPU-demand alternative: request handling takes 0.012 cores per req/s, joining the batches on a 2-core node
+CONTENTION_CORES = {"node_cores": 2, "interference": 0.5, "rate_contention": 0.0, "rate_cores": 0.012}
+
+
+def truth_dict(over: dict, contention: dict = CONTENTION) -> dict:
     d = merge(BASE, over)
-    d = merge(d, {"cluster": {"node_cores": NODE_CORES, "interference": INTERFERENCE,
-                              "rate_contention": RATE_CONTENTION}})
+    d = merge(d, {"cluster": dict(contention)})
     d["service"] = dict(d["service"])
     d["service"]["per_batch"] = {b: {"kind": "gamma", "mean_ms": m * SCALE, "cv": c}
                                  for b, (m, c) in PER_BATCH.items()}
@@ -77,10 +81,10 @@ def _csv(path: Path, header, rows) -> None:
 STATUS = {0: "ok", 1: "rejected", 2: "timeout", 3: "unavailable"}
 
 
-def write_run(root: Path, name: str, over: dict, events, seed: int) -> None:
+def write_run(root: Path, name: str, over: dict, events, seed: int, contention: dict = CONTENTION) -> None:
     raw = merge(BASE, over)
     sc_meas = scenario_from_dict(raw)                   # what the measurement config said
-    sc = scenario_from_dict(truth_dict(over)).replace(seed=seed)
+    sc = scenario_from_dict(truth_dict(over, contention)).replace(seed=seed)
     sim = Simulation(sc)
     obs = sim.start()
     desired = sc.cluster.replicas
@@ -128,8 +132,9 @@ def write_run(root: Path, name: str, over: dict, events, seed: int) -> None:
 
 
 def write_folder(root: Path, runs=RUNS, sweep_samples: int = 400, seed: int = 0,
-                 run_overhead_cv: float | None = None) -> Path:
-    """``run_overhead_cv``: the loaded runs' overhead spread, when it differs from the idle sweep's."""
+                 run_overhead_cv: float | None = None, contention: dict = CONTENTION) -> Path:
+    """``run_overhead_cv``: the loaded runs' overhead spread, when it differs from the idle sweep's;
+    ``contention``: the truth's cluster contention keys (``CONTENTION`` or ``CONTENTION_CORES``)."""
     root = Path(root)
     if run_overhead_cv is not None:
         ov_run = {"service": {"overhead": {"kind": "lognormal", "mean_ms": OVERHEAD[0], "cv": run_overhead_cv}}}
@@ -153,7 +158,8 @@ def write_folder(root: Path, runs=RUNS, sweep_samples: int = 400, seed: int = 0,
     for n in (1, 2, 3):
         for i in range(n):
             k = 1 + 0.9 * (n - 1)
-            comp = PER_BATCH[1][0] * (1 + INTERFERENCE * max(0.0, k - NODE_CORES)) * (1 + g.normal(0, 0.01))
+            comp = PER_BATCH[1][0] * (1 + contention["interference"] * max(0.0, k - contention["node_cores"])) \
+                * (1 + g.normal(0, 0.01))
             irows.append((n, i, 500, 8.0, f"{comp:.6f}", f"{comp:.6f}", 0.9, k, comp + 1))
     _csv(root / "sweep" / "interference.csv", ("replicas", "replica", "batches", "duration_s", "compute_ms",
                                                "compute_infer_ms", "busy_fraction", "concurrency", "client_ms"), irows)
@@ -161,5 +167,5 @@ def write_folder(root: Path, runs=RUNS, sweep_samples: int = 400, seed: int = 0,
     _csv(root / "startup" / "startup.csv", ("sample", "t_start", "process_to_live_s", "live_to_ready_s",
                                             "process_to_ready_s"), [(i, 0, v, 0, v) for i, v in enumerate(st)])
     for i, (name, over, events) in enumerate(runs):
-        write_run(root, name, over, events, seed=100 + i)
+        write_run(root, name, over, events, seed=100 + i, contention=contention)
     return root

@@ -39,9 +39,12 @@ def test_recovers_generating_parameters(fitted):
         # the isolated fit (before contention) recovers the generating gamma
         assert abs(row["fit"]["mean"] / m - 1) < 0.05, (b, row)
         assert abs(pb[b].mean_value / (row["fit"]["mean"] * scale) - 1) < 1e-6
-    # contention factor at 100 req/s
+    # contention factor of a lone batch at 100 req/s (node_cores 1: the CPU-demand candidate can express the
+    # same factor, 1 + interference * rate_cores * r, so either candidate may win; the factor must be right)
     truth = syn.SCALE * (1 + syn.RATE_CONTENTION * 100)
-    assert abs(scale * (1 + beta * 100) / truth - 1) < 0.08, (scale, beta)
+    c = sc.cluster
+    got = scale * (1 + beta * 100) * (1 + c.interference * max(0.0, 1 + c.rate_cores * 100 - c.node_cores))
+    assert abs(got / truth - 1) < 0.08, (scale, beta, c.rate_cores)
     assert sc.cluster.node_cores == syn.NODE_CORES
     assert abs(sc.cluster.interference - syn.INTERFERENCE) < 0.03
     assert abs(sc.service.overhead.mean_value / syn.OVERHEAD[0] - 1) < 0.05
@@ -175,3 +178,19 @@ def test_check_errors(fitted, tmp_path, capsys):
     rc = chk.main([str(fitted["cfg"]), str(tmp_path / "norun")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "norun: run folder not found" in err
+
+
+def test_recovers_cpu_demand_contention(tmp_path):
+    """Data generated with request handling as CPU demand (0.012 cores per req/s on a 2-core node): the
+    CPU-demand candidate must win over the rate line and recover rate_cores and the scale."""
+    root = syn.write_folder(tmp_path / "results" / "cores", sweep_samples=200, contention=syn.CONTENTION_CORES)
+    cfg = tmp_path / "cores.yaml"
+    fitmod.run_fit(str(root), "cores", str(cfg), str(tmp_path / "report"), seeds=1, quiet=True, plots=False)
+    sc = load_scenario(str(cfg))
+    cont = sc.provenance["contention"]
+    assert cont["model"] == "cores", cont
+    assert sc.cluster.node_cores == 2 and abs(sc.cluster.interference - 0.5) < 0.03
+    assert abs(sc.cluster.rate_cores - 0.012) <= 0.0025, sc.cluster.rate_cores
+    assert sc.cluster.rate_contention == 0.0
+    assert abs(cont["scale"] / syn.SCALE - 1) < 0.06, cont["scale"]
+    assert cont["residual"] < cont["rate_candidate"]["residual"]

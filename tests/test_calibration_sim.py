@@ -38,6 +38,7 @@ def test_in_memory_timestamps_used_as_given_and_round_trip():
     {"node_cores": 1, "interference": 0.3},
     {"rate_contention": 0.004, "rate_window_s": 0.5},
     {"node_cores": 1, "interference": 0.2, "rate_contention": 0.003},
+    {"node_cores": 2, "interference": 0.5, "rate_cores": 0.01, "rate_window_s": 0.5},
 ])
 def test_contention_models_identical_in_both_engines(cluster):
     sc = _sc(cluster={"replicas": 2, **cluster})
@@ -74,3 +75,39 @@ def test_interference_factor_matches_formula():
     r = simulate(sc).records
     comp = np.sort((r["completion_s"] - r["dispatch_s"]) * 1e3)
     np.testing.assert_allclose(comp, [10.0, 15.0, 20.0], rtol=1e-9)
+
+
+@pytest.mark.parametrize("rate_cores, replicas, expected_ms", [
+    # one replica, batches never overlap (10 ms apart, 5 ms each): k = 1, r = 100 req/s
+    (0.015, 1, 5 * (1 + 0.5 * (1 + 1.5 - 2))),      # demand 2.5 cores > 2: 6.25 ms
+    (0.008, 1, 5.0),                                  # demand 1.8 cores <= 2: no slowdown
+    (0.0, 1, 5.0),
+])
+def test_rate_cores_join_the_interference_term(rate_cores, replicas, expected_ms):
+    t = list(np.arange(0, 5, 0.01))
+    cl = {"replicas": replicas, "node_cores": 2, "interference": 0.5, "rate_window_s": 1.0}
+    if rate_cores:
+        cl["rate_cores"] = rate_cores
+    sc = _sc(workload={"kind": "timestamps", "times_s": t}, duration_s=5, warmup_s=1.0,
+             service={"per_batch": {1: {"kind": "deterministic", "mean_ms": 5}}},
+             batching={"max_batch_size": 1, "max_queue_delay_us": 0}, cluster=cl)
+    for engine in ("fast", "reference"):
+        res = simulate(sc, engine=engine)
+        assert res.summary["compute_ms"]["mean"] == pytest.approx(expected_ms, rel=1e-6), engine
+
+
+def test_rate_cores_with_two_overlapping_batches():
+    # two replicas, pairs of simultaneous arrivals every 20 ms (100 req/s): the first of a pair starts
+    # with k = 1, the second with k = 2; demand 1 + 0.6 - 2 < 0 -> 5 ms, 2 + 0.6 - 2 = 0.6 -> 5 * 1.3 ms
+    t = sorted(list(np.arange(0, 5, 0.02)) * 2)
+    sc = _sc(workload={"kind": "timestamps", "times_s": t}, duration_s=5, warmup_s=1.0,
+             service={"per_batch": {1: {"kind": "deterministic", "mean_ms": 5}}},
+             batching={"max_batch_size": 1, "max_queue_delay_us": 0},
+             cluster={"replicas": 2, "node_cores": 2, "interference": 0.5, "rate_cores": 0.006})
+    res = simulate(sc)
+    assert res.summary["compute_ms"]["mean"] == pytest.approx((5.0 + 6.5) / 2, rel=1e-6)
+
+
+def test_rate_cores_need_interference():
+    with pytest.raises(ConfigError, match=r"cluster.rate_cores: .*needs interference > 0"):
+        _sc(cluster={"replicas": 1, "rate_cores": 0.01})
