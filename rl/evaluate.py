@@ -207,10 +207,14 @@ def _run(a) -> int:
             per["static_best"] = res
             extra["static_best"] = {"replicas": n}
         if "oracle" in base_names:
-            from rl.oracle import oracle_run
+            from rl.oracle import fleet_caps, oracle_run
             res, hs = [], []
+            caps = fleet_caps(scs[0], slo_t) if scs else None      # per replica count, if replicas contend
+            if caps is not None:
+                print(f"  oracle: replicas share the node's cores; fleet capacity by replica count "
+                      f"{', '.join(f'{n + 1}: {c:.1f}' for n, c in enumerate(caps))} rps", flush=True)
             for sc in scs:
-                r, h, _ = oracle_run(sc, cap, slo_t, model=model)
+                r, h, _ = oracle_run(sc, cap, slo_t, model=model, caps=caps)
                 res.append(r)
                 hs.append(h)
             per["oracle"] = res

@@ -118,6 +118,52 @@ def test_oracle_requirement_from_future_arrivals():
     assert p.decide(ob(15, 0, interval=5)) >= 6
 
 
+def test_oracle_requirement_from_fleet_capacities():
+    from rl.oracle import make_oracle
+    sc = scenario_from_dict({"duration_s": 10, "workload": {"kind": "poisson", "rate_rps": 1},
+                             "service": {"kind": "deterministic", "mean_ms": 10},
+                             "cluster": {"replicas": 1, "max_replicas": 3}, "autoscaler": {"kind": "static"}})
+    rates = np.array([10.0, 50.0, 60.0, 85.0, 95.0, 0.0])
+    # 2 replicas serve 80, 3 serve 90 (a contended node), not 100 and 150
+    p = make_oracle(sc, capacity=50.0, headroom=0.0, rates=rates, caps=np.array([50.0, 80.0, 90.0]))
+    assert p.need.tolist() == [1, 1, 2, 3, 3, 1]
+    lin = make_oracle(sc, capacity=50.0, headroom=0.0, rates=rates)
+    assert lin.need.tolist() == [1, 1, 2, 2, 2, 1]
+
+
+def test_fleet_capacity_sees_node_contention():
+    from simulator.predictive import fleet_capacity, node_coupled
+    d = {"duration_s": 60, "slo_ms": 40, "workload": {"kind": "poisson", "rate_rps": 1},
+         "service": {"kind": "deterministic", "mean_ms": 10}, "cluster": {"replicas": 1, "max_replicas": 2}}
+    free = scenario_from_dict(d)
+    shared = scenario_from_dict({**d, "cluster": {"replicas": 1, "max_replicas": 2, "node_cores": 1,
+                                                  "interference": 1.0}})
+    assert not node_coupled(free) and node_coupled(shared)
+    one = fleet_capacity(free, 1, duration_s=120, seeds=(1,))
+    assert fleet_capacity(shared, 1, duration_s=120, seeds=(1,)) == pytest.approx(one, abs=0.5)
+    assert fleet_capacity(free, 2, duration_s=120, seeds=(1,)) > 1.9 * one
+    # two batches at once run at half speed: the pair serves clearly less than two free replicas
+    assert fleet_capacity(shared, 2, duration_s=120, seeds=(1,)) < 1.6 * one
+
+
+def test_oracle_when_the_target_is_out_of_reach():
+    # more load than max_replicas can serve: the oracle returns the cheapest schedule as good as the most
+    # generous one, not the most generous one itself
+    from rl.oracle import oracle_run
+    sc = scenario_from_dict({"seed": 2, "duration_s": 120, "slo_ms": 30,
+                             "workload": {"kind": "schedule", "segments": [
+                                 {"kind": "constant", "duration_s": 60, "rate_rps": 50},
+                                 {"kind": "constant", "duration_s": 60, "rate_rps": 400}]},
+                             "service": {"kind": "deterministic", "mean_ms": 10},
+                             "cluster": {"replicas": 1, "max_replicas": 3, "startup_s": 1},
+                             "autoscaler": {"kind": "static", "interval_s": 5}})
+    res, h, tried = oracle_run(sc, capacity=60.0, slo_target=0.01)
+    assert tried[0]["headroom"] == 1.0 and not tried[0]["meets"]
+    v_hi = tried[0]["slo_violation_rate"]
+    assert res.summary["slo_violation_rate"] <= v_hi * 1.02 + 1e-4
+    assert h < 1.0 and res.summary["replica_seconds"] < tried[0]["replica_seconds"]
+
+
 # --------------------------------------------------------------------------- policy.pt
 
 
