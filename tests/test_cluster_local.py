@@ -236,7 +236,7 @@ def test_measure_end_to_end(tmp_path, capsys):
 
 def test_ctrl_c_tears_everything_down(tmp_path):
     cfg = _tiny_config(tmp_path, duration=60)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONFAULTHANDLER="1")
     p = subprocess.Popen([sys.executable, "-m", "cluster.measure", str(cfg), "--out", str(tmp_path / "out"),
                           "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -254,7 +254,12 @@ def test_ctrl_c_tears_everything_down(tmp_path):
         time.sleep(1.0)
         kids = me.children(recursive=True)
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
+        try:
+            _, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGABRT)          # faulthandler: every thread's stack to stderr
+            _, err = p.communicate(timeout=20)
+            pytest.fail("measure did not stop within 60 s of Ctrl-C; its threads:\n" + err.decode()[-6000:])
     finally:
         if p.poll() is None:
             p.kill()
