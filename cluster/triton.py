@@ -58,12 +58,15 @@ class TritonError(RuntimeError):
 
 
 def pytriton_dir() -> Path:
-    try:
-        import pytriton
-    except ImportError:
+    """Where the nvidia-pytriton package lives, found without importing it: ``import pytriton`` pulls in
+    its client stack (gevent, gRPC, ZeroMQ, aiohttp), which servesim does not use and which made Ctrl-C
+    unreliable in the processes that drive the servers."""
+    import importlib.util
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
         raise TritonError("nvidia-pytriton is not installed (it bundles tritonserver); "
-                          "install the cluster extras: pip install -e '.[cluster]'") from None
-    return Path(pytriton.__file__).resolve().parent
+                          "install the cluster extras: pip install -e '.[cluster]'")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
 
 
 def tritonserver_bin() -> Path:
