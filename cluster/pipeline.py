@@ -297,6 +297,7 @@ def check_args(a) -> tuple[Path, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started from a background shell
     a = parse_args(argv)
     try:
         out, only = check_args(a)

@@ -119,11 +119,17 @@ atexit.register(kill_all)
 
 
 def install_signal_handlers() -> None:
-    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt in the main thread) so ``finally`` blocks tear down."""
+    """Make SIGTERM behave like Ctrl-C (KeyboardInterrupt in the main thread) so ``finally`` blocks tear down.
+
+    SIGINT is (re)armed too: a process started from a non-interactive shell in the background (``cmd &``,
+    CI runners, nohup scripts) inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt
+    handler at all -- an interrupt would leave the servers running. Whoever starts servers must stop them.
+    """
     def _term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _term)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_guarded(fn, *, config_errors: tuple = (), runtime_errors: tuple = (), config_prefix: str = "error"):

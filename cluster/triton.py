@@ -59,8 +59,7 @@ class TritonError(RuntimeError):
 
 def pytriton_dir() -> Path:
     """Where the nvidia-pytriton package lives, found without importing it: ``import pytriton`` pulls in
-    its client stack (gevent, gRPC, ZeroMQ, aiohttp), which servesim does not use and which made Ctrl-C
-    unreliable in the processes that drive the servers."""
+    its client stack (gevent, gRPC, ZeroMQ, aiohttp, ~30 extension modules), which servesim does not use."""
     import importlib.util
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:

@@ -237,8 +237,10 @@ def test_measure_end_to_end(tmp_path, capsys):
 def test_ctrl_c_tears_everything_down(tmp_path):
     cfg = _tiny_config(tmp_path, duration=60)
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONFAULTHANDLER="1")
+    # started with SIGINT ignored, as by a non-interactive shell's `cmd &` (CI runners): measure must re-arm it
     p = subprocess.Popen([sys.executable, "-m", "cluster.measure", str(cfg), "--out", str(tmp_path / "out"),
-                          "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         me = psutil.Process(p.pid)
         deadline = time.time() + 60
