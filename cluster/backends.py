@@ -92,14 +92,23 @@ class Backend(abc.ABC):
         """Fault injection: crash the ``index``-th ready replica; returns its name."""
         raise NotImplementedError(f"{self.name} backend does not support kill")
 
+    poll_s = 0.1                       # wait_ready's polling period
+
     def wait_ready(self, n: int, timeout: float) -> None:
+        """Block until ``n`` replicas are ready; ``_not_ready`` (raised) after ``timeout`` seconds."""
         import time
         deadline = time.monotonic() + timeout
         while self.ready_replicas < n:
+            self._check_live()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} backend: {self.ready_replicas}/{n} replicas ready "
-                                   f"after {timeout:.0f} s")
-            time.sleep(0.1)
+                raise self._not_ready(n, timeout)
+            time.sleep(self.poll_s)
+
+    def _check_live(self) -> None:
+        """Raise if the deployment has failed (polled while waiting); default: nothing to check."""
+
+    def _not_ready(self, n: int, timeout: float) -> Exception:
+        return TimeoutError(f"{self.name} backend: {self.ready_replicas}/{n} replicas ready after {timeout:.0f} s")
 
     def __enter__(self):
         return self

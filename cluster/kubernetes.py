@@ -290,13 +290,9 @@ class KubernetesBackend(Backend):
             self._records[name].end_reason = "crashed"
         return name
 
-    def wait_ready(self, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.ready_replicas < n:
-            if time.monotonic() > deadline:
-                raise KubernetesError(f"{self.ready_replicas}/{n} pods of {self.ns}/{APP} ready after "
-                                      f"{timeout:.0f} s (kubectl -n {self.ns} describe pods -l {LABEL})")
-            time.sleep(0.1)
+    def _not_ready(self, n: int, timeout: float) -> Exception:
+        return KubernetesError(f"{self.ready_replicas}/{n} pods of {self.ns}/{APP} ready after "
+                               f"{timeout:.0f} s (kubectl -n {self.ns} describe pods -l {LABEL})")
 
     def teardown(self) -> None:
         if self._torn_down:

@@ -143,14 +143,11 @@ class LocalBackend(Backend):
             self._servers[name].kill()
             return name
 
-    def wait_ready(self, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.ready_replicas < n:
-            self._check_live()
-            if time.monotonic() > deadline:
-                raise TritonError(f"local backend: {self.ready_replicas}/{n} replicas ready after {timeout:.0f} s; "
-                                  f"server logs in {self.workdir}")
-            time.sleep(0.05)
+    poll_s = 0.05
+
+    def _not_ready(self, n: int, timeout: float) -> Exception:
+        return TritonError(f"local backend: {self.ready_replicas}/{n} replicas ready after {timeout:.0f} s; "
+                           f"server logs in {self.workdir}")
 
     def teardown(self) -> None:
         if self._torn_down:

@@ -147,14 +147,27 @@ def _tqdm(**kw):
     return tqdm(dynamic_ncols=True, file=sys.stderr, **kw)
 
 
-def _write_csv(path: Path, header, rows) -> None:
+def write_csv(path: Path, header, rows, float_fmt: str | None = None) -> None:
+    """A CSV with NaN as an empty cell; floats formatted with ``float_fmt`` (e.g. ``.6f``) when given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
             w.writerow(["" if (isinstance(v, float) and math.isnan(v)) else
-                        (f"{v:.6f}" if isinstance(v, float) else v) for v in r])
+                        (format(v, float_fmt) if float_fmt and isinstance(v, float) else v) for v in r])
+
+
+def _write_csv(path: Path, header, rows) -> None:
+    write_csv(path, header, rows, ".6f")
+
+
+def copy_logs(wdir: Path, dest: Path) -> None:
+    """The servers' and the load generator's logs of a run (work folder ``wdir``) into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in list((wdir / "server").glob("*.log")) + [wdir / "loadgen" / "loadgen.log"]:
+        if p.exists():
+            shutil.copyfile(p, dest / p.name)
 
 
 def _rel(t, t0):
@@ -280,11 +293,7 @@ def run_one(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet: bool
         obs_rows.append([od[k] for k in header])
     _write_csv(rdir / "observations.csv", header or ["time_s"], obs_rows)
     # --- logs
-    ldir = rdir / "logs"
-    ldir.mkdir(exist_ok=True)
-    for p in list((wdir / "server").glob("*.log")) + [wdir / "loadgen" / "loadgen.log"]:
-        if p.exists():
-            shutil.copyfile(p, ldir / p.name)
+    copy_logs(wdir, rdir / "logs")
     # --- summary
     warm = sc.warmup_s
     sel = [i for i, t in enumerate(reqs["t_send"]) if warm <= t < sc.duration_s]

@@ -80,6 +80,8 @@ import numpy as np
 from simulator.config import AutoscalerSpec, ConfigError, Scenario, WorkloadSpec, load_scenario
 from simulator.io import jsonable
 
+from .measure import copy_logs, write_csv
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRACE = "../shared/traces/twitter_2021_rps_days01-14.csv"
 DEFAULT_START_S = 12 * 86400 + 9 * 3600 + 20 * 60      # day 13, 09:20 (held-out days 13-14)
@@ -412,21 +414,17 @@ def run_real(c: Contender, policy, sc: Scenario, stack, wl: WorkloadSpec, durati
     status = [r["status"] for r in raw]
     ok = np.array([s == "ok" for s in status], bool)
     # files
-    _write_csv(odir / "requests.csv", ("seq", "t_sched_s", "t_send_s", "latency_ms", "status", "replica", "error"),
+    write_csv(odir / "requests.csv", ("seq", "t_sched_s", "t_send_s", "latency_ms", "status", "replica", "error"),
                ((r["seq"], round(float(r["t_sched"]) - t0, 6), round(float(r["t_send"]) - t0, 6),
                  r["latency_ms"], r["status"], r["replica"], r["error"]) for r in raw))
     rows = [d.row() for d in ctl.decisions]
     if rows:
-        _write_csv(odir / "decisions.csv", list(rows[0]), ([r[k] for k in rows[0]] for r in rows))
+        write_csv(odir / "decisions.csv", list(rows[0]), ([r[k] for k in rows[0]] for r in rows))
     rel = (lambda x: "" if x is None else round(x - t0, 4))
-    _write_csv(odir / "replicas.csv", ("name", "t_request_s", "t_ready_s", "t_drain_s", "t_gone_s", "end_reason"),
+    write_csv(odir / "replicas.csv", ("name", "t_request_s", "t_ready_s", "t_drain_s", "t_gone_s", "end_reason"),
                ((r.name, rel(r.t_request), rel(r.t_ready), rel(r.t_drain), rel(r.t_gone), r.end_reason)
                 for r in log_recs))
-    ldir = odir / "logs"
-    ldir.mkdir(exist_ok=True)
-    for p in list((wdir / "server").glob("*.log")) + [wdir / "loadgen" / "loadgen.log"]:
-        if p.exists():
-            shutil.copyfile(p, ldir / p.name)
+    copy_logs(wdir, odir / "logs")
     inf = math.inf
     reps4 = []
     for r in log_recs:
@@ -514,15 +512,6 @@ def choose_static(sc: Scenario, wl: WorkloadSpec, duration: float, slo_target: f
 
 
 # --------------------------------------------------------------------------- output
-
-
-def _write_csv(path: Path, header, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for r in rows:
-            w.writerow(["" if (isinstance(v, float) and math.isnan(v)) else v for v in r])
 
 
 def _fmt(v, kind: str = "") -> str:
@@ -857,7 +846,7 @@ def validate(a) -> dict:
                                "initial_replicas": c.initial, "real": real["summary"], "sim": sim["summary"],
                                "compare": cmp_, "errors": real["errors"], "t0_epoch": real["t0_epoch"],
                                "start_skew_s": real["start_skew_s"], "wall_s": round(time.time() - t_c, 1)}
-            _write_csv(tmp / c.name / "sim_timeline.csv", list(sim["timeline"][0]),
+            write_csv(tmp / c.name / "sim_timeline.csv", list(sim["timeline"][0]),
                        ([r[k] for k in sim["timeline"][0]] for r in sim["timeline"]))
             ts_grid = np.arange(0.0, duration, 0.25)
             rr, ry = replica_curve(real["replicas"], ts_grid)
