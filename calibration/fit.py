@@ -46,7 +46,7 @@ from simulator.config import ConfigError, load_scenario
 
 from . import fitting
 from .calibrate import calibrate, log, shared_fits, source_label
-from .measurements import CalibrationError, Measurements, RunData, load_measurements
+from .measurements import CalibrationError, Measurements, RunData, load_measurements, served_peak
 from .replay import TARGETS, compare, measured_summary, simulate_run
 
 
@@ -186,6 +186,7 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
         "overhead": info_all["overhead"], "contention": {k: v for k, v in info_all["contention"].items()
                                                           if k != "iterations"},
         "warnings": meas.warnings,
+        "stack": served_peak(meas),
     }
     sc_out = sc_all.replace(name=f"calibrated:{name}", provenance=_clean(prov))
     fid = {"name": name, "source": source_label(meas), "config": config_out, "seeds": seeds,

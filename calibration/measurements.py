@@ -293,3 +293,40 @@ def counter_deltas(met: pd.DataFrame, t_from: float = -math.inf, t_to: float = m
         v0 = float(before["value"].iloc[-1]) if len(before) else 0.0   # new replica: counts from 0
         out[metric] = out.get(metric, 0.0) + (v1 - v0 if v1 >= v0 else v1)
     return out
+
+
+# --------------------------------------------------------------------------- what the stack was seen to serve
+
+SERVED_BIN_S = 10.0
+
+
+def served_peak(meas: Measurements, bin_s: float = SERVED_BIN_S, max_fail: float = 0.01) -> dict:
+    """The highest rate the measured stack (load generator, load balancer and replicas together) was seen to
+    serve: the largest successful-completion rate over ``bin_s`` bins of send time, among bins where at most
+    ``max_fail`` of the requests sent failed, over every run. A demonstrated rate, not a limit: the study
+    never asks the real stack for more (``max_served_rps`` in the calibrated scenario's provenance).
+    """
+    best = {"max_served_rps": 0.0, "run": None, "t_s": None}
+    for r in meas.runs.values():
+        q = r.requests
+        t = q["t_send_s"].to_numpy(float)
+        fin = np.isfinite(t)
+        if not fin.any():
+            continue
+        ok = (q["status"] == "ok").to_numpy() & fin
+        b = np.floor(t[fin] / bin_s).astype(int)
+        b -= b.min()
+        sent = np.bincount(b, minlength=b.max() + 1)
+        good = np.bincount(b, weights=ok[fin].astype(float), minlength=b.max() + 1)
+        full = sent >= 1
+        fail = np.where(full, 1.0 - good / np.maximum(sent, 1), 1.0)
+        rate = np.where(fail <= max_fail, good / bin_s, 0.0)
+        if len(rate) > 2:
+            rate = rate[1:-1]          # the first and last bins are partial
+        if len(rate) and rate.max() > best["max_served_rps"]:
+            i = int(np.argmax(rate))
+            best = {"max_served_rps": round(float(rate[i]), 2), "run": r.name,
+                    "t_s": round(float(np.nanmin(t[fin]) // bin_s * bin_s + (i + 1) * bin_s), 1)}
+    best["rule"] = (f"largest successful-completion rate over {bin_s:g}-s bins of send time with <= "
+                    f"{max_fail:.0%} failures, over every measured run (first and last bin of a run left out)")
+    return best

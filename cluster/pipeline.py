@@ -6,26 +6,33 @@ On the embedded default (local Triton replicas on this machine), in order:
 2. ``measure``   ``python -m cluster.measure configs/baseline.yaml --out DIR/results/baseline``
 3. ``fit``       ``python -m calibration.fit DIR/results/baseline --config-out DIR/calibrated/baseline.yaml
                  --report DIR/report/baseline``
-4. ``scenario``  the deployment the policies are trained for: the calibrated scenario with the SLO
-                 (``--slo-ms``, default 30 ms) and control interval (``--interval``, 5 s) of this
-                 study -> ``DIR/calibrated/deployment.yaml`` (``python -m cluster.pipeline --only scenario``)
-5. ``train``     ``python -m rl.train --scenario DIR/calibrated/deployment.yaml --iterations N --out DIR/train``
-6. ``tune``      ``python -m rl.baselines --scenario DIR/calibrated/deployment.yaml --out DIR/tuned.json``
-7. ``evaluate``  ``python -m rl.evaluate DIR/train/policy.pt --scenario ... --tuned DIR/tuned.json --out DIR/eval``
-8. ``validate``  ``python -m cluster.validate DIR/train/policy.pt --scenario ... --tuned DIR/tuned.json
-                 --out DIR/validate`` (the policy, the tuned HPA and the best static count on the real stack,
-                 each replayed in the calibrated simulator)
+4. ``study``     the study design, derived from the calibration by the rules of :mod:`rl.study`: SLO (2 x
+                 the calibrated unloaded p99), replica range (what the node holds), control interval,
+                 trace scale and validation load, each printed with its rule and inputs; ``--slo-ms``,
+                 ``--interval``, ``--min-replicas``, ``--max-replicas``, ``--scale``, ``--target-util``
+                 override (checked the same way) -> ``DIR/study/deployment.yaml`` (the calibrated scenario
+                 at the study's SLO, interval and range; the study in its ``provenance.study``),
+                 ``DIR/study/rl.yaml`` (the RL config: that scenario and the trace scale) and
+                 ``DIR/study/study.json`` (``python -m cluster.pipeline --only study``)
+5. ``train``     ``python -m rl.train --config DIR/study/rl.yaml --iterations N --out DIR/train``
+6. ``tune``      ``python -m rl.baselines --config DIR/study/rl.yaml --out DIR/tuned.json``
+7. ``evaluate``  ``python -m rl.evaluate DIR/train/policy.pt --config DIR/study/rl.yaml --tuned DIR/tuned.json
+                 --out DIR/eval``
+8. ``validate``  ``python -m cluster.validate DIR/train/policy.pt --scenario DIR/study/deployment.yaml
+                 --tuned DIR/tuned.json --out DIR/validate`` (the policy, the tuned HPA and the best static
+                 count on the real stack, each replayed in the calibrated simulator)
 
-and prints the real-vs-simulated table with the paths of the reports and plots.
+and prints the real-vs-simulated table, a "sanity" section (:mod:`rl.sanity`: the evaluation's and the
+validation's checks, and whether the learned policy and the tuned HPA differ) and the paths of the
+reports and plots. ``evaluate`` and ``validate`` refuse a degenerate result (exit 3, one line naming the
+check), which stops the pipeline, unless ``--allow-degenerate`` (passed on to them).
 Each step is the standalone command shown (printed before it runs; its output
 goes to the console and ``DIR/logs/<step>.log``). A step is skipped when its
 output exists and is newer than its inputs (re-running after an interruption
 resumes at the first missing step); ``--force`` re-runs everything, ``--from
 STEP`` re-runs from a step, ``--only STEP[,STEP]`` runs just those. Every step
-writes its output atomically. Why a 30 ms SLO: at the measurement's 100 ms one
-replica serves ~165 req/s in the calibrated simulator, more than this 2-core
-machine can offer, so every policy would sit at one replica; at 30 ms the
-simulated per-replica capacity is ~64 req/s and the 1..3 replica range matters.
+writes its output atomically. Nothing of the study is fixed in advance: a machine
+40 % slower, or a user's GPU deployment, gets its own SLO, range, interval and load.
 
 Bad input is one line ``error: ...`` and exit code 2; a failing step stops the
 pipeline with exit code 1 naming its log; Ctrl-C stops the running step (which
@@ -45,8 +52,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rl import sanity
+from rl.sanity import EXIT_DEGENERATE
+from simulator.config import ConfigError
+
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("setup", "measure", "fit", "scenario", "train", "tune", "evaluate", "validate")
+STEPS = ("setup", "measure", "fit", "study", "train", "tune", "evaluate", "validate")
 NOISE = re.compile(r"(Warning:|warnings\.warn|monkey\.patch_all\(\)|if isinstance\(o, |elif isinstance\(o, |"
                    r"DeprecationWarning|FutureWarning|UserWarning|RuntimeWarning)")
 
@@ -73,7 +84,8 @@ def plan(out: Path, a) -> list[Step]:
     py = sys.executable
     res = out / "results" / "baseline"
     cal = out / "calibrated" / "baseline.yaml"
-    dep = out / "calibrated" / "deployment.yaml"
+    dep = out / "study" / "deployment.yaml"
+    rlc = out / "study" / "rl.yaml"
     pol = out / "train" / "policy.pt"
     tuned = out / "tuned.json"
     rel = (lambda p: os.path.relpath(p, ROOT) if str(p).startswith(str(ROOT)) else str(p))
@@ -86,51 +98,46 @@ def plan(out: Path, a) -> list[Step]:
         Step("fit", "calibrate the simulator to the measurements",
              [py, "-m", "calibration.fit", rel(res), "--name", "baseline", "--config-out", rel(cal),
               "--report", rel(out / "report" / "baseline")], cal, [res / "manifest.json"]),
-        Step("scenario", f"deployment scenario: calibrated + SLO {a.slo_ms:g} ms, control interval {a.interval:g} s",
-             None, dep, [cal]),
+        Step("study", "the study design: SLO, replica range, control interval, trace scale, validation load",
+             None, out / "study" / "study.json", [cal]),
         Step("train", f"train PPO in the calibrated simulator ({a.iterations} iterations)",
-             [py, "-m", "rl.train", "--scenario", rel(dep), "--iterations", str(a.iterations), "--out",
-              rel(out / "train"), "--checkpoint-every", "0", "--seed", str(a.seed)], pol, [dep],
+             [py, "-m", "rl.train", "--config", rel(rlc), "--iterations", str(a.iterations), "--out",
+              rel(out / "train"), "--checkpoint-every", "0", "--seed", str(a.seed)], pol, [rlc, dep],
              clean=out / "train"),
         Step("tune", "tune the baselines (HPA grid, KPA, predictive, static) on the tuning days",
-             [py, "-m", "rl.baselines", "--scenario", rel(dep), "--out", rel(tuned)], tuned, [dep]),
+             [py, "-m", "rl.baselines", "--config", rel(rlc), "--out", rel(tuned)], tuned, [rlc, dep]),
         Step("evaluate", "policy vs baselines on the held-out trace windows (simulation)",
-             [py, "-m", "rl.evaluate", rel(pol), "--scenario", rel(dep), "--tuned", rel(tuned), "--baselines",
-              a.eval_baselines, "--seeds", str(a.eval_seeds), "--out", rel(out / "eval")],
-             out / "eval" / "summary.csv", [pol, tuned]),
+             [py, "-m", "rl.evaluate", rel(pol), "--config", rel(rlc), "--tuned", rel(tuned), "--baselines",
+              a.eval_baselines, "--seeds", str(a.eval_seeds), "--out", rel(out / "eval")]
+             + (["--allow-degenerate"] if a.allow_degenerate else []),
+             out / "eval" / "results.json", [pol, tuned, rlc]),
         Step("validate", "the policy, tuned HPA and static on the real stack vs the simulator",
              [py, "-m", "cluster.validate", rel(pol), "--scenario", rel(dep), "--tuned", rel(tuned), "--compare",
               a.compare, "--duration", f"{a.duration:g}", "--out", rel(out / "validate"), "--force"]
-             + (["--backend", a.backend] if a.backend else []),
+             + (["--backend", a.backend] if a.backend else []) + (["--allow-degenerate"] if a.allow_degenerate else []),
              out / "validate" / "summary.json", [pol, tuned, dep]),
     ]
     return steps
 
 
-def write_deployment(cal: Path, dep: Path, slo_ms: float, interval_s: float) -> bool:
-    """``dep`` = the calibrated scenario with this study's SLO and control interval. Returns True if rewritten."""
-    import yaml
-
-    from simulator.config import load_scenario
-    d = yaml.safe_load(cal.read_text())
-    d["slo_ms"] = float(slo_ms)
-    d["name"] = f"{d.get('name') or 'calibrated'}:slo{slo_ms:g}ms-{interval_s:g}s"
-    d["autoscaler"] = {"kind": "static", "interval_s": float(interval_s)}
-    prov = d.get("provenance") or {}
-    d["provenance"] = {"derived_from": os.path.relpath(cal, ROOT) if str(cal).startswith(str(ROOT)) else str(cal),
-                       "changes": {"slo_ms": float(slo_ms), "autoscaler.interval_s": float(interval_s)},
-                       "calibration": {k: prov.get(k) for k in ("source", "source_created", "calibrated", "command")}}
-    text = ("# Deployment scenario of the pipeline (cluster.pipeline step 'scenario'): the calibrated scenario\n"
-            f"# with SLO {slo_ms:g} ms and a {interval_s:g} s control interval (what the policies are trained for).\n"
-            + yaml.safe_dump(d, sort_keys=False))
-    if dep.exists() and dep.read_text() == text:
-        return False
-    dep.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dep.with_suffix(".tmp")
-    tmp.write_text(text)
-    load_scenario(str(tmp))          # it must load
-    os.replace(tmp, dep)
-    return True
+def write_study(cal: Path, study_dir: Path, a, log=print):
+    """Design the study from the calibrated scenario (:func:`rl.study.design_study`, the user's values from
+    the command line) and write ``study_dir/{deployment.yaml, rl.yaml, study.json}``. Returns the study."""
+    from rl.common import DEFAULT_CONFIG, load_trace, resolve_path
+    from rl.study import design_study, write_study_files
+    from simulator.config import load_raw, load_scenario
+    sc = load_scenario(str(cal))
+    base_raw = load_raw(DEFAULT_CONFIG)
+    tr = dict(base_raw.get("trace") or {})
+    rates = load_trace(resolve_path(tr["path"]))
+    util = float(a.target_util if a.target_util is not None else tr.get("target_util", 0.8))
+    given = {"slo_ms": a.slo_ms, "interval_s": a.interval, "min_replicas": a.min_replicas,
+             "max_replicas": a.max_replicas, "trace_scale": a.scale}
+    st = design_study(sc, rates, tr["eval_days"], slo_target=float(base_raw.get("slo_target", 0.01)),
+                      target_util=util, given=given, log=log)
+    src = os.path.relpath(cal, ROOT) if str(cal).startswith(str(ROOT)) else str(cal)
+    write_study_files(st, sc, base_raw, study_dir, source=src)
+    return st
 
 
 def _mtime(p: Path) -> float:
@@ -140,11 +147,20 @@ def _mtime(p: Path) -> float:
         return -1.0
 
 
-def is_done(s: Step) -> bool:
+def is_done(s: Step, allow_degenerate: bool = False) -> bool:
+    """Output present, newer than its inputs, and (evaluate, validate) not refused as degenerate."""
     if not s.output.exists():
         return False
     m = _mtime(s.output)
-    return all(_mtime(i) <= m for i in s.inputs)
+    if not all(_mtime(i) <= m for i in s.inputs):
+        return False
+    if s.name in ("evaluate", "validate") and not allow_degenerate:
+        try:
+            rec = json.loads(s.output.read_text()).get("sanity") or {}
+        except (OSError, ValueError):
+            return False
+        return bool(rec.get("ok", True))
+    return True
 
 
 def run_cmd(cmd: list[str], log: Path, verbose: bool) -> int:
@@ -198,6 +214,29 @@ def run_cmd(cmd: list[str], log: Path, verbose: bool) -> int:
                 sys.stderr.flush()
 
 
+def last_error(log: Path) -> str:
+    """The last ``error: ...`` line a step printed (its one-line reason), without the prefix."""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("error: ")]
+    except OSError:
+        return "see its log"
+    return lines[-1][len("error: "):] if lines else "see its log"
+
+
+def pipeline_checks(out: Path) -> list:
+    """The pipeline's sanity section: the evaluation's and the validation's own checks (as they recorded
+    them), and whether the learned policy and the tuned HPA differ in cost in the evaluation."""
+    checks = []
+    for step, path in (("evaluate", out / "eval" / "results.json"), ("validate", out / "validate" / "summary.json")):
+        if not path.exists():
+            continue
+        rec = json.loads(path.read_text()).get("sanity") or {}
+        for c in rec.get("checks", []):
+            checks.append(sanity.Check(f"{step}: {c['name']}", bool(c["ok"]), c["detail"], c.get("severity", "fail"),
+                                       c.get("values") or {}))
+    return checks
+
+
 def final_table(out: Path) -> list[str]:
     from .validate import table_lines
     lines = []
@@ -230,7 +269,8 @@ def final_table(out: Path) -> list[str]:
              ("validation data", out / "validate" / "summary.json"),
              ("calibration fidelity", out / "report" / "baseline" / "fidelity.md"),
              ("calibrated scenario", out / "calibrated" / "baseline.yaml"),
-             ("deployment scenario", out / "calibrated" / "deployment.yaml"),
+             ("study (rules, values)", out / "study" / "study.json"),
+             ("deployment scenario", out / "study" / "deployment.yaml"),
              ("policy", out / "train" / "policy.pt"), ("simulated evaluation", out / "eval" / "summary.csv"),
              ("evaluation plot", out / "eval" / "cost_violation.png"), ("measurements", out / "results" / "baseline")]
     lines += ["", "Reports and plots:"] + [f"  {k:<24} {rel(p)}" for k, p in paths if p.exists()]
@@ -246,8 +286,17 @@ def parse_args(argv):
     ap.add_argument("--force", action="store_true", help="re-run every step")
     ap.add_argument("--from", dest="from_step", default=None, choices=STEPS, help="re-run from this step on")
     ap.add_argument("--only", default=None, help=f"comma list of steps to run ({', '.join(STEPS)})")
-    ap.add_argument("--slo-ms", type=float, default=30.0, help="SLO of the deployment the policies are trained for")
-    ap.add_argument("--interval", type=float, default=5.0, help="control interval (s) of the learned policy")
+    ap.add_argument("--slo-ms", type=float, default=None,
+                    help="SLO of the study (default: derived, 2 x the calibrated unloaded p99; see rl.study)")
+    ap.add_argument("--interval", type=float, default=None, help="control interval, s (default: derived)")
+    ap.add_argument("--min-replicas", type=int, default=None, help="replica range floor (default: the scenario's)")
+    ap.add_argument("--max-replicas", type=int, default=None, help="replica range top (default: what the node holds)")
+    ap.add_argument("--scale", type=float, default=None, help="trace rate factor (default: derived)")
+    ap.add_argument("--target-util", type=float, default=None,
+                    help="share of max_replicas' capacity the busiest window's p99 load asks for (default: "
+                         "configs/rl.yaml's trace.target_util)")
+    ap.add_argument("--allow-degenerate", action="store_true",
+                    help="go on (exit 0) when a sanity check fails; the sections still print and record it")
     ap.add_argument("--iterations", type=int, default=None, help="PPO iterations (default 20; --quick 6)")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument("--duration", type=float, default=None, help="seconds of real load per policy (default 120; --quick 60)")
@@ -265,14 +314,20 @@ def parse_args(argv):
 
 def check_args(a) -> tuple[Path, list[str]]:
     import math
-    if not (math.isfinite(a.slo_ms) and a.slo_ms > 0):
-        raise BadInput(f"--slo-ms: must be > 0 (got {a.slo_ms:g})")
-    if not (math.isfinite(a.interval) and a.interval > 0):
-        raise BadInput(f"--interval: must be > 0 (got {a.interval:g})")
+    for flag, v in (("--slo-ms", a.slo_ms), ("--interval", a.interval), ("--scale", a.scale)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise BadInput(f"{flag}: must be > 0 (got {v:g})")
+    if a.target_util is not None and not (0 < a.target_util <= 1):
+        raise BadInput(f"--target-util: must be in (0, 1] (got {a.target_util:g})")
+    if a.min_replicas is not None and a.min_replicas < 1:
+        raise BadInput(f"--min-replicas: must be >= 1 (got {a.min_replicas})")
+    if a.max_replicas is not None and a.max_replicas < max(2, (a.min_replicas or 1) + 1):
+        raise BadInput(f"--max-replicas: must be above --min-replicas ({a.min_replicas or 1}) (got {a.max_replicas})")
     if a.iterations < 1:
         raise BadInput(f"--iterations: must be >= 1 (got {a.iterations})")
-    if not (math.isfinite(a.duration) and a.duration >= 4 * a.interval):
-        raise BadInput(f"--duration: must be at least 4 control intervals ({4 * a.interval:g} s) (got {a.duration:g})")
+    if not (math.isfinite(a.duration) and a.duration >= 4 * (a.interval or 2.0)):
+        raise BadInput(f"--duration: must be at least 4 control intervals ({4 * (a.interval or 2.0):g} s) "
+                       f"(got {a.duration:g})")
     from .validate import COMPARE
     comp = [x.strip() for x in a.compare.split(",") if x.strip()]
     bad = [x for x in comp if x not in COMPARE and x != "none"]
@@ -290,9 +345,6 @@ def check_args(a) -> tuple[Path, list[str]]:
         only = list(STEPS)
     if a.only and a.from_step:
         raise BadInput("--only and --from: give one of them")
-    trace = ROOT.parent / "shared" / "traces" / "twitter_2021_rps_days01-14.csv"
-    if any(s in only for s in ("train", "tune", "evaluate", "validate")) and not trace.exists():
-        raise BadInput(f"{trace}: trace file not found (the RL steps and the validation workload need it)")
     return out, only
 
 
@@ -310,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     forced_from = STEPS.index(a.from_step) if a.from_step else (0 if a.force else None)
     t_all = time.time()
     record = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv,
-              "settings": {k: getattr(a, k) for k in ("slo_ms", "interval", "iterations", "seed", "duration", "compare",
-                                                         "quick", "backend")}, "steps": {}}
+              "settings": {k: getattr(a, k) for k in ("slo_ms", "interval", "min_replicas", "max_replicas", "scale",
+                                                         "target_util", "iterations", "seed", "duration", "compare",
+                                                         "quick", "backend", "allow_degenerate")}, "steps": {}}
     n = len([s for s in steps if s.name in only])
     k = 0
 
@@ -326,21 +379,24 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             k += 1
             forced = forced_from is not None and i >= forced_from
-            if s.name == "scenario":
-                head = f"[{k}/{n}] {s.name}: {s.what}"
-                print(f"\n{head}\n    (python -m cluster.pipeline --out {os.path.relpath(out)} --only scenario"
-                      f" --slo-ms {a.slo_ms:g} --interval {a.interval:g})", file=sys.stderr, flush=True)
+            if s.name == "study":
+                flags = "".join(f" {f} {v:g}" for f, v in (("--slo-ms", a.slo_ms), ("--interval", a.interval),
+                                                           ("--min-replicas", a.min_replicas),
+                                                           ("--max-replicas", a.max_replicas), ("--scale", a.scale),
+                                                           ("--target-util", a.target_util)) if v is not None)
+                print(f"\n[{k}/{n}] {s.name}: {s.what}\n    (python -m cluster.pipeline --out {os.path.relpath(out)} "
+                      f"--only study{flags})", file=sys.stderr, flush=True)
                 cal = out / "calibrated" / "baseline.yaml"
                 if not cal.exists():
-                    raise PipelineError(f"step scenario: {os.path.relpath(cal)} missing (run the fit step first)")
+                    raise PipelineError(f"step study: {os.path.relpath(cal)} missing (run the fit step first)")
                 t = time.time()
-                changed = write_deployment(cal, s.output, a.slo_ms, a.interval)
-                if forced and not changed:
-                    os.utime(s.output)
-                record["steps"][s.name] = {"status": "ran" if changed or forced else "unchanged",
-                                           "wall_s": round(time.time() - t, 2)}
+                st = write_study(cal, s.output.parent, a, log=lambda m: print(m, file=sys.stderr, flush=True))
+                print("\n".join("    " + ln for ln in st.lines()), file=sys.stderr, flush=True)
+                record["study"] = st.to_dict()
+                record["steps"][s.name] = {"status": "ran", "wall_s": round(time.time() - t, 2)}
+                save_record()
                 continue
-            if not forced and is_done(s) and s.name != "setup":
+            if not forced and is_done(s, a.allow_degenerate) and s.name != "setup":
                 print(f"\n[{k}/{n}] {s.name}: done already ({os.path.relpath(s.output)}); skipping "
                       f"(--from {s.name} re-runs it)", file=sys.stderr, flush=True)
                 record["steps"][s.name] = {"status": "skipped"}
@@ -363,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
             record["steps"][s.name] = {"status": "ran" if rc == 0 else f"failed ({rc})", "wall_s": wall,
                                        "command": shown, "log": os.path.relpath(log)}
             save_record()
+            if rc == EXIT_DEGENERATE:
+                raise PipelineError(f"step {s.name} refused a degenerate result ({last_error(log)}); log: "
+                                    f"{os.path.relpath(log)}; --allow-degenerate goes on", EXIT_DEGENERATE)
             if rc != 0:
                 raise PipelineError(f"step {s.name} failed (exit code {rc}); log: {os.path.relpath(log)}")
             if s.name == "setup":
@@ -375,13 +434,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except PipelineError as e:
         save_record()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return e.args[1] if len(e.args) > 1 else 1
+    except ConfigError as e:
+        save_record()
+        print(f"error: step study: {e}", file=sys.stderr)
+        return 2
     record["wall_s"] = round(time.time() - t_all, 1)
+    checks = pipeline_checks(out)
+    record["sanity"] = sanity.record(checks, a.allow_degenerate)
     save_record()
     ran = ", ".join(f"{n_} {v['wall_s']:.0f} s" for n_, v in record["steps"].items() if "wall_s" in v)
     print("\n".join(final_table(out)))
+    print("\n" + "\n".join(sanity.section(checks) if checks else ["sanity: nothing to check (no evaluation or "
+                                                                    "validation in this run)"]))
     print(f"\npipeline finished in {record['wall_s'] / 60:.1f} min ({ran}); record: {os.path.relpath(out / 'pipeline.json')}")
+    bad = sanity.failure(checks)
+    if bad and not a.allow_degenerate:
+        print(f"error: {bad} (--allow-degenerate accepts it)", file=sys.stderr)
+        return EXIT_DEGENERATE
     return 0
 
 

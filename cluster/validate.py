@@ -34,11 +34,19 @@ Per policy (``--compare`` picks the others: ``hpa`` tuned HPA, ``hpa_default``,
 Default workload: a slice of the Twitter 2021 trace from the held-out days (day
 13, 09:20-10:10: a steady stretch, a 20-minute burst of ~3.3x, the decline, a
 quieter stretch) compressed to ``--duration`` seconds (120) and scaled so its
-p99 rate is ``--peak-rps`` (default: the smaller of 0.7 x max_replicas x the
-simulated per-replica capacity and ``LOCAL_PEAK_RPS`` = 100 req/s, what this
-2-core machine's local stack -- replicas, load balancer and Locust together --
-serves without saturating). ``--workload FILE`` takes any simulator workload block
-instead (poisson, schedule, trace, timestamps, closed_loop).
+p99 rate is ``--peak-rps``; by default the study's validation load (:mod:`rl.study`
+rule 8, recorded in the deployment scenario's ``provenance.study``): ``target_util``
+x what ``max_replicas`` serve at the SLO, capped at the highest rate the measured
+stack was seen to serve (``provenance.stack.max_served_rps``, from the
+measurement). A scenario without a study gets the same rule computed here.
+``--workload FILE`` takes any simulator workload block instead (poisson, schedule,
+trace, timestamps, closed_loop).
+
+A "sanity" section (:mod:`rl.sanity`) ends the run, recorded in ``summary.json``:
+every policy's real load must have needed more than ``min_replicas`` for 5 % of
+the run (by the calibrated fleet capacities) and the load generator must have
+sent what was planned; otherwise the command exits 3 naming the check, unless
+``--allow-degenerate``.
 
 The static count is the smallest one whose *simulated* SLO-violation rate on
 this workload is within ``--slo-target`` (the rest of servesim's
@@ -78,15 +86,15 @@ from typing import Any, Callable
 import numpy as np
 
 from simulator.config import AutoscalerSpec, ConfigError, Scenario, WorkloadSpec, load_scenario
+from rl import sanity
 from simulator.io import jsonable
 
 from .measure import copy_logs, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TRACE = "../shared/traces/twitter_2021_rps_days01-14.csv"
+DEFAULT_TRACE = "simulator/data/traces/twitter_2021_rps_days01-14.csv.gz"
 DEFAULT_START_S = 12 * 86400 + 9 * 3600 + 20 * 60      # day 13, 09:20 (held-out days 13-14)
 DEFAULT_LENGTH_S = 3000.0                             # 50 trace minutes
-LOCAL_PEAK_RPS = 100.0
 COMPARE = ("hpa", "hpa_default", "static")
 TARGETS = {"replica_seconds": 0.10, "p95_ms": 0.15}
 FORMAT = "servesim-validate/1"
@@ -154,6 +162,19 @@ def tuned_hpa(tuned_path: str | None, scenario_path: str, quiet: bool) -> tuple[
 # --------------------------------------------------------------------------- workload
 
 
+def validation_peak(sc: Scenario, slo_target: float) -> tuple[float, str]:
+    """The study's validation load (``rl.study`` rule 8) for ``sc``: recorded in its study, else computed."""
+    from rl.study import stack_record, study_of, validation_peak_rule
+    from simulator.capacity import fleet_capacities
+    st = study_of(sc)
+    if st is not None:
+        return float(st.validation_peak_rps), f"the study's: {st.rules.get('validation_peak_rps', '')}"
+    from rl.common import DEFAULTS
+    util = float(DEFAULTS["trace"]["target_util"])
+    caps = fleet_capacities(sc, sc.cluster.max_replicas, slo_target)
+    return validation_peak_rule(float(caps[-1]), util, stack_record(sc).get("max_served_rps"))
+
+
 def build_workload(a, sc: Scenario, capacity: float) -> tuple[WorkloadSpec, float, dict]:
     """(workload, duration_s, description) of the validation run."""
     from rl.common import load_trace
@@ -180,14 +201,10 @@ def build_workload(a, sc: Scenario, capacity: float) -> tuple[WorkloadSpec, floa
     p99 = float(np.percentile(x, 99))
     if not p99 > 0:
         raise ConfigError(f"--start {start:g} --length {length:g}: the trace slice has no load")
-    mx = sc.cluster.max_replicas
     rule = "given (--peak-rps)"
     peak = a.peak_rps
     if peak is None:
-        peak = 0.7 * mx * capacity
-        rule = f"0.7 x max_replicas {mx} x {capacity:.1f} rps/replica (simulated capacity at the SLO)"
-        if a.backend == "local" and peak > LOCAL_PEAK_RPS:
-            peak, rule = LOCAL_PEAK_RPS, f"the local stack's limit on this machine ({LOCAL_PEAK_RPS:g} req/s)"
+        peak, rule = validation_peak(sc, a.slo_target)
     if not peak > 0:
         raise ConfigError(f"--peak-rps: must be > 0 (got {peak})")
     scale = round(peak / p99, 4)
@@ -243,6 +260,29 @@ def side_summary(t_send, lat_ms, ok, reps: list[tuple[float, float]], warmup: fl
             "mean_ms": float(good.mean()) if len(good) else math.nan,
             "replica_seconds": cost, "mean_replicas": cost / win if win > 0 else math.nan,
             "throughput_rps": len(good) / copies / win if win > 0 else math.nan}
+
+
+def real_load(real: dict, arrivals, caps, min_replicas: int, warmup: float, duration: float) -> dict:
+    """What a real run's load was (for :func:`rl.sanity.validation_load`): the share of seconds whose sent load
+    (5-s mean) needed more than ``min_replicas`` by the calibrated fleet capacities, the share of time more
+    than ``min_replicas`` replicas were requested, and the share of planned requests actually sent."""
+    from rl.study import share_above_min
+    t = np.asarray(real["t_send"], float)
+    t = t[np.isfinite(t) & (t >= warmup) & (t < duration)]
+    n = max(1, int(math.floor(duration - warmup)))
+    per_s = np.bincount(np.clip((t - warmup).astype(int), 0, n - 1), minlength=n).astype(float)
+    grid = np.arange(warmup, duration, 0.25)
+    req, _ = replica_curve(real["replicas"], grid)
+    out = {"share_above_min": share_above_min(per_s, caps, min_replicas),
+           "share_time_above_min": float(np.mean(req > min_replicas)) if len(grid) else 0.0,
+           "peak_5s_rps": float(np.max(np.convolve(per_s, np.ones(5) / 5, "valid"))) if n >= 5 else float(per_s.max())}
+    if arrivals is not None:
+        arr = np.asarray(arrivals, float)
+        planned = int(((arr >= warmup) & (arr < duration)).sum())
+        out["planned"] = planned
+        out["sent"] = int(len(t))
+        out["delivered"] = len(t) / planned if planned else 1.0
+    return out
 
 
 def rel_err(sim: float, real: float) -> float:
@@ -731,6 +771,8 @@ def parse_args(argv):
     ap.add_argument("--out", default="validate", help="output folder (default validate/)")
     ap.add_argument("--force", action="store_true", help="replace --out if it exists")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--allow-degenerate", action="store_true",
+                    help="exit 0 even when a sanity check fails (the section is still printed and recorded)")
     return ap.parse_args(argv)
 
 
@@ -740,7 +782,7 @@ def validate(a) -> dict:
     from .controller import check_policy, load_policy_file
     from simulator.hpa import HPAPolicy
     from simulator.policy import StaticPolicy
-    from simulator.predictive import per_replica_capacity
+    from simulator.capacity import fleet_capacities, per_replica_capacity
     from simulator.service import build_service_model
     t_all = time.time()
     out = Path(a.out)
@@ -774,6 +816,7 @@ def validate(a) -> dict:
             _say(a.quiet, f"warning: {a.policy} was trained with {k} {ms[k]}, the scenario has {v}")
     warm = float(a.warmup)
     capacity = float(per_replica_capacity(sc, violation_target=a.slo_target))
+    caps = fleet_capacities(sc, sc.cluster.max_replicas, a.slo_target)
     check_policy(learned, interval_s=learned.interval_s, slo_ms=sc.slo_ms, min_replicas=sc.cluster.min_replicas,
                  max_replicas=sc.cluster.max_replicas, capacity_rps=capacity, name=a.policy)
     wl, duration, wdesc = build_workload(a, sc, capacity)
@@ -842,9 +885,10 @@ def validate(a) -> dict:
                 wl_sim = WorkloadSpec(kind="timestamps", times=tuple(float(x) for x in ts))
             sim = run_sim(c, pol, sc, wl_sim, duration, sim_seeds, model)
             cmp_ = compare_sides(real["summary"], sim["summary"])
+            load = real_load(real, arrivals, caps, sc.cluster.min_replicas, sc.warmup_s, duration)
             results[c.name] = {"label": c.label, "kind": c.kind, "params": c.params, "interval_s": c.interval_s,
                                "initial_replicas": c.initial, "real": real["summary"], "sim": sim["summary"],
-                               "compare": cmp_, "errors": real["errors"], "t0_epoch": real["t0_epoch"],
+                               "compare": cmp_, "load": load, "errors": real["errors"], "t0_epoch": real["t0_epoch"],
                                "start_skew_s": real["start_skew_s"], "wall_s": round(time.time() - t_c, 1)}
             write_csv(tmp / c.name / "sim_timeline.csv", list(sim["timeline"][0]),
                        ([r[k] for k in sim["timeline"][0]] for r in sim["timeline"]))
@@ -862,6 +906,7 @@ def validate(a) -> dict:
                           f"SLO-viol {s_['slo_violation_rate'] * 100:.2f} %, p95 {s_['p95_ms']:.1f} ms")
         rk = ranking({n: r["real"] for n, r in results.items()}, {n: r["sim"] for n, r in results.items()},
                      a.equal_slo_pts)
+        checks = [sanity.validation_load({n: r["load"] for n, r in results.items()}, sc.cluster.min_replicas)]
         targets = {"cost": all(r["compare"]["replica_seconds"]["within_target"] for r in results.values()),
                    "p95": all(r["compare"]["p95_ms"]["within_target"] for r in results.values()),
                    "ranking": rk["agrees"]}
@@ -875,13 +920,17 @@ def validate(a) -> dict:
             "min_replicas": sc.cluster.min_replicas, "max_replicas": sc.cluster.max_replicas,
             "capacity_rps_per_replica": capacity, "duration_s": duration, "warmup_s": warm, "workload": wdesc,
             "sim_seeds": len(sim_seeds), "equal_slo_pts": a.equal_slo_pts, "targets": targets, "ranking": rk,
+            "study": (sc.provenance or {}).get("study"), "fleet_capacities_rps": [float(x) for x in caps],
+            "sanity": sanity.record(checks, a.allow_degenerate), "_checks": checks,
             "policies": results, **info, "wall_s": round(time.time() - t_all, 1)}
+        summary.pop("_checks")
         (tmp / "summary.json").write_text(json.dumps(jsonable(summary), indent=1, default=str))
         (tmp / "report.md").write_text(report_md(summary))
         plots(tmp, summary, curves)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
+        summary["_checks"] = checks
         return summary
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -908,7 +957,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"targets: cost within 10 % {'met' if t['cost'] else 'NOT met'}; p95 within 15 % "
           f"{'met' if t['p95'] else 'NOT met'}; ranking {'agrees' if rk['agrees'] else 'DIFFERS'} "
           f"(real cost order {' < '.join(rk['cost_order_real'])}, sim {' < '.join(rk['cost_order_sim'])})")
+    checks = s.pop("_checks")
+    print("\n".join(sanity.section(checks)))
     print(f"wrote {a.out}/summary.json, report.md, overlay.png ({s['wall_s']:.0f} s)")
+    bad = sanity.failure(checks)
+    if bad and not a.allow_degenerate:
+        print(f"error: {bad} (results written to {a.out}; --allow-degenerate accepts them)", file=sys.stderr)
+        return sanity.EXIT_DEGENERATE
     return 0
 
 

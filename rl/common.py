@@ -24,9 +24,10 @@ DEFAULT_CONFIG = os.path.join(ROOT, "configs", "rl.yaml")
 
 DEFAULTS: dict[str, Any] = {
     "scenario": "configs/rl_default.yaml",
-    "trace": {"path": "../shared/traces/twitter_2021_rps_days01-14.csv", "train_days": [1, 10],
-              "tune_days": [11, 12], "eval_days": [13, 14], "scale": "auto", "target_util": 0.7},
+    "trace": {"path": "simulator/data/traces/twitter_2021_rps_days01-14.csv.gz", "train_days": [1, 10],
+              "tune_days": [11, 12], "eval_days": [13, 14], "scale": "auto", "target_util": 0.8},
     "slo_target": 0.01,
+    "capacity_rps_per_replica": "auto",
     "env": {"episode_s": 600, "history": 4,
             "action": {"kind": "rate", "values": [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]},
             "reward": {"cost_per_replica_s": 1.0, "lambda": 2.0}},
@@ -37,9 +38,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def resolve_path(p: str) -> str:
-    """A path as given if it exists (or is absolute), else relative to the project root."""
-    if os.path.isabs(p) or os.path.exists(p):
+def resolve_path(p: str, base_dir: str | None = None) -> str:
+    """A path: absolute as given; else relative to ``base_dir`` (a config file's folder) if it exists there,
+    else as given if it exists (relative to the working directory), else relative to the project root."""
+    if os.path.isabs(p):
+        return p
+    if base_dir and os.path.exists(os.path.join(base_dir, p)):
+        return os.path.normpath(os.path.join(base_dir, p))
+    if os.path.exists(p):
         return os.path.abspath(p)
     return os.path.normpath(os.path.join(ROOT, p))
 
@@ -87,7 +93,7 @@ def load_rl_config(path: str | None = None, scenario: str | None = None, trace: 
     Returns a plain (JSON-able) dict with extra resolved keys: ``scenario_path``,
     ``scenario_dict``, ``scenario_name``, ``scenario_hash``, ``interval_s``,
     ``capacity_rps_per_replica``, ``trace.path`` (absolute), ``trace.scale`` (a
-    number) and ``trace.p99_rps``.
+    number), ``trace.scale_rule`` and ``trace.p99_rps`` (the p99 the auto scale used).
     """
     path = path or DEFAULT_CONFIG
     raw = {}
@@ -110,7 +116,7 @@ def load_rl_config(path: str | None = None, scenario: str | None = None, trace: 
         cfg["scenario"] = scenario
     if trace:
         cfg["trace"]["path"] = trace
-    scen_path = resolve_path(cfg["scenario"])
+    scen_path = resolve_path(cfg["scenario"], os.path.dirname(os.path.abspath(path)) if path and not scenario else None)
     sc = load_scenario(scen_path)
     cfg["scenario_path"] = scen_path
     cfg["scenario_dict"] = sc.to_dict()
@@ -133,29 +139,49 @@ def load_rl_config(path: str | None = None, scenario: str | None = None, trace: 
     if ep < 2 * sc.autoscaler.interval_s:
         raise ConfigError(f"{path}: env.episode_s: must be >= 2 control intervals ({2 * sc.autoscaler.interval_s})")
     cfg["env"]["episode_s"] = math.floor(ep / sc.autoscaler.interval_s) * sc.autoscaler.interval_s
-    from simulator.predictive import per_replica_capacity
-    cfg["capacity_rps_per_replica"] = float(per_replica_capacity(sc, violation_target=float(cfg["slo_target"])))
+    cap = cfg["capacity_rps_per_replica"]
+    if cap == "auto":
+        from simulator.capacity import per_replica_capacity
+        cfg["capacity_rps_per_replica"] = float(per_replica_capacity(sc, violation_target=float(cfg["slo_target"])))
+    elif isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0:
+        raise ConfigError(f"{path}: capacity_rps_per_replica: must be 'auto' or a number > 0 (got {cap!r})")
+    else:
+        cfg["capacity_rps_per_replica"] = float(cap)
     if act["kind"] == "rate":
         act["capacity_rps_per_replica"] = cfg["capacity_rps_per_replica"]
     tr = cfg["trace"]
     tr["path"] = resolve_path(tr["path"])
+    if not 0 < float(tr["target_util"]) <= 1:
+        raise ConfigError(f"{path}: trace.target_util: must be in (0, 1] (got {tr['target_util']!r})")
     if need_trace:
         rates = load_trace(tr["path"])
-        a, b = day_range(tr["train_days"], len(rates), "trace.train_days")
-        tr["p99_rps"] = float(np.percentile(rates[a:b], 99))
+        day_range(tr["train_days"], len(rates), "trace.train_days")
         if tr["scale"] == "auto":
-            tr["scale"] = auto_scale(tr["p99_rps"], float(tr["target_util"]), sc.cluster.max_replicas,
-                                     cfg["capacity_rps_per_replica"])
+            tr["scale"], tr["scale_rule"], tr["p99_rps"] = auto_trace_scale(
+                rates, tr["eval_days"], sc, float(cfg["slo_target"]), float(tr["target_util"]))
     if tr["scale"] == "auto":
         tr["scale"] = None
-    elif not isinstance(tr["scale"], (int, float)) or tr["scale"] <= 0:
+    elif not isinstance(tr["scale"], (int, float)) or isinstance(tr["scale"], bool) or tr["scale"] <= 0:
         raise ConfigError(f"{path}: trace.scale: must be 'auto' or a number > 0 (got {tr['scale']!r})")
+    else:
+        tr.setdefault("scale_rule", "given (trace.scale)")
     return cfg
 
 
-def auto_scale(p99_rps: float, target_util: float, max_replicas: int, capacity: float) -> float:
-    """Rate factor so that the trace's p99 rate needs ``target_util * max_replicas`` replicas."""
-    return round(target_util * max_replicas * capacity / max(p99_rps, 1e-9), 4)
+def auto_trace_scale(rates: np.ndarray, days, sc: Scenario, slo_target: float,
+                     target_util: float) -> tuple[float, str, float]:
+    """``(scale, rule, p99)``: the study's trace-scale rule (:func:`rl.study.trace_scale_rule`) on ``days``:
+    the busiest 20-minute window's p99 rate x scale = ``target_util`` x what ``max_replicas`` serve at the SLO
+    (:func:`simulator.capacity.fleet_capacities`; replicas sharing a node's cores serve less than n x one)."""
+    from rl.study import trace_scale_rule
+    from simulator.capacity import fleet_capacities
+    caps = fleet_capacities(sc, sc.cluster.max_replicas, slo_target)
+    wins = select_windows(rates, days, what="trace.eval_days")
+    p99 = max(w["p99_rps"] for w in wins.values())
+    scale = trace_scale_rule([p99], float(caps[-1]), target_util)
+    rule = (f"auto: {target_util:g} x {caps[-1]:.1f} req/s ({sc.cluster.max_replicas} replicas at SLO "
+            f"{sc.slo_ms:g} ms) / {p99:.1f} rps (p99 of the busiest 20-min window of days {list(days)})")
+    return scale, rule, float(p99)
 
 
 def base_scenario(cfg: Mapping) -> Scenario:

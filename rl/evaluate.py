@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -37,7 +38,8 @@ import time
 import numpy as np
 
 from rl.baselines import baseline_specs, make, run_one, summarize, tune
-from rl.common import (DAY_S, DEFAULT_CONFIG, auto_scale, base_scenario, jsonable, load_rl_config, load_trace,
+from rl import sanity
+from rl.common import (DAY_S, DEFAULT_CONFIG, auto_trace_scale, base_scenario, jsonable, load_rl_config, load_trace,
                        select_windows, trace_scenario, window_stats, write_json)
 from simulator.io import run_cli
 from simulator.config import ConfigError
@@ -82,20 +84,17 @@ def _windows(a, rates: np.ndarray, cfg: dict) -> list[dict]:
     return list(w.values())
 
 
-def _static_best(sc_list, lo: int, hi: int, slo_target: float, model) -> tuple[int, list]:
-    """Smallest count meeting the target on this window over all seeds (hindsight)."""
-    runs = []
+def static_sweep(sc, lo: int, hi: int, slo_target: float, model) -> tuple[int, dict]:
+    """Best static count in hindsight for this very run: ``lo`` upward until a count meets the target
+    (violations fall with the count); ``(count, {count: result})``, the count with the fewest violations
+    when none meets it. The runs are also the oracle's static candidates."""
+    runs = {}
     for n in range(lo, hi + 1):
-        rs = []
-        for sc in sc_list:
-            sc2 = sc.replace(cluster=sc.cluster.__class__(**{**sc.cluster.__dict__, "replicas": n}))
-            rs.append(run_one(sc2, StaticPolicy(n), None, model))
-        v = sum(r.summary["slo_violation_rate"] * r.summary["requests"] for r in rs) / \
-            max(1, sum(r.summary["requests"] for r in rs))
-        runs = rs
-        if v <= slo_target:
-            return n, rs
-    return hi, runs
+        sc2 = sc.replace(cluster=dataclasses.replace(sc.cluster, replicas=n))
+        runs[n] = run_one(sc2, StaticPolicy(n), None, model)
+        if runs[n].summary["slo_violation_rate"] <= slo_target:
+            return n, runs
+    return min(runs, key=lambda k: (runs[k].summary["slo_violation_rate"], k)), runs
 
 
 def main(argv=None) -> int:
@@ -107,7 +106,8 @@ def main(argv=None) -> int:
                                                   "default: the config's trace")
     ap.add_argument("--start", type=float, default=None, help="window start (trace seconds)")
     ap.add_argument("--length", type=float, default=None, help="window length (trace seconds, default 1200)")
-    ap.add_argument("--scale", default="auto", help="rate factor, or auto (default)")
+    ap.add_argument("--scale", default="config", help="rate factor; config (default: the config's trace.scale); "
+                                                      "auto (the study rule on --trace)")
     ap.add_argument("--speedup", type=float, default=1.0, help="trace seconds per simulated second")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--config", default=DEFAULT_CONFIG)
@@ -115,8 +115,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tuned", default=None, help="reuse a baseline tuning (JSON from rl.baselines / an earlier run)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--allow-degenerate", action="store_true",
+                    help="exit 0 even when a sanity check fails (the section is still printed and recorded)")
     a = ap.parse_args(argv)
-    return run_cli(lambda: _run(a))
+    return run_cli(lambda: _run(a), errors=(sanity.DegenerateResult,), error_code={sanity.DegenerateResult:
+                                                                                    sanity.EXIT_DEGENERATE})
 
 
 def _run(a) -> int:
@@ -138,9 +141,13 @@ def _run(a) -> int:
     cfg = load_rl_config(a.config, scenario=a.scenario)
     trace = os.path.abspath(a.trace) if a.trace else cfg["trace"]["path"]
     rates = load_trace(trace)
-    if a.scale == "auto":
-        scale = auto_scale(float(np.percentile(rates, 99)), float(cfg["trace"]["target_util"]),
-                           cfg["scenario_dict"]["cluster"]["max_replicas"], cfg["capacity_rps_per_replica"])
+    if a.scale == "config" and trace == cfg["trace"]["path"]:
+        scale, scale_rule = float(cfg["trace"]["scale"]), cfg["trace"].get("scale_rule", "the config's trace.scale")
+    elif a.scale in ("auto", "config"):
+        n_days = max(1, int(math.ceil(len(rates) / DAY_S)))
+        days = cfg["trace"]["eval_days"] if cfg["trace"]["eval_days"][1] * DAY_S <= len(rates) else [1, n_days]
+        scale, scale_rule, _ = auto_trace_scale(rates, days, base_scenario(cfg), float(cfg["slo_target"]),
+                                                float(cfg["trace"]["target_util"]))
     else:
         try:
             scale = float(a.scale)
@@ -148,6 +155,7 @@ def _run(a) -> int:
             raise ConfigError(f"--scale: must be a number or auto (got {a.scale!r})") from None
         if not scale > 0:
             raise ConfigError(f"--scale: must be > 0 (got {a.scale})")
+        scale_rule = "given (--scale)"
     a.trace = trace
     wins = _windows(a, rates, cfg)
     base = base_scenario(cfg)
@@ -181,6 +189,13 @@ def _run(a) -> int:
 
     seeds = [100 + i for i in range(a.seeds)]
     rows, timelines = [], {}
+    from rl.oracle import fleet_caps
+    from rl.study import share_above_min
+    from simulator.capacity import fleet_capacities
+    node_caps = fleet_caps(base, slo_t)                 # per replica count, if replicas contend (else None)
+    caps_all = node_caps if node_caps is not None else fleet_capacities(base, base.cluster.max_replicas, slo_t)
+    oracle_pairs: list[dict] = []
+    load_windows: list[dict] = []
     print(f"evaluating {', '.join(list(pols) + base_names)} on {len(wins)} window(s) x {len(seeds)} seed(s) "
           f"of {os.path.basename(trace)} (scale {scale}, speedup {a.speedup:g})", flush=True)
     for w in wins:
@@ -201,24 +216,32 @@ def _run(a) -> int:
                     res.append(run_one(sc, make(sp["kind"], sp["params"]), sp["interval_s"], model))
                 per[b] = res
         extra: dict[str, dict] = {}
+        c = base.cluster
+        sweeps = [static_sweep(sc, max(c.min_replicas, 1), c.max_replicas, slo_t, model) for sc in scs] \
+            if ("static_best" in base_names or "oracle" in base_names) else []
         if "static_best" in base_names:
-            c = base.cluster
-            n, res = _static_best(scs, max(c.min_replicas, 1), c.max_replicas, slo_t, model)
-            per["static_best"] = res
-            extra["static_best"] = {"replicas": n}
+            per["static_best"] = [runs[n] for n, runs in sweeps]
+            extra["static_best"] = {"replicas": [n for n, _ in sweeps]}
         if "oracle" in base_names:
-            from rl.oracle import fleet_caps, oracle_run
-            res, hs = [], []
-            caps = fleet_caps(scs[0], slo_t) if scs else None      # per replica count, if replicas contend
-            if caps is not None:
+            from rl.oracle import oracle_run
+            res, ch = [], []
+            if node_caps is not None:
                 print(f"  oracle: replicas share the node's cores; fleet capacity by replica count "
-                      f"{', '.join(f'{n + 1}: {c:.1f}' for n, c in enumerate(caps))} rps", flush=True)
-            for sc in scs:
-                r, h, _ = oracle_run(sc, cap, slo_t, model=model, caps=caps)
+                      f"{', '.join(f'{n + 1}: {c:.1f}' for n, c in enumerate(node_caps))} rps", flush=True)
+            for sc, (_, runs) in zip(scs, sweeps):
+                r, choice, _ = oracle_run(sc, cap, slo_t, model=model, caps=node_caps, statics=runs)
                 res.append(r)
-                hs.append(h)
+                ch.append(choice)
             per["oracle"] = res
-            extra["oracle"] = {"headroom": hs}
+            extra["oracle"] = {"choice": ch}
+            for i, sc in enumerate(scs):
+                sb = sweeps[i][1][sweeps[i][0]].summary
+                oracle_pairs.append({"window": w["pattern"], "seed": sc.seed, "static_replicas": sweeps[i][0],
+                                     "oracle_cost": res[i].summary["replica_seconds"],
+                                     "oracle_viol": res[i].summary["slo_violation_rate"],
+                                     "static_cost": sb["replica_seconds"], "static_viol": sb["slo_violation_rate"]})
+        load_windows.append({"window": w["pattern"], "share_above_min": share_above_min(
+            rates[int(w["start"]):int(w["start"] + w["length"])] * scale, caps_all, c.min_replicas)})
         for name, res in per.items():
             for i, (sc, r) in enumerate(zip(scs, res)):
                 row = {"policy": name, "window": w["pattern"], "start_s": w["start"], "length_s": w["length"],
@@ -243,8 +266,19 @@ def _run(a) -> int:
     order = list(pols) + [b for b in BASELINES if b in base_names]
     summary.sort(key=lambda r: order.index(r["policy"]))
     by_window.sort(key=lambda r: (r["window"], order.index(r["policy"])))
-    result = {"trace": trace, "scale": scale, "scale_rule": "auto: p99(trace) * scale = target_util * max_replicas * "
-              "capacity" if a.scale == "auto" else "given", "speedup": a.speedup, "seeds": seeds, "windows": wins,
+    mins = base.cluster.min_replicas
+    checks = [sanity.load_needs_scaling(load_windows, mins),
+              sanity.policies_scale({r["policy"]: r["mean_replicas"] for r in summary
+                                     if not r["policy"].startswith("static")}, mins),
+              sanity.oracle_is_bound(oracle_pairs, slo_t)]
+    by_pol = {r["policy"]: r for r in summary}
+    for name in pols:
+        if "hpa_tuned" in by_pol:
+            checks.append(sanity.costs_differ(name, by_pol[name]["replica_seconds"], "hpa_tuned",
+                                              by_pol["hpa_tuned"]["replica_seconds"]))
+    result = {"trace": trace, "scale": scale, "scale_rule": scale_rule, "speedup": a.speedup, "seeds": seeds,
+              "windows": wins, "study": (base.provenance or {}).get("study"),
+              "sanity": sanity.record(checks, a.allow_degenerate),
               "slo_target": slo_t, "capacity_rps_per_replica": cap, "scenario": cfg["scenario_dict"],
               "config": {k: v for k, v in cfg.items() if k != "scenario_dict"},
               "policies": {n: {"path": os.path.abspath(pp), "meta": p.meta} for (n, p), pp in zip(pols.items(), a.policies)},
@@ -252,8 +286,12 @@ def _run(a) -> int:
               "summary": summary, "by_window": by_window, "rows": rows, "wall_s": time.time() - t_start}
     _write(a.out, result, rows, summary, by_window, timelines, wins, order, not a.no_plots)
     print_table(summary)
+    print("\n".join(sanity.section(checks)))
     print(f"wrote {a.out}/results.csv, summary.csv, by_window.csv, results.json"
           f"{'' if a.no_plots else ', timeline_*.png, cost_violation.png'} ({time.time() - t_start:.0f} s)")
+    bad = sanity.failure(checks)
+    if bad and not a.allow_degenerate:
+        raise sanity.DegenerateResult(f"{bad} (results written to {a.out}; --allow-degenerate accepts them)")
     return 0
 
 

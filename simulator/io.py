@@ -37,13 +37,18 @@ def write_json(path: str, obj) -> None:
 
 
 def run_cli(fn: Callable[[], int], errors: tuple[type[BaseException], ...] = (),
-            interrupted: str = "interrupted: nothing written") -> int:
-    """Call ``fn()``; ConfigError (and ``errors``) -> ``error: msg`` on stderr, exit 2."""
+            interrupted: str = "interrupted: nothing written",
+            error_code: dict[type[BaseException], int] | None = None) -> int:
+    """Call ``fn()``; ConfigError (and ``errors``) -> ``error: msg`` on stderr, exit 2 (or the code
+    ``error_code`` gives the error's class, e.g. 3 for a degenerate result)."""
     from simulator.config import ConfigError
     try:
         return fn()
     except (ConfigError, *errors) as e:
         print(f"error: {e}", file=sys.stderr)
+        for cls, code in (error_code or {}).items():
+            if isinstance(e, cls):
+                return code
         return 2
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)

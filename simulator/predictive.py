@@ -7,7 +7,7 @@ rate of the next ``horizon_s`` from the arrival rates observed over the last
     desired = ceil(peak * (1 + headroom) / capacity_rps_per_replica)
 
 where ``capacity_rps_per_replica`` is the largest rate one replica serves while
-meeting the SLO (measured by :func:`per_replica_capacity` on the calibrated
+meeting the SLO (measured by :func:`simulator.capacity.per_replica_capacity` on the calibrated
 scenario, or given). Predictors:
 
 - ``max`` (IPA's baseline predictor): the peak is the largest ``arrival_rps``
@@ -96,78 +96,4 @@ class PredictivePolicy(Policy):
                    predictor=_choice(params, "predictor", path, PREDICTORS, "max"))
 
 
-_CAP_CACHE: dict[str, float] = {}
-
-
-def per_replica_capacity(sc, violation_target: float = 0.01, duration_s: float = 300.0, seeds=(1, 2),
-                         tol_rps: float = 0.5) -> float:
-    """Largest Poisson rate (rps) one replica serves with ``slo_violation_rate <= violation_target``.
-
-    Found by bisection over simulations of ``sc``'s service/batching on a single
-    static replica (``duration_s`` each, worst of ``seeds``). Cached per
-    (service, batching, slo, node model, target).
-    """
-    return fleet_capacity(sc, 1, violation_target, duration_s, seeds, tol_rps)
-
-
-def fleet_capacity(sc, replicas: int, violation_target: float = 0.01, duration_s: float = 300.0, seeds=(1, 2),
-                   tol_rps: float = 0.5) -> float:
-    """Largest Poisson rate (rps) ``replicas`` static replicas serve together with
-    ``slo_violation_rate <= violation_target`` (bisection over simulations, worst of ``seeds``).
-
-    Without node contention this is ``replicas`` times :func:`per_replica_capacity`; with it (shared cores,
-    request handling as CPU demand) a fleet serves less than that, which is why the oracle asks for it per
-    replica count.
-    """
-    import json
-
-    from simulator.config import AutoscalerSpec, WorkloadSpec
-    from simulator.engine import simulate
-    from simulator.service import build_service_model
-
-    n = int(replicas)
-    cl = sc.cluster
-    node = {k: v for k, v in cl.to_dict().items() if k not in ("replicas", "min_replicas", "max_replicas", "startup_s")}
-    key = json.dumps([sc.service.to_dict(), sc.batching.to_dict(), sc.slo_ms, node, n, violation_target, duration_s,
-                      list(seeds)], sort_keys=True, default=str)
-    if key in _CAP_CACHE:
-        return _CAP_CACHE[key]
-    base = sc.replace(duration_s=duration_s, warmup_s=min(30.0, duration_s / 5), record_requests=False,
-                      cluster=cl.__class__(**{**cl.__dict__, "replicas": n, "min_replicas": n, "max_replicas": n}),
-                      autoscaler=AutoscalerSpec("static", interval_s=duration_s / 4, params={}))
-    model = build_service_model(sc.service, sc.batching.max_batch_size)
-
-    def ok(rate: float) -> bool:
-        for s in seeds:
-            res = simulate(base.replace(seed=s, workload=WorkloadSpec(kind="poisson", rate_rps=rate)), model=model)
-            v = res.summary["slo_violation_rate"]
-            if not (v <= violation_target):
-                return False
-        return True
-
-    # upper bound: full batches back to back on every instance of every replica
-    mbs = sc.batching.max_batch_size
-    mean_full = sc.service.per_batch[-1][1].mean_value or 1.0
-    hi = n * max(4.0, 2.0 * mbs * sc.batching.instances / (mean_full / 1e3 if sc.service.per_batch[-1][0] >= mbs
-                                                           else 1e-3 * mean_full * mbs / sc.service.per_batch[-1][0]))
-    if not ok(0.5):
-        _CAP_CACHE[key] = 0.5
-        return 0.5
-    lo = 0.5
-    while hi - lo > tol_rps:
-        mid = (lo + hi) / 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    _CAP_CACHE[key] = lo
-    return lo
-
-
-def node_coupled(sc) -> bool:
-    """True when replicas slow each other down in ``sc`` (shared-core interference or rate contention)."""
-    c = sc.cluster
-    return (c.interference > 0 and c.node_cores < c.max_replicas) or c.rate_contention > 0 or c.rate_cores > 0
-
-
-__all__ = ["PredictivePolicy", "fleet_capacity", "node_coupled", "per_replica_capacity", "PREDICTORS"]
+__all__ = ["PredictivePolicy", "PREDICTORS"]

@@ -4,4 +4,4 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-SHARED_TRACES = os.path.join(os.path.dirname(ROOT), "shared", "traces")
+

@@ -28,7 +28,9 @@ def _tiny_scenario(tmp_path, arrivals_s, slo_ms=1.0, replicas=2, max_replicas=4)
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(sc))
     cfgp = tmp_path / "rl.yaml"
+    # an SLO every request misses has no capacity to simulate: the config gives one
     cfgp.write_text(yaml.safe_dump({"scenario": str(p), "trace": {"path": str(tmp_path / "none.csv")},
+                                    "capacity_rps_per_replica": 50.0,
                                     "env": {"episode_s": 15, "history": 2,
                                             "action": {"kind": "delta", "values": [-1, 0, 1]},
                                             "reward": {"cost_per_replica_s": 1.0, "lambda": 0.5}}}))

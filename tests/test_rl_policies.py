@@ -9,7 +9,8 @@ import pytest
 
 from simulator.config import ConfigError, parse_autoscaler, scenario_from_dict
 from simulator.policy import REGISTRY, Observation
-from simulator.predictive import PredictivePolicy, per_replica_capacity
+from simulator.capacity import per_replica_capacity
+from simulator.predictive import PredictivePolicy
 
 NAN = float("nan")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,8 +73,24 @@ def test_per_replica_capacity_bounds():
                              "service": {"kind": "deterministic", "mean_ms": 10}})
     cap = per_replica_capacity(sc, duration_s=120, seeds=(1,))
     assert 40 < cap < 100
-    tight = per_replica_capacity(sc.replace(slo_ms=15), duration_s=120, seeds=(1,))
-    assert tight < cap
+    tight = per_replica_capacity(sc.replace(slo_ms=25), duration_s=120, seeds=(1,))
+    assert 0 < tight < cap
+
+
+def test_capacity_never_returns_a_search_bound():
+    # M/D/1, 10 ms: at the unloaded probe (5 % load) 1 % of requests wait > 8 ms, so the unloaded p99 is
+    # ~18 ms; a 15 ms SLO is missed even unloaded -> an error naming the SLO, the unloaded p99 and an SLO
+    # that works (2 x the unloaded p99), never the search's floor
+    from simulator.capacity import CapacityError, unloaded_latency
+    sc = scenario_from_dict({"duration_s": 60, "slo_ms": 15, "workload": {"kind": "poisson", "rate_rps": 1},
+                             "service": {"kind": "deterministic", "mean_ms": 10}})
+    ul = unloaded_latency(sc)
+    assert 15 < ul["p99_ms"] < 20 and ul["p50_ms"] == pytest.approx(10.0, abs=0.01)
+    with pytest.raises(CapacityError, match=r"SLO 15 ms: .*unloaded p99 is 1\d\.\d ms, so an SLO of 3\d\.\d ms"):
+        per_replica_capacity(sc, duration_s=120, seeds=(1,))
+    # the suggested SLO works
+    cap = per_replica_capacity(sc.replace(slo_ms=2 * ul["p99_ms"]), duration_s=120, seeds=(1,))
+    assert 30 < cap < 100
 
 
 # --------------------------------------------------------------------------- oracle
@@ -132,7 +149,7 @@ def test_oracle_requirement_from_fleet_capacities():
 
 
 def test_fleet_capacity_sees_node_contention():
-    from simulator.predictive import fleet_capacity, node_coupled
+    from simulator.capacity import fleet_capacity, node_coupled
     d = {"duration_s": 60, "slo_ms": 40, "workload": {"kind": "poisson", "rate_rps": 1},
          "service": {"kind": "deterministic", "mean_ms": 10}, "cluster": {"replicas": 1, "max_replicas": 2}}
     free = scenario_from_dict(d)
@@ -157,11 +174,12 @@ def test_oracle_when_the_target_is_out_of_reach():
                              "service": {"kind": "deterministic", "mean_ms": 10},
                              "cluster": {"replicas": 1, "max_replicas": 3, "startup_s": 1},
                              "autoscaler": {"kind": "static", "interval_s": 5}})
-    res, h, tried = oracle_run(sc, capacity=60.0, slo_target=0.01)
-    assert tried[0]["headroom"] == 1.0 and not tried[0]["meets"]
+    res, choice, tried = oracle_run(sc, capacity=60.0, slo_target=0.01)
+    assert tried[0]["headroom"] == 1.0 and tried[0]["slo_violation_rate"] > 0.01
     v_hi = tried[0]["slo_violation_rate"]
+    assert choice["target"] == pytest.approx(v_hi * 1.02 + 1e-4)
     assert res.summary["slo_violation_rate"] <= v_hi * 1.02 + 1e-4
-    assert h < 1.0 and res.summary["replica_seconds"] < tried[0]["replica_seconds"]
+    assert choice["headroom"] < 1.0 and res.summary["replica_seconds"] < tried[0]["replica_seconds"]
 
 
 # --------------------------------------------------------------------------- policy.pt

@@ -452,22 +452,35 @@ def test_pipeline_bad_input(tmp_path):
         assert "Traceback" not in r.stderr
 
 
-def test_pipeline_scenario_step_and_skip_logic(tmp_path):
+def test_pipeline_study_step_and_skip_logic(tmp_path):
     from cluster import pipeline as pl
     out = tmp_path / "p"
     (out / "calibrated").mkdir(parents=True)
     (out / "calibrated" / "baseline.yaml").write_text((ROOT / "configs" / "calibrated" / "baseline.yaml").read_text())
-    r = _pipeline("--out", str(out), "--only", "scenario", "--slo-ms", "25", "--interval", "4")
+    r = _pipeline("--out", str(out), "--only", "study", "--slo-ms", "35", "--interval", "4")
     assert r.returncode == 0, r.stderr
+    assert "SLO 35 ms (given" in r.stderr and "control interval 4 s (given" in r.stderr
+    assert "replicas 1..2 (derived" in r.stderr           # the 2-core node holds two replicas
     from simulator.config import load_scenario
-    sc = load_scenario(str(out / "calibrated" / "deployment.yaml"))
-    assert sc.slo_ms == 25 and sc.autoscaler.interval_s == 4 and sc.cluster.max_replicas == 3
+    dep = out / "study" / "deployment.yaml"
+    sc = load_scenario(str(dep))
+    assert sc.slo_ms == 35 and sc.autoscaler.interval_s == 4 and sc.cluster.max_replicas == 2
+    st = sc.provenance["study"]
+    assert st["given"] == {"slo_ms": 35.0, "interval_s": 4.0} and st["rules"]["trace_scale"].startswith("0.8 x")
     rec = json.loads((out / "pipeline.json").read_text())
-    assert rec["steps"]["scenario"]["status"] == "ran"
+    assert rec["steps"]["study"]["status"] == "ran" and rec["study"]["slo_ms"] == 35
+    from rl.common import load_rl_config
+    cfg = load_rl_config(str(out / "study" / "rl.yaml"))
+    assert cfg["scenario_path"] == str(dep) and cfg["trace"]["scale"] == st["trace_scale"]
     # unchanged settings: not rewritten
-    m = os.path.getmtime(out / "calibrated" / "deployment.yaml")
-    assert _pipeline("--out", str(out), "--only", "scenario", "--slo-ms", "25", "--interval", "4").returncode == 0
-    assert os.path.getmtime(out / "calibrated" / "deployment.yaml") == m
+    m = os.path.getmtime(dep)
+    assert _pipeline("--out", str(out), "--only", "study", "--slo-ms", "35", "--interval", "4").returncode == 0
+    assert os.path.getmtime(dep) == m
+    # an SLO below the unloaded p99: one line naming the SLO, the unloaded p99 and the rule's value
+    r = _pipeline("--out", str(out), "--only", "study", "--slo-ms", "12")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines[-1].startswith("error: step study: --slo-ms 12: not above the calibrated "
+                                                      "unloaded p99") and "the rule gives" in lines[-1], r.stderr
     # skip logic: done = output exists and is newer than every input
     a = pl.parse_args(["--out", str(out)])
     steps = {s.name: s for s in pl.plan(out.resolve(), a)}
@@ -476,6 +489,14 @@ def test_pipeline_scenario_step_and_skip_logic(tmp_path):
     tr.output.parent.mkdir(parents=True)
     tr.output.write_text("x")
     assert pl.is_done(tr)
-    os.utime(out / "calibrated" / "deployment.yaml", (time.time() + 5, time.time() + 5))
-    assert not pl.is_done(tr)                     # the scenario changed after training: stale
+    os.utime(dep, (time.time() + 5, time.time() + 5))
+    assert not pl.is_done(tr)                     # the deployment changed after training: stale
     assert steps["validate"].cmd[2] == "cluster.validate" and "--tuned" in steps["validate"].cmd
+    # an evaluation refused as degenerate is not "done" (unless --allow-degenerate)
+    ev = steps["evaluate"]
+    ev.inputs = []
+    ev.output.parent.mkdir(parents=True)
+    ev.output.write_text(json.dumps({"sanity": {"ok": False}}))
+    assert not pl.is_done(ev) and pl.is_done(ev, allow_degenerate=True)
+    ev.output.write_text(json.dumps({"sanity": {"ok": True}}))
+    assert pl.is_done(ev)

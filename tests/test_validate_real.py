@@ -23,9 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def prerequisites():
     if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
         pytest.skip("haproxy not installed (python -m cluster.setup)")
-    trace = ROOT.parent / "shared" / "traces" / "twitter_2021_rps_days01-14.csv"
-    if not trace.exists():
-        pytest.skip(f"{trace} not available")
     from cluster.model import export_onnx
     from cluster.triton import backend_dir, tritonserver_bin
     tritonserver_bin()
@@ -44,9 +41,16 @@ def test_real_validate_run(tmp_path, capsys):
     t = time.time()
     rc = main([pol, "--scenario", str(ROOT / "configs" / "calibrated" / "baseline.yaml"), "--compare", "static",
                "--duration", "25", "--warmup", "5", "--peak-rps", "90", "--sim-seeds", "1", "--out", str(out),
-               "--quiet"])
+               "--quiet", "--allow-degenerate"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err[-3000:]
+    # at this scenario's 100 ms SLO one replica serves ~165 req/s: a 90 req/s peak never needs a second one,
+    # and the sanity section says so (accepted here with --allow-degenerate: this test is about the controller)
+    s = json.loads((out / "summary.json").read_text())
+    chk = s["sanity"]["checks"][0]
+    assert not s["sanity"]["ok"] and s["sanity"]["allowed_degenerate"] and chk["name"] == "real load reached the range"
+    assert "needed more than 1 replica(s) only 0.0% of the time" in chk["detail"]
+    assert "[FAIL] real load reached the range" in cap.out
     assert time.time() - t < 110
     s = json.loads((out / "summary.json").read_text())
     assert set(s["policies"]) == {"policy", "static"}
