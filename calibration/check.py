@@ -1,6 +1,6 @@
 """Can I trust the simulator for my case? Compare one measured run with its simulation.
 
-    python -m calibration.check CALIBRATED.yaml RUN_DIR [--out DIR] [--seeds 3]
+    python -m calibration.check CALIBRATED.yaml RUN_DIR [--out DIR] [--seeds 3] [--allow-partial]
 
 ``RUN_DIR`` is one ``runs/<run>/`` folder of any measurement (any workload, any
 replica count, measured after the calibration or not). The run is replayed in
@@ -9,6 +9,13 @@ the calibrated simulator with its own workload and replica history (see
 and written to ``DIR`` (default ``report/check/<run>``): ``check.md``,
 ``check.json``, ``latency_cdf.png``, ``timeline.png``. Errors print one line and
 exit with code 2.
+
+The run gets the damage checks ``calibration.fit`` applies (see
+:mod:`calibration.measurements`): against its own ``run.json`` and, when it
+sits in a measurement folder (``<root>/runs/<run>/``), against that folder's
+``manifest.json``. A damaged run is refused with one line; ``--allow-partial``
+checks it as far as it is intact and lists the problem under the warnings of
+``check.md`` / ``check.json``.
 """
 from __future__ import annotations
 
@@ -23,22 +30,23 @@ from types import SimpleNamespace
 from simulator.config import ConfigError, load_scenario
 
 from .fit import _clean, _runs_desc
-from .measurements import CalibrationError, load_run
+from .measurements import CalibrationError, load_run_checked
 from .replay import TARGETS, compare, measured_summary, simulate_run
 from .report import plot_cdfs, plot_timelines, table
 
 
-def run_check(calibrated: str, run_dir: str, out: str | None = None, seeds: int = 3, plots: bool = True) -> dict:
+def run_check(calibrated: str, run_dir: str, out: str | None = None, seeds: int = 3, plots: bool = True,
+              allow_partial: bool = False) -> dict:
     try:
         sc = load_scenario(calibrated)
     except ConfigError as e:
         raise CalibrationError(str(e)) from None
-    run = load_run(Path(run_dir))
+    run = load_run_checked(run_dir, allow_partial)
     sim = simulate_run(sc, run, tuple(range(seeds)))
     ms = measured_summary(run)
     res = {"calibrated": calibrated, "run": str(run_dir), "name": run.name, "seeds": seeds,
            "describe": _runs_desc(run), "measured": ms, "simulated": sim["summary"],
-           "errors": compare(ms, sim["summary"]), "warnings": run.warnings,
+           "errors": compare(ms, sim["summary"]), "warnings": run.warnings, "allow_partial": allow_partial,
            "calibration_source": (sc.provenance or {}).get("source")}
     res = _clean(res)
     outp = Path(out or os.path.join("report", "check", run.name))
@@ -78,15 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="output folder (default report/check/<run>)")
     ap.add_argument("--seeds", type=int, default=3, help="simulation seeds (pooled; default 3)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--allow-partial", action="store_true",
+                    help="check a damaged run (cut short, not listed in its manifest) as far as it is intact "
+                         "instead of refusing it; the problem is listed in the warnings")
     a = ap.parse_args(argv)
     if a.seeds < 1:
         print("error: --seeds must be >= 1", file=sys.stderr)
         return 2
     try:
-        res = run_check(a.calibrated, a.run_dir, a.out, a.seeds, plots=not a.no_plots)
+        res = run_check(a.calibrated, a.run_dir, a.out, a.seeds, plots=not a.no_plots, allow_partial=a.allow_partial)
     except CalibrationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for w in res["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     print("\n".join(table({res["name"]: res}, {res["name"]: res["describe"]})))
     ok = [k for k, e in res["errors"].items() if e.get("within_target")]
     print(f"within target: {len(ok)}/{len(TARGETS)} ({', '.join(ok) or 'none'}); wrote {res['out']}")

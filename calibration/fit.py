@@ -1,7 +1,7 @@
 """Calibrate the simulator to a measurement folder and report its fidelity.
 
     python -m calibration.fit results/baseline [--name NAME] [--config-out PATH] [--report DIR]
-                                               [--seeds 3] [--quiet]
+                                               [--seeds 3] [--allow-partial] [--quiet]
 
 Writes ``configs/calibrated/<name>.yaml`` (a scenario ``simulator.run`` accepts,
 with ``provenance``: source folder, fit criteria, goodness of fit per batch
@@ -27,7 +27,17 @@ Sweep-derived parts (per-batch shapes, interference, start-up, overhead shape)
 never see the runs and are shared by every fold.
 
 Errors (missing files, wrong format version, nothing fittable) print one line
-``error: ...`` naming the file and exit with code 2.
+``error: ...`` naming the file and exit with code 2, and write nothing.
+
+Damaged measurements are refused the same way (one line naming the run and
+what is wrong): a ``requests.csv`` cut mid-row or holding fewer rows than its
+``run.json`` says, sends that stop long before ``duration_s``, a run listed in
+``manifest.json`` but missing on disk, a run on disk the manifest does not list
+(see :mod:`calibration.measurements` for each rule). ``--allow-partial``
+continues instead: a run missing its end is analysed up to its last intact
+send, an unreadable one is left out, an unlisted one is used, and each problem,
+with what was done, is listed under the warnings of ``fidelity.md``,
+``fidelity.json`` and the calibrated scenario's ``provenance``.
 """
 from __future__ import annotations
 
@@ -97,10 +107,11 @@ def noise_floor(meas: Measurements) -> dict:
 
 
 def run_fit(root: str, name: str | None = None, config_out: str | None = None, report_dir: str | None = None,
-            seeds: int = 3, quiet: bool = False, plots: bool = True) -> dict:
+            seeds: int = 3, quiet: bool = False, plots: bool = True, allow_partial: bool = False) -> dict:
     t_start = dt.datetime.now(dt.timezone.utc)
-    meas = load_measurements(root)
+    meas = load_measurements(root, allow_partial)
     name = name or Path(root).resolve().name
+    command = ["python -m calibration.fit", str(root), "--name", name] + (["--allow-partial"] if allow_partial else [])
     config_out = config_out or os.path.join("configs", "calibrated", f"{name}.yaml")
     report_dir = report_dir or os.path.join("report", name)
     seeds_t = tuple(range(seeds))
@@ -163,7 +174,7 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
         "source_created": meas.manifest.get("created"), "source_seed": meas.manifest.get("seed"),
         "source_machine": meas.manifest.get("machine"),
         "calibrated": t_start.isoformat(timespec="seconds"),
-        "command": " ".join(["python -m calibration.fit", str(root)] + (["--name", name] if name else [])),
+        "command": " ".join(command), "allow_partial": allow_partial,
         "criteria": {"family_selection": f"lowest AIC among {', '.join(fitting.FAMILIES)}, kept if its KS "
                                          f"distance <= {fitting.KS_MAX}, else the sample's quantiles "
                                          f"({fitting.EMPIRICAL_LEVELS} levels)",
@@ -243,13 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", help="report folder (default report/<name>)")
     ap.add_argument("--seeds", type=int, default=3, help="simulation seeds per replayed run (pooled; default 3)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    ap.add_argument("--allow-partial", action="store_true",
+                    help="use damaged measurements (a run cut short, a run missing or unlisted) as far as they are "
+                         "intact instead of refusing them; each problem is listed in the report's warnings")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     if a.seeds < 1:
         print("error: --seeds must be >= 1", file=sys.stderr)
         return 2
     try:
-        fid = run_fit(a.folder, a.name, a.config_out, a.report, a.seeds, a.quiet, plots=not a.no_plots)
+        fid = run_fit(a.folder, a.name, a.config_out, a.report, a.seeds, a.quiet, plots=not a.no_plots,
+                      allow_partial=a.allow_partial)
     except CalibrationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,15 +12,45 @@ Required: ``manifest.json`` (``format`` must be ``servesim-measurements/1``),
 without it), ``startup/startup.csv``, a run's ``metrics.csv`` (the run is left
 out of the compute-contention and overhead fits), ``replicas.csv`` (the
 replica schedule falls back to the run's planned events).
+
+Damaged measurements are refused, never used silently (issue 12). Every run is
+checked against its own ``run.json`` and the folder's ``manifest.json`` by the
+pure functions of the "damage checks" section below (each states its rule):
+``requests.csv`` cut mid-row, fewer (or more) rows than the load generator
+logged, a different count of requests in the measured window than the run's
+summary, sends that stop long before ``duration_s``, a run listed in the
+manifest but missing on disk, a run on disk the manifest does not list, a run
+whose summary differs from the manifest's. Any of these raises a
+:class:`CalibrationError` naming the run and what is wrong. With
+``allow_partial`` the reader continues and lists each problem, with what it
+did, in the warnings (the report's and the calibrated scenario's provenance):
+
+- a run whose requests stop early (cut file, lost rows, load stopped early) is
+  analysed up to its last intact send: its window becomes
+  ``[warmup_s, last send)`` instead of ``[warmup_s, duration_s)``, so counts,
+  rates and the replay all cover the same span (``requests.csv`` is written in
+  send order, so what remains is every request sent before that instant); the
+  incomplete last row of a cut file is dropped;
+- a run that cannot be read at all, or has nothing intact in its window, is
+  left out;
+- a run on disk the manifest does not list is *used*: the manifest records
+  what one ``cluster.measure`` call measured, so such a run may come from
+  another measurement (other stack, other versions) and is refused by default;
+  ``--allow-partial`` is the user saying it belongs;
+- listed runs missing on disk, and count mismatches that lose nothing
+  (more rows than logged, a summary that differs from the manifest's), are
+  only listed.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -89,14 +119,20 @@ def _rel(p: Path, root: Path) -> str:
         return str(p)
 
 
-def read_csv(path: Path, required: tuple[str, ...], label: str, optional: bool = False) -> pd.DataFrame | None:
-    """Read a CSV and check its columns; errors name ``label`` (the file as the user knows it)."""
+def read_csv(path: Path, required: tuple[str, ...], label: str, optional: bool = False,
+             complete_rows_only: bool = False) -> pd.DataFrame | None:
+    """Read a CSV and check its columns; errors name ``label`` (the file as the user knows it).
+    ``complete_rows_only``: ignore what follows the last line break (a file cut mid-row, see :func:`cut_mid_row`)."""
     if not path.exists():
         if optional:
             return None
         raise CalibrationError(f"{label}: file missing")
     try:
-        df = pd.read_csv(path)
+        if complete_rows_only:
+            data = path.read_bytes()
+            df = pd.read_csv(io.BytesIO(data[:data.rfind(b"\n") + 1]))
+        else:
+            df = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         raise CalibrationError(f"{label}: file is empty (expected a header with {', '.join(required)})") from None
     except Exception as e:  # parser errors
@@ -142,8 +178,138 @@ def load_manifest(root: Path) -> dict:
     return man
 
 
-def load_run(rdir: Path) -> RunData:
-    """One ``runs/<run>/`` folder (also used by ``calibration.check`` on a fresh run)."""
+# --------------------------------------------------------------------------- damage checks (issue 12)
+
+SEND_TIME_RESOLUTION_S = 1e-6   # cluster.measure writes t_send_s rounded to the microsecond
+TAIL_MIN_S = 1.0                # silence at the end of a run that is always accepted
+TAIL_GAPS = 3.0                 # ... and up to this many times the run's longest gap between two sends
+SUMMARY_COUNTS = ("requests", "successes", "failures")
+
+
+class Damage(NamedTuple):
+    """What is wrong with a run (one phrase), and whether requests are missing from its ``requests.csv``
+    (``lost``: the run can only be used up to its last intact send)."""
+    what: str
+    lost: bool
+
+
+def cut_mid_row(last_byte: bytes) -> Damage | None:
+    """Rule: ``cluster.measure`` (Python's csv writer) ends every row of ``requests.csv``, the last one
+    included, with a line break; a non-empty file whose last byte is not ``\\n`` was cut while written or
+    copied, and its last row is incomplete (a field cut short still parses, as a different number)."""
+    if last_byte in (b"", b"\n"):
+        return None
+    return Damage("requests.csv ends mid-row (no line break at the end: cut while written or copied)", True)
+
+
+def row_count_damage(rows: int, logged) -> Damage | None:
+    """Rule: ``requests.csv`` holds one row per request the load generator logged, warm-up included:
+    ``rows == run.json: loadgen.n_requests`` (the length of the log it wrote). Fewer rows were lost; more
+    were added."""
+    if not isinstance(logged, (int, float)) or isinstance(logged, bool) or not math.isfinite(logged):
+        return Damage("run.json has no loadgen.n_requests (cannot check that requests.csv holds every request)",
+                      False)
+    logged = int(logged)
+    if rows == logged:
+        return None
+    return Damage(f"requests.csv has {rows} rows, run.json's loadgen logged {logged}", rows < logged)
+
+
+def window_count_damage(t_send: np.ndarray, warmup_s: float, duration_s: float, counted) -> Damage | None:
+    """Rule: ``run.json: summary.requests`` counts the requests *sent in the measured window*
+    ``[warmup_s, duration_s)`` (``cluster.measure`` leaves the warm-up out of the summary), so it equals the
+    rows of ``requests.csv`` sent in that window. The file rounds send times to ``SEND_TIME_RESOLUTION_S``, so
+    a row that close to an edge may have been on either side: the count must lie between the rows surely
+    inside and the rows possibly inside."""
+    if not isinstance(counted, (int, float)) or isinstance(counted, bool) or not math.isfinite(counted):
+        return Damage("run.json has no summary.requests (cannot check requests.csv against the run's summary)",
+                      False)
+    t = np.asarray(t_send, float)
+    t = t[np.isfinite(t)]
+    r = SEND_TIME_RESOLUTION_S
+    sure = int(((t - r >= warmup_s) & (t + r < duration_s)).sum())
+    maybe = int(((t + r >= warmup_s) & (t - r < duration_s)).sum())
+    if sure <= counted <= maybe:
+        return None
+    n = sure if counted < sure else maybe
+    return Damage(f"requests.csv has {n} requests sent in [{warmup_s:g}, {duration_s:g}) s, run.json's summary "
+                  f"counts {int(counted)}", maybe < counted)
+
+
+def early_end_damage(t_send: np.ndarray, latency_ms: np.ndarray, duration_s: float) -> Damage | None:
+    """Rule: the load runs until ``duration_s`` (closed loop: users send until then; open loop: arrivals
+    fill ``[0, duration_s)``), so the run's last activity -- its last send, or its last completion
+    ``t_send_s + latency_ms`` (closed-loop users stuck on slow requests at the end still complete them) --
+    comes within ``max(TAIL_MIN_S, TAIL_GAPS x the longest gap between two consecutive sends)`` of
+    ``duration_s``. For a Poisson stream of ``n`` sends the silence after the last send exceeds ``TAIL_GAPS``
+    times the longest inner gap with probability about ``n ** -TAIL_GAPS``. A run planned to fall silent at
+    its end (a trace with an idle tail) is flagged too; ``--allow-partial`` accepts it."""
+    t = np.asarray(t_send, float)
+    lat = np.asarray(latency_ms, float)
+    fin = np.isfinite(t)
+    if not fin.any():
+        return Damage("requests.csv has no send times", True)
+    ts = np.sort(t[fin])
+    done = t + lat / 1e3
+    last = max(float(ts[-1]), float(np.max(done[np.isfinite(done)], initial=-math.inf)))
+    longest = float(np.diff(ts).max()) if len(ts) > 1 else 0.0
+    allowed = max(TAIL_MIN_S, TAIL_GAPS * longest)
+    if duration_s - last <= allowed:
+        return None
+    return Damage(f"sends end at {ts[-1]:.2f} s, {duration_s - ts[-1]:.2f} s before duration_s {duration_s:g} "
+                  f"(at most {allowed:.2f} s expected: {TAIL_GAPS:g} x the longest gap between sends, >= "
+                  f"{TAIL_MIN_S:g} s): the load stopped early", True)
+
+
+def summary_damage(run_summary: dict, manifest_summary) -> Damage | None:
+    """Rule: ``manifest.json: runs.<run>`` is the summary ``run.json`` holds (``cluster.measure`` writes the
+    same object to both); different counts mean the run folder was replaced or edited after the measurement."""
+    if not isinstance(manifest_summary, dict):
+        return None
+    diff = [k for k in SUMMARY_COUNTS if k in manifest_summary and run_summary.get(k) != manifest_summary[k]]
+    if not diff:
+        return None
+    k = diff[0]
+    return Damage(f"run.json's summary has {k} = {run_summary.get(k)}, manifest.json's runs entry "
+                  f"{manifest_summary[k]}", False)
+
+
+MISSING_ON_DISK = "listed in manifest.json's runs but missing on disk"
+NOT_LISTED = "not listed in manifest.json's runs, so not part of this measurement's record"
+
+
+def run_listing(listed, on_disk) -> tuple[list[str], list[str]]:
+    """Rule: ``manifest.json: runs`` names every run the measurement made (``cluster.measure`` writes it
+    from the runs it writes to ``runs/<run>/``): each must be on disk, and a folder it does not name was not
+    measured with this manifest's stack, versions and machine. Returns (missing on disk, not listed)."""
+    listed, on_disk = set(listed), set(on_disk)
+    return sorted(listed - on_disk), sorted(on_disk - listed)
+
+
+def refuse_or_warn(line: str, action: str, allow_partial: bool, warnings: list[str]) -> None:
+    """Without ``allow_partial``: raise the problem as one line, with what ``--allow-partial`` would do.
+    With it: record the problem and what was done in ``warnings``."""
+    if not allow_partial:
+        raise CalibrationError(f"{line} (--allow-partial: {action}, listed as a warning)")
+    warnings.append(f"{line}; --allow-partial: {action}")
+
+
+def _last_byte(path: Path) -> bytes:
+    if not path.exists():
+        return b""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return b""
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def load_run(rdir: Path, allow_partial: bool = False, manifest_summary: dict | None = None) -> RunData:
+    """One ``runs/<run>/`` folder (also used by ``calibration.check`` on a fresh run), checked against its own
+    ``run.json`` and, when given, the manifest's summary of it (damage checks above). A damaged run raises a
+    :class:`CalibrationError`; with ``allow_partial`` it is used as the module docstring says, its warnings
+    saying so (a run with nothing intact still raises)."""
     rdir = Path(rdir)
     if not rdir.is_dir():
         raise CalibrationError(f"{rdir}: run folder not found")
@@ -154,6 +320,8 @@ def load_run(rdir: Path) -> RunData:
         meta = json.loads(rj.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CalibrationError(f"{rj}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CalibrationError(f"{rj}: expected a JSON object")
     for k in ("scenario", "duration_s", "warmup_s"):
         if k not in meta:
             raise CalibrationError(f"{rj}: missing key '{k}'")
@@ -163,21 +331,48 @@ def load_run(rdir: Path) -> RunData:
         raise CalibrationError(f"{rj}: scenario: {e}") from None
     warn: list[str] = []
     name = str(meta.get("name") or rdir.name)
-    req = read_csv(rdir / "requests.csv", REQUEST_COLUMNS, str(rdir / "requests.csv"))
-    req = _numeric(req, ("t_send_s", "latency_ms"), str(rdir / "requests.csv"))
+    duration_s, warmup_s = float(meta["duration_s"]), float(meta["warmup_s"])
+    summary = meta.get("summary") if isinstance(meta.get("summary"), dict) else {}
+    loadgen = meta.get("loadgen") if isinstance(meta.get("loadgen"), dict) else {}
+    rpath = rdir / "requests.csv"
+    cut = cut_mid_row(_last_byte(rpath))
+    req = read_csv(rpath, REQUEST_COLUMNS, str(rpath), complete_rows_only=cut is not None)
+    req = _numeric(req, ("t_send_s", "latency_ms"), str(rpath))
+    # ---- damage: the first loss found explains the rest (a cut file also misses rows in the window ...)
+    t_send, lat = req["t_send_s"].to_numpy(float), req["latency_ms"].to_numpy(float)
+    found = [cut] if cut else []
+    for d in (row_count_damage(len(req), loadgen.get("n_requests")),
+              window_count_damage(t_send, warmup_s, duration_s, summary.get("requests")),
+              early_end_damage(t_send, lat, duration_s)):
+        if d is not None and not (d.lost and any(f.lost for f in found if f is not cut)):
+            found.append(d)
+    d = summary_damage(summary, manifest_summary)
+    if d is not None:
+        found.append(d)
+    if found:
+        line = f"{rdir}: " + "; ".join(f.what for f in found)
+        action = "used as it is"
+        if any(f.lost for f in found):
+            sent = t_send[np.isfinite(t_send)]
+            end = float(sent.max()) if len(sent) else -math.inf
+            if end <= warmup_s:
+                raise CalibrationError(f"{line}; nothing intact in [{warmup_s:g}, {duration_s:g}) s")
+            action = (f"analysed over [{warmup_s:g}, {end:.2f}) s instead of [{warmup_s:g}, {duration_s:g}) s"
+                      + ("; the incomplete last row dropped" if cut else ""))
+            duration_s = min(duration_s, end)
+        refuse_or_warn(line, action, allow_partial, warn)
     req["status"] = req["status"].fillna("error").astype(str)
     bad = req["t_send_s"].isna() | ~np.isfinite(req["t_send_s"].fillna(0))
     ok = req["status"] == "ok"
     bad_lat = ok & (req["latency_ms"].isna() | (req["latency_ms"] < 0))
     if bad_lat.any():
-        warn.append(f"{rdir / 'requests.csv'}: {int(bad_lat.sum())} 'ok' rows with missing or negative "
-                    f"latency_ms ignored")
+        warn.append(f"{rpath}: {int(bad_lat.sum())} 'ok' rows with missing or negative latency_ms ignored")
     if bad.any():
-        warn.append(f"{rdir / 'requests.csv'}: {int(bad.sum())} rows without a send time (never sent) "
-                    f"count as failures of the measured run")
+        warn.append(f"{rpath}: {int(bad.sum())} rows without a send time (never sent) count as failures of the "
+                    f"measured run")
     req = req[~bad_lat].copy()
     if not len(req):
-        raise CalibrationError(f"{rdir / 'requests.csv'}: no requests")
+        raise CalibrationError(f"{rpath}: no requests")
     reps = read_csv(rdir / "replicas.csv", REPLICA_COLUMNS, str(rdir / "replicas.csv"), optional=True)
     if reps is None:
         warn.append(f"{rdir / 'replicas.csv'}: missing; replica schedule taken from the run's planned events")
@@ -191,10 +386,32 @@ def load_run(rdir: Path) -> RunData:
         met = met[met["metric"].astype(str).str.startswith("nv_inference")]
     events = list(meta.get("events") or [])
     key = json.dumps({"scenario": meta["scenario"] | {"name": ""}, "events": events}, sort_keys=True, default=str)
-    return RunData(name=name, dir=rdir, scenario=sc, duration_s=float(meta["duration_s"]),
-                   warmup_s=float(meta["warmup_s"]), slo_ms=float(sc.slo_ms), requests=req, replicas=reps,
-                   events=events, metrics=met, summary=dict(meta.get("summary") or {}),
-                   group=hashlib.sha1(key.encode()).hexdigest()[:10], warnings=warn)
+    return RunData(name=name, dir=rdir, scenario=sc, duration_s=duration_s, warmup_s=warmup_s,
+                   slo_ms=float(sc.slo_ms), requests=req, replicas=reps, events=events, metrics=met,
+                   summary=dict(summary), group=hashlib.sha1(key.encode()).hexdigest()[:10], warnings=warn)
+
+
+def manifest_runs(man: dict):
+    """The runs ``manifest.json`` lists (name -> summary), or None when it lists none (no ``runs`` object)."""
+    runs = man.get("runs")
+    return runs if isinstance(runs, dict) else None
+
+
+def load_run_checked(rdir: str | os.PathLike, allow_partial: bool = False) -> RunData:
+    """A run folder on its own (``calibration.check``): :func:`load_run`, and, when the folder sits in a
+    measurement (``<root>/runs/<run>/`` next to ``<root>/manifest.json``), the manifest's listing and summary
+    of it. A run folder copied out of its measurement has no manifest to check against."""
+    rdir = Path(rdir)
+    root = rdir.parent.parent
+    listed = None
+    if rdir.parent.name == "runs" and (root / "manifest.json").exists():
+        listed = manifest_runs(load_manifest(root))
+    warn: list[str] = []
+    if listed is not None and rdir.name not in listed:
+        refuse_or_warn(f"{rdir}: {NOT_LISTED}", "used", allow_partial, warn)
+    r = load_run(rdir, allow_partial, (listed or {}).get(rdir.name))
+    r.warnings[:0] = warn
+    return r
 
 
 def clean_compute(df: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list[str]]:
@@ -225,7 +442,9 @@ def clean_compute(df: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list[str]
     return df, warn
 
 
-def load_measurements(root: str | os.PathLike) -> Measurements:
+def load_measurements(root: str | os.PathLike, allow_partial: bool = False) -> Measurements:
+    """A measurement folder, every run checked (damage checks above); ``allow_partial`` as the module
+    docstring says."""
     root = Path(root)
     man = load_manifest(root)
     warn: list[str] = []
@@ -262,13 +481,34 @@ def load_measurements(root: str | os.PathLike) -> Measurements:
     rroot = root / "runs"
     if not rroot.is_dir():
         raise CalibrationError(f"{rroot}: folder missing (no measured runs to calibrate against)")
-    runs = {}
-    for rd in sorted(p for p in rroot.iterdir() if p.is_dir()):
-        r = load_run(rd)
+    on_disk = sorted(p for p in rroot.iterdir() if p.is_dir())
+    listed = manifest_runs(man)
+    if listed is None:
+        refuse_or_warn(f"{root / 'manifest.json'}: no 'runs' (cannot check that every measured run is on disk)",
+                       "used the runs on disk", allow_partial, warn)
+    else:
+        missing, unlisted = run_listing(listed, [p.name for p in on_disk])
+        for n in missing:
+            refuse_or_warn(f"{rroot / n}: {MISSING_ON_DISK}", "continued without it", allow_partial, warn)
+        for n in unlisted:
+            refuse_or_warn(f"{rroot / n}: {NOT_LISTED}", "used", allow_partial, warn)
+    runs: dict[str, RunData] = {}
+    for rd in on_disk:
+        try:
+            r = load_run(rd, allow_partial, (listed or {}).get(rd.name))
+        except CalibrationError as e:
+            if not allow_partial:
+                raise
+            warn.append(f"{e}; --allow-partial: run left out")
+            continue
+        if r.name in runs:
+            refuse_or_warn(f"{rd}: run.json names the run {r.name!r}, as {runs[r.name].dir} does", "left out",
+                           allow_partial, warn)
+            continue
         runs[r.name] = r
         warn += r.warnings
     if not runs:
-        raise CalibrationError(f"{rroot}: no run folders")
+        raise CalibrationError(f"{rroot}: no usable run folders")
     return Measurements(root=root, manifest=man, base=base, runs=runs, compute=comp, interference=intf,
                         startup=st, warnings=warn)
 

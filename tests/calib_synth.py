@@ -81,7 +81,9 @@ def _csv(path: Path, header, rows) -> None:
 STATUS = {0: "ok", 1: "rejected", 2: "timeout", 3: "unavailable"}
 
 
-def write_run(root: Path, name: str, over: dict, events, seed: int, contention: dict = CONTENTION) -> None:
+def write_run(root: Path, name: str, over: dict, events, seed: int, contention: dict = CONTENTION) -> dict:
+    """One ``runs/<name>/`` folder as ``cluster.measure`` writes it; returns the run's summary (for the
+    manifest)."""
     raw = merge(BASE, over)
     sc_meas = scenario_from_dict(raw)                   # what the measurement config said
     sc = scenario_from_dict(truth_dict(over, contention)).replace(seed=seed)
@@ -97,9 +99,10 @@ def write_run(root: Path, name: str, over: dict, events, seed: int, contention: 
     rec = res.records
     rdir = root / "runs" / name
     lat = (rec["completion_s"] - rec["arrival_s"]) * 1e3
-    rows = [(i, -1, f"{a:.6f}", f"{a:.6f}", f"{l:.3f}", STATUS.get(int(s), "error"), 200 if s == 0 else 503,
+    status = [STATUS.get(int(s), "error") for s in rec["status"]]
+    rows = [(i, -1, f"{a:.6f}", f"{a:.6f}", f"{l:.3f}", st, 200 if st == "ok" else 503,
              f"r{int(r)}" if r >= 0 else "", "")
-            for i, (a, l, s, r) in enumerate(zip(rec["arrival_s"], lat, rec["status"], rec["replica"]))]
+            for i, (a, l, st, r) in enumerate(zip(rec["arrival_s"], lat, status, rec["replica"]))]
     _csv(rdir / "requests.csv", ("seq", "user", "t_sched_s", "t_send_s", "latency_ms", "status", "http_status",
                                  "replica", "error"), rows)
     reps = []
@@ -126,9 +129,17 @@ def write_run(root: Path, name: str, over: dict, events, seed: int, contention: 
         for k, v in vals.items():
             mrows.append((t, "r0", k, "\"model=m,version=1\"", v * f))
     _csv(rdir / "metrics.csv", ("t_s", "replica", "metric", "labels", "value"), mrows)
+    # what cluster.measure records of the same rows: the counts of its summary, over the requests sent in
+    # [warmup, duration) (unrounded send times, as measure selects them), and the length of the load generator's
+    # log (loadgen.n_requests)
+    sel = (rec["arrival_s"] >= sc.warmup_s) & (rec["arrival_s"] < sc.duration_s)
+    ok = int(sum(st == "ok" for st, k in zip(status, sel) if k))
+    summ = {"requests": int(sel.sum()), "successes": ok, "failures": int(sel.sum()) - ok}
     (rdir / "run.json").write_text(json.dumps({
         "name": name, "scenario": sc_meas.to_dict(), "events": [{"at_s": a, "scale": n} for a, n in events],
-        "t0_epoch": 0.0, "duration_s": sc.duration_s, "warmup_s": sc.warmup_s, "summary": {}}))
+        "t0_epoch": 0.0, "duration_s": sc.duration_s, "warmup_s": sc.warmup_s, "summary": summ,
+        "loadgen": {"n_requests": len(rows)}}))
+    return summ
 
 
 def write_folder(root: Path, runs=RUNS, sweep_samples: int = 400, seed: int = 0,
@@ -142,9 +153,6 @@ def write_folder(root: Path, runs=RUNS, sweep_samples: int = 400, seed: int = 0,
     g = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     base = scenario_from_dict(BASE)
-    (root / "manifest.json").write_text(json.dumps({
-        "format": "servesim-measurements/1", "created": "2026-01-01T00:00:00+00:00", "seed": BASE["seed"],
-        "scenario": base.to_dict(), "machine": {"cores": 2, "cpu": "synthetic"}}))
     ov = Dist("lognormal", OVERHEAD[0], OVERHEAD[1])
     rows = []
     for b, (m, c) in PER_BATCH.items():
@@ -166,6 +174,9 @@ def write_folder(root: Path, runs=RUNS, sweep_samples: int = 400, seed: int = 0,
     st = quantile_function(Dist("lognormal", STARTUP[0], STARTUP[1]), g.uniform(size=40))
     _csv(root / "startup" / "startup.csv", ("sample", "t_start", "process_to_live_s", "live_to_ready_s",
                                             "process_to_ready_s"), [(i, 0, v, 0, v) for i, v in enumerate(st)])
-    for i, (name, over, events) in enumerate(runs):
-        write_run(root, name, over, events, seed=100 + i, contention=contention)
+    summaries = {name: write_run(root, name, over, events, seed=100 + i, contention=contention)
+                 for i, (name, over, events) in enumerate(runs)}
+    (root / "manifest.json").write_text(json.dumps({
+        "format": "servesim-measurements/1", "created": "2026-01-01T00:00:00+00:00", "seed": BASE["seed"],
+        "scenario": base.to_dict(), "machine": {"cores": 2, "cpu": "synthetic"}, "runs": summaries}))
     return root
