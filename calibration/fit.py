@@ -35,7 +35,6 @@ import argparse
 import datetime as dt
 import math
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -43,11 +42,13 @@ import numpy as np
 import yaml
 
 from simulator.config import ConfigError, load_scenario
+from simulator.io import OutputFolder, json_has_keys, run_cli
 
 from . import fitting
 from .calibrate import calibrate, log, shared_fits, source_label
 from .measurements import CalibrationError, Measurements, RunData, load_measurements, served_peak
-from .replay import TARGETS, compare, measured_summary, simulate_run
+from .compare import CALIBRATION_TARGETS as TARGETS, compare
+from .replay import measured_summary, simulate_run
 
 
 def _clean(o):
@@ -97,12 +98,22 @@ def noise_floor(meas: Measurements) -> dict:
 
 
 def run_fit(root: str, name: str | None = None, config_out: str | None = None, report_dir: str | None = None,
-            seeds: int = 3, quiet: bool = False, plots: bool = True) -> dict:
-    t_start = dt.datetime.now(dt.timezone.utc)
+            seeds: int = 3, quiet: bool = False, plots: bool = True, force: bool = False) -> dict:
+    """Calibrate to the measurement folder ``root``; write the calibrated scenario and the report folder
+    (:class:`simulator.io.OutputFolder`: an existing report is replaced only with ``force`` and only if an
+    earlier ``calibration.fit`` wrote it; checked before the fitting starts)."""
     meas = load_measurements(root)
     name = name or Path(root).resolve().name
-    config_out = config_out or os.path.join("configs", "calibrated", f"{name}.yaml")
     report_dir = report_dir or os.path.join("report", name)
+    with OutputFolder(report_dir, "calibration.fit", force=force, flag="--report",
+                      legacy=json_has_keys("fidelity.json", "held_out", "noise_floor")) as report:
+        return _fit(meas, root, name, config_out, report, seeds, quiet, plots)
+
+
+def _fit(meas: Measurements, root: str, name: str, config_out: str | None, report: OutputFolder, seeds: int,
+         quiet: bool, plots: bool) -> dict:
+    t_start = dt.datetime.now(dt.timezone.utc)
+    config_out = config_out or os.path.join("configs", "calibrated", f"{name}.yaml")
     seeds_t = tuple(range(seeds))
     runs = list(meas.runs.values())
     for w in meas.warnings:
@@ -216,22 +227,11 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
     finally:
         if tmp.exists():
             tmp.unlink()
-    # report (atomic: temp folder, then rename)
-    rp = Path(report_dir)
-    rp.parent.mkdir(parents=True, exist_ok=True)
-    rtmp = rp.with_name(f".{rp.name}.tmp-{os.getpid()}")
-    shutil.rmtree(rtmp, ignore_errors=True)
-    rtmp.mkdir(parents=True)
-    try:
-        from .report import write_report
-        log(f"[report] writing {rp} ...", quiet)
-        fid["report_dir"] = str(rp)
-        write_report(rtmp, fid, meas, shared, in_sample, loro, plots=plots)
-        if rp.exists():
-            shutil.rmtree(rp)
-        os.replace(rtmp, rp)
-    finally:
-        shutil.rmtree(rtmp, ignore_errors=True)
+    # report: written into the output folder, put in place (atomically) when run_fit returns
+    from .report import write_report
+    log(f"[report] writing {report.shown} ...", quiet)
+    fid["report_dir"] = report.shown
+    write_report(report.path, fid, meas, shared, in_sample, loro, plots=plots)
     return fid
 
 
@@ -244,19 +244,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="simulation seeds per replayed run (pooled; default 3)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the report folder if an earlier calibration.fit wrote it (never another folder)")
     a = ap.parse_args(argv)
-    if a.seeds < 1:
-        print("error: --seeds must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        fid = run_fit(a.folder, a.name, a.config_out, a.report, a.seeds, a.quiet, plots=not a.no_plots)
-    except CalibrationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from .report import summary_lines
-    print("\n".join(summary_lines(fid)))
-    return 0
 
+    def body() -> int:
+        if a.seeds < 1:
+            raise ConfigError("--seeds must be >= 1")
+        fid = run_fit(a.folder, a.name, a.config_out, a.report, a.seeds, a.quiet, plots=not a.no_plots,
+                      force=a.force)
+        from .report import summary_lines
+        print("\n".join(summary_lines(fid)))
+        return 0
+    return run_cli(body, (CalibrationError,))
 
 if __name__ == "__main__":
     sys.exit(main())

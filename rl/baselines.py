@@ -32,8 +32,8 @@ import numpy as np
 
 from rl.common import (DEFAULT_CONFIG, base_scenario, load_rl_config, load_trace, random_windows,
                        select_windows, trace_scenario, with_policy_interval, write_json)
-from simulator.config import ConfigError
 from simulator.engine import simulate
+from simulator.io import run_cli
 from simulator.hpa import HPAPolicy
 from simulator.knative import KnativePolicy
 from simulator.policy import StaticPolicy
@@ -188,16 +188,14 @@ def main(argv=None) -> int:
     ap.add_argument("--scenario", default=None)
     ap.add_argument("--out", required=True, help="tuned.json to write")
     a = ap.parse_args(argv)
-    try:
+
+    def body() -> int:
         cfg = load_rl_config(a.config, scenario=a.scenario)
         out = tune(cfg)
         write_json(a.out, out)
         print(f"wrote {a.out}")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+        return 0
+    return run_cli(body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 
-from cluster.config import KubernetesSettings, StackSettings
+from cluster.stack.config import KubernetesSettings, StackSettings
 from simulator.config import scenario_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,7 +173,7 @@ def _stack(url, **kw):
 
 
 def test_kubernetes_backend_lifecycle(fake_api, tmp_path):
-    from cluster.kubernetes import KubernetesBackend
+    from cluster.stack.kubernetes import KubernetesBackend
     be = KubernetesBackend(_scenario(1), _stack(fake_api.url, hpa=True), tmp_path)
     try:
         be.deploy()
@@ -224,8 +224,8 @@ def test_kubernetes_backend_lifecycle(fake_api, tmp_path):
 
 
 def test_kubernetes_observation_from_fake_metrics(fake_api, tmp_path):
-    from cluster.kubernetes import KubernetesBackend
-    from cluster.scrape import Scraper
+    from cluster.stack.kubernetes import KubernetesBackend
+    from cluster.stack.scrape import Scraper
     be = KubernetesBackend(_scenario(2), _stack(fake_api.url), tmp_path)
     try:
         be.deploy()
@@ -239,7 +239,7 @@ def test_kubernetes_observation_from_fake_metrics(fake_api, tmp_path):
 
 
 def test_no_cluster_reachable_is_a_clear_error(tmp_path, monkeypatch):
-    from cluster.kubernetes import KubernetesBackend, KubernetesError
+    from cluster.stack.kubernetes import KubernetesBackend, KubernetesError
     # no kubeconfig, not in a pod
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBECONFIG", raising=False)
@@ -248,14 +248,14 @@ def test_no_cluster_reachable_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(KubernetesError, match="no Kubernetes cluster reachable.*microk8s config"):
         KubernetesBackend(_scenario(), st, tmp_path)
     # an API server address where nothing listens
-    from cluster.procs import free_port
+    from cluster.stack.procs import free_port
     with pytest.raises(KubernetesError, match=r"no Kubernetes cluster reachable at http://127\.0\.0\.1"):
         KubernetesBackend(_scenario(), _stack(f"http://127.0.0.1:{free_port()}"), tmp_path)
 
 
 def test_measure_cli_reports_missing_cluster(tmp_path, monkeypatch, capsys):
     from cluster import measure
-    from cluster.procs import free_port
+    from cluster.stack.procs import free_port
     cfg = tmp_path / "m.yaml"
     cfg.write_text(f"""
 scenario:
@@ -288,7 +288,7 @@ def test_manifests_validate_against_official_schemas():
 
 def test_rendered_resources_validate(tmp_path, fake_api):
     import kubernetes_validate as kv
-    from cluster.kubernetes import KubernetesBackend
+    from cluster.stack.kubernetes import KubernetesBackend
     be = KubernetesBackend(_scenario(2), _stack(fake_api.url, hpa=True, image="example/triton:1"), tmp_path)
     res = be.rendered()
     assert [r["kind"] for r in res] == ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"]
@@ -300,7 +300,7 @@ def test_rendered_resources_validate(tmp_path, fake_api):
 
 
 def test_kubernetes_startup_samples(fake_api, tmp_path):
-    from cluster.kubernetes import startup_samples_k8s
+    from cluster.stack.kubernetes import startup_samples_k8s
     rows = startup_samples_k8s(_scenario(1), _stack(fake_api.url), tmp_path, 2)
     assert [r[0] for r in rows] == [0, 1]
     assert all(r[4] >= 0 for r in rows)

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def prerequisites():
     if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
         pytest.skip("haproxy not installed (python -m cluster.setup)")
-    from cluster.model import export_onnx
-    from cluster.triton import backend_dir, tritonserver_bin
+    from cluster.stack.model import export_onnx
+    from cluster.stack.triton import backend_dir, tritonserver_bin
     tritonserver_bin()
     backend_dir()
     export_onnx(0)
