@@ -102,11 +102,11 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
     """Calibrate to the measurement folder ``root``; write the calibrated scenario and the report folder
     (:class:`simulator.io.OutputFolder`: an existing report is replaced only with ``force`` and only if an
     earlier ``calibration.fit`` wrote it; checked before the fitting starts)."""
-    meas = load_measurements(root)
     name = name or Path(root).resolve().name
     report_dir = report_dir or os.path.join("report", name)
     with OutputFolder(report_dir, "calibration.fit", force=force, flag="--report",
                       legacy=json_has_keys("fidelity.json", "held_out", "noise_floor")) as report:
+        meas = load_measurements(root)
         return _fit(meas, root, name, config_out, report, seeds, quiet, plots)
 
 

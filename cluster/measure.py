@@ -130,7 +130,7 @@ from simulator.io import OutputFolder, json_format_is
 
 from .stack import model as mdl
 from .stack import procs
-from .stack.backends import make_backend
+from .stack.deploy import make_backend
 from .config import MeasureConfig, RunSpec, load_measure_config
 from .stack.lb import haproxy_version
 from .stack.loadgen import run_load

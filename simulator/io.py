@@ -88,7 +88,7 @@ def run_cli(fn: Callable[[], int], errors: tuple[type[BaseException], ...] = (),
     try:
         return fn()
     except (ConfigError, *errors) as e:
-        print(f"{prefix}: {e}", file=sys.stderr)
+        print(f"{'error' if isinstance(e, OutputError) else prefix}: {e}", file=sys.stderr)
         return _code(e, 2)
     except runtime_errors as e:
         print(f"error: {e}", file=sys.stderr)

@@ -39,7 +39,7 @@ class ValidateError(RuntimeError):
 
 def run_real(c: Contender, policy, sc: Scenario, stack, wl: WorkloadSpec, duration: float, arrivals, work: Path,
              odir: Path, capacity: float, quiet: bool) -> dict:
-    from ..stack.backends import make_backend
+    from ..stack.deploy import make_backend
     from ..controller import Controller, LiveRequests
     from ..stack.loadgen import run_load
     from ..stack.triton import MODEL_NAME
