@@ -31,12 +31,12 @@ def prerequisites():
 
 
 def test_real_validate_run(tmp_path, capsys):
-    from test_validate import _tiny_policy
+    from helpers import tiny_rate_policy
 
     from cluster.validate import main
     # a rate policy that always provisions for 40 req/s per replica: 1 replica at the start of the slice,
     # 3 during the burst; 5 s control interval
-    pol = _tiny_policy(tmp_path / "tiny.pt", bias=(0.0, 1.0))
+    pol = tiny_rate_policy(tmp_path / "tiny.pt", bias=(0.0, 1.0))
     out = tmp_path / "validate"
     t = time.time()
     rc = main([pol, "--scenario", str(ROOT / "configs" / "calibrated" / "baseline.yaml"), "--compare", "static",

@@ -1,5 +1,5 @@
 """Closing the loop: the live controller (fake backend), policy pre-flight checks, the sim-vs-real
-report arithmetic, and the pipeline's input handling. No real servers here (see test_validate_real.py)."""
+report arithmetic, and the pipeline's input handling. No real servers here (see test_cluster_validate_real.py)."""
 from __future__ import annotations
 
 import json
@@ -19,50 +19,9 @@ from cluster.controller import (Controller, LiveRequests, PolicyRejected, check_
 from cluster.validate.stats import pair_verdict, ranking, replica_curve
 from simulator.io import OutputFolder
 from simulator.policy import Observation, Policy, StaticPolicy
-from test_cluster_k8s import _scenario as _k8s_scenario, _stack as _k8s_stack, fake_api  # noqa: F401 (fixture)
+from helpers import FakeBackend, MODEL, k8s_scenario, k8s_stack, tiny_rate_policy
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = "mobilenetv4_conv_small"
-
-
-def _prom(success, count, execs, queue_us, infer_us):
-    m = f'{{model="{MODEL}",version="1"}}'
-    return (f"nv_inference_request_success{m} {success}\nnv_inference_count{m} {count}\n"
-            f"nv_inference_exec_count{m} {execs}\nnv_inference_queue_duration_us{m} {queue_us}\n"
-            f"nv_inference_compute_infer_duration_us{m} {infer_us}\n")
-
-
-class FakeBackend:
-    """Replicas become ready at once; metrics are canned counters; every scale() is recorded."""
-
-    def __init__(self, n=1):
-        self.n = n
-        self.desired = n
-        self.scaled: list[int] = []
-        self.counters = {f"r{i}": [0, 0, 0, 0, 0] for i in range(n)}
-        self.fail_scrape = False
-        self.drop_replica: str | None = None
-
-    @property
-    def ready_replicas(self):
-        return self.n
-
-    @property
-    def pending_replicas(self):
-        return 0
-
-    @property
-    def endpoints(self):
-        return {"lb": "http://127.0.0.1:1", "replicas": {r: "" for r in self.counters}}
-
-    def metrics(self):
-        if self.fail_scrape:
-            raise OSError("connection refused")
-        return {r: _prom(*c) for r, c in self.counters.items() if r != self.drop_replica}
-
-    def scale(self, n):
-        self.scaled.append(n)
-        self.desired = n
 
 
 class Const(Policy):
@@ -281,44 +240,15 @@ def test_check_policy_rejects_bad_policies():
         check_policy(Raises(), **kw)
 
 
-def _tiny_policy(path, nan=False, interval=5.0, bias=(0.0, 1.0)):
-    import torch
-
-    from simulator.learned import default_obs_spec, save_policy_file
-    spec = default_obs_spec(slo_ms=30.0, max_replicas=3, max_batch_size=8, interval_s=interval,
-                            capacity_rps_per_replica=40.0, history=2)
-    dim = len(spec["features"]) * spec["history"]
-
-    class M(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(dim, 2)
-            self.scale = 0.0 if not nan else 1.0       # TorchScript: a module attribute, not a closure
-            with torch.no_grad():
-                self.lin.weight.zero_()
-                self.lin.bias.copy_(torch.tensor(list(bias)))
-
-        def forward(self, x):
-            y = self.lin(x)
-            if self.scale > 0.5:
-                y = y * float("nan")
-            return y
-    meta = {"obs": spec, "action": {"kind": "rate", "values": [0.6, 1.0], "capacity_rps_per_replica": 40.0},
-            "interval_s": interval, "scenario": {"name": "test", "slo_ms": 30.0, "min_replicas": 1, "max_replicas": 3},
-            "training": {"algo": "hand-made"}}
-    save_policy_file(M(), meta, str(path))
-    return str(path)
-
-
 def test_learned_policy_checks(tmp_path):
     kw = dict(interval_s=5.0, slo_ms=30.0, min_replicas=1, max_replicas=3, capacity_rps=50.0)
-    good = load_policy_file(_tiny_policy(tmp_path / "good.pt"))
+    good = load_policy_file(tiny_rate_policy(tmp_path / "good.pt"))
     answers = check_policy(good, **kw)
     assert all(1 <= a <= 3 for a in answers) and answers[0] == 1 and max(answers) == 3
     with pytest.raises(PolicyRejected, match="invalid action scores"):
-        check_policy(load_policy_file(_tiny_policy(tmp_path / "nan.pt", nan=True)), **kw)
+        check_policy(load_policy_file(tiny_rate_policy(tmp_path / "nan.pt", nan=True)), **kw)
     with pytest.raises(PolicyRejected, match="control interval 15 s"):
-        check_policy(load_policy_file(_tiny_policy(tmp_path / "i15.pt", interval=15.0)), **kw)
+        check_policy(load_policy_file(tiny_rate_policy(tmp_path / "i15.pt", interval=15.0)), **kw)
     (tmp_path / "junk.pt").write_bytes(b"not a policy")
     with pytest.raises(PolicyRejected, match="not a TorchScript policy"):
         load_policy_file(str(tmp_path / "junk.pt"))
@@ -331,7 +261,7 @@ def test_validate_rejects_a_bad_policy_before_any_server_starts(tmp_path, capsys
     from cluster import procs
     from cluster.validate.cli import main
     if which == "nan":
-        p = _tiny_policy(tmp_path / "nan.pt", nan=True)
+        p = tiny_rate_policy(tmp_path / "nan.pt", nan=True)
     else:
         p = str(tmp_path / "junk.pt")
         Path(p).write_bytes(b"\x00garbage")
@@ -345,7 +275,7 @@ def test_validate_rejects_a_bad_policy_before_any_server_starts(tmp_path, capsys
 
 def test_validate_bad_input_is_one_line(tmp_path, capsys):
     from cluster.validate.cli import main
-    p = _tiny_policy(tmp_path / "good.pt")
+    p = tiny_rate_policy(tmp_path / "good.pt")
     sc = str(ROOT / "configs" / "calibrated" / "baseline.yaml")
     for args, msg in ((["--compare", "knative"], "--compare: unknown 'knative'"),
                       (["--duration", "-5"], "--duration: must be > 0"),
@@ -364,7 +294,7 @@ def test_validate_bad_input_is_one_line(tmp_path, capsys):
 def test_controller_drives_the_kubernetes_backend(tmp_path, fake_api):
     """The same controller scales a Kubernetes Deployment (the API double of test_cluster_k8s)."""
     from cluster.stack.kubernetes import KubernetesBackend
-    be = KubernetesBackend(_k8s_scenario(1), _k8s_stack(fake_api.url), tmp_path)
+    be = KubernetesBackend(k8s_scenario(1), k8s_stack(fake_api.url), tmp_path)
     try:
         be.deploy()
         ctl = Controller(be, StaticPolicy(3), interval_s=5.0, slo_ms=30.0, min_replicas=1, max_replicas=3,
