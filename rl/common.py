@@ -326,10 +326,6 @@ def trace_scenario(base: Scenario, trace_path: str, start: float, length: float,
                         workload=wl, cluster=dataclasses.replace(base.cluster, replicas=init), autoscaler=auto)
 
 
-def with_policy_interval(sc: Scenario, interval_s: float) -> Scenario:
-    return sc.replace(autoscaler=AutoscalerSpec(sc.autoscaler.kind, float(interval_s), sc.autoscaler.params))
-
-
 # --------------------------------------------------------------------------- reward
 
 

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from rl.baselines import baseline_specs, make, run_one, summarize, tune
+from rl.baselines import baseline_specs, run_one, summarize, tune
 from rl import sanity
 from rl.common import (DAY_S, DEFAULT_CONFIG, auto_trace_scale, base_scenario, jsonable, load_rl_config, load_trace,
                        select_windows, trace_scenario, window_stats, write_json)
@@ -90,7 +90,7 @@ def static_sweep(sc, lo: int, hi: int, slo_target: float, model) -> tuple[int, d
     runs = {}
     for n in range(lo, hi + 1):
         sc2 = sc.replace(cluster=dataclasses.replace(sc.cluster, replicas=n))
-        runs[n] = run_one(sc2, StaticPolicy(n), None, model)
+        runs[n] = run_one(sc2, None, model, policy=StaticPolicy(n))
         if runs[n].summary["slo_violation_rate"] <= slo_target:
             return n, runs
     return min(runs, key=lambda k: (runs[k].summary["slo_violation_rate"], k)), runs
@@ -200,9 +200,7 @@ def _evaluate(a, folder) -> tuple[list[dict], list]:
                       f"on {cfg['scenario_hash']}", file=sys.stderr)
         else:
             tuned = tune(cfg, log=lambda m: print(m, flush=True))
-    specs = baseline_specs(tuned, cap) if tuned else {"hpa_default": baseline_specs(
-        {"hpa_tuned": {"choice": {}}, "knative": {"choice": {}}, "predictive": {"choice": {}},
-         "static_tuned": {"choice": {}}}, cap)["hpa_default"]}
+    specs = baseline_specs(tuned, cap)
 
     seeds = [100 + i for i in range(a.seeds)]
     rows, timelines = [], {}
@@ -221,16 +219,16 @@ def _evaluate(a, folder) -> tuple[list[dict], list]:
         t_w = time.time()
         per: dict[str, list] = {}
         for name, pol in pols.items():
-            per[name] = [run_one(sc, pol, pol.interval_s, model) for sc in scs]
+            per[name] = [run_one(sc, pol.spec(), model, policy=pol) for sc in scs]
         for b in base_names:
             if b in specs:
                 sp = specs[b]
                 res = []
                 for sc in scs:
-                    if sp["kind"] == "static":
-                        n = sp["params"]["replicas"]
+                    if sp.kind == "static":
+                        n = sp.params["replicas"]
                         sc = sc.replace(cluster=sc.cluster.__class__(**{**sc.cluster.__dict__, "replicas": n}))
-                    res.append(run_one(sc, make(sp["kind"], sp["params"]), sp["interval_s"], model))
+                    res.append(run_one(sc, sp, model))
                 per[b] = res
         extra: dict[str, dict] = {}
         c = base.cluster
@@ -299,7 +297,9 @@ def _evaluate(a, folder) -> tuple[list[dict], list]:
               "slo_target": slo_t, "capacity_rps_per_replica": cap, "scenario": cfg["scenario_dict"],
               "config": {k: v for k, v in cfg.items() if k != "scenario_dict"},
               "policies": {n: {"path": os.path.abspath(pp), "meta": p.meta} for (n, p), pp in zip(pols.items(), a.policies)},
-              "baselines": {b: specs.get(b) for b in base_names}, "tuned": tuned,
+              "baselines": {b: ({"kind": specs[b].kind, "params": dict(specs[b].params),
+                                 "interval_s": specs[b].interval_s} if b in specs else None) for b in base_names},
+              "tuned": tuned,
               "summary": summary, "by_window": by_window, "rows": rows, "wall_s": time.time() - t_start}
     _write(str(folder), result, rows, summary, by_window, timelines, wins, order, not a.no_plots)
     return summary, checks

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster import procs
+from cluster.stack import procs
 from cluster.stack.config import StackSettings
 from simulator.config import scenario_from_dict
 
@@ -118,7 +118,7 @@ def test_local_backend_balances_survives_a_crash_and_scales(tmp_path):
 
 
 def test_model_load_failure_is_clear_and_leaves_nothing(tmp_path, monkeypatch):
-    from cluster import local
+    from cluster.stack import local
     from cluster.stack.triton import TritonError, write_model_repository
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not an onnx model")

@@ -210,7 +210,7 @@ def test_haproxy_config_renders_and_validates(tmp_path):
 
 
 def test_haproxy_missing_is_a_clear_error(monkeypatch):
-    from cluster import lb
+    from cluster.stack import lb
     monkeypatch.setattr(lb.shutil, "which", lambda name: None)
     monkeypatch.setattr(lb.os.path, "exists", lambda p: False)
     with pytest.raises(lb.LoadBalancerError, match=r"haproxy is not installed.*python -m cluster.setup"):

@@ -258,7 +258,7 @@ def test_learned_policy_checks(tmp_path):
 
 @pytest.mark.parametrize("which", ["nan", "junk"])
 def test_validate_rejects_a_bad_policy_before_any_server_starts(tmp_path, capsys, which):
-    from cluster import procs
+    from cluster.stack import procs
     from cluster.validate.cli import main
     if which == "nan":
         p = tiny_rate_policy(tmp_path / "nan.pt", nan=True)

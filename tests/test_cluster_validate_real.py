@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import procs
+from cluster.stack import procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
 
@@ -33,7 +33,7 @@ def prerequisites():
 def test_real_validate_run(tmp_path, capsys):
     from helpers import tiny_rate_policy
 
-    from cluster.validate import main
+    from cluster.validate.cli import main
     # a rate policy that always provisions for 40 req/s per replica: 1 replica at the start of the slice,
     # 3 during the burst; 5 s control interval
     pol = tiny_rate_policy(tmp_path / "tiny.pt", bias=(0.0, 1.0))
