@@ -22,6 +22,10 @@ with ``--force`` and only if it holds an earlier measurement (its marker, or the
 Output format (``results/<name>/``; calibration reads exactly this)
 =====================================================================
 
+``.servesim-output.json`` is the output marker of :class:`simulator.io.OutputFolder`
+(``format``, ``command``, ``token``, ``created``): ``--force`` replaces only a folder that
+carries it (or, written before it existed, a ``manifest.json`` of this format). Readers ignore it.
+
 All times are seconds. Per run, ``t = 0`` is the start of the load
 (``run.json: t0_epoch``, wall-clock epoch seconds); files are CSV with a header.
 

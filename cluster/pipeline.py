@@ -31,7 +31,10 @@ goes to the console and ``DIR/logs/<step>.log``). A step is skipped when its
 output exists and is newer than its inputs (re-running after an interruption
 resumes at the first missing step); ``--force`` re-runs everything, ``--from
 STEP`` re-runs from a step, ``--only STEP[,STEP]`` runs just those. Every step
-writes its output atomically. Nothing of the study is fixed in advance: a machine
+writes its output atomically. ``--out`` is the pipeline's own folder: a new one gets
+its marker (``.servesim-output.json``) and an existing one is resumed only if it
+carries it (or, from an earlier version, ``pipeline.json``); any other non-empty
+folder is refused, and a second pipeline on the same folder stops at once. Nothing of the study is fixed in advance: a machine
 40 % slower, or a user's GPU deployment, gets its own SLO, range, interval and load.
 
 Bad input is one line ``error: ...`` and exit code 2; a failing step stops the

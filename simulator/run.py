@@ -6,14 +6,17 @@ checked before simulating: an existing DIR is replaced only with ``--force`` and
 only if an earlier ``simulator.run`` wrote it, see :class:`simulator.io.OutputFolder`):
 
 - ``summary.json``: figures over requests arriving in [warmup_s, duration_s),
-  with the resolved scenario, seed, engine and servesim version;
+  with the resolved scenario, seed, engine and servesim version (``held_decisions``:
+  policy answers that were not finite numbers, so the last decision was held);
 - ``timeline.csv``: one row per control interval (the policy's observation,
-  its decision, cumulative replica-seconds, and the seed);
+  its decision, ``held`` 1 when that decision was held, cumulative replica-seconds,
+  and the seed);
 - ``requests.parquet``: per request (arrival, dispatch, completion, replica,
   batch size, status), scenario and seed in the file's metadata — unless
   ``record_requests: false`` / ``--no-records`` (long runs);
 - ``scenario.yaml``: the resolved scenario (re-runnable as is);
-- ``latency_cdf.png`` and ``timeline.png`` (unless ``--no-plots``).
+- ``latency_cdf.png`` and ``timeline.png`` (unless ``--no-plots``);
+- ``.servesim-output.json``: the output marker (see :class:`simulator.io.OutputFolder`).
 """
 from __future__ import annotations
 
