@@ -21,9 +21,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from simulator.config import ConfigError, load_scenario
-from simulator.io import OutputFolder, json_has_keys, run_cli
+from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
 
-from .fit import _clean, _runs_desc
+from .fit import run_description
 from .measurements import CalibrationError, load_run
 from .compare import CALIBRATION_TARGETS as TARGETS, compare
 from .replay import measured_summary, simulate_run
@@ -42,10 +42,10 @@ def run_check(calibrated: str, run_dir: str, out: str | None = None, seeds: int 
         sim = simulate_run(sc, run, tuple(range(seeds)))
         ms = measured_summary(run)
         res = {"calibrated": calibrated, "run": str(run_dir), "name": run.name, "seeds": seeds,
-               "describe": _runs_desc(run), "measured": ms, "simulated": sim["summary"],
+               "describe": run_description(run), "measured": ms, "simulated": sim["summary"],
                "errors": compare(ms, sim["summary"]), "warnings": run.warnings,
                "calibration_source": (sc.provenance or {}).get("source")}
-        res = _clean(res)
+        res = jsonable(res)
         tmp = of.path
         lines = [f"# Check: {run.name} against {calibrated}", "",
                  f"Run `{run_dir}`; calibration from `{res['calibration_source']}`; {seeds} simulated seeds pooled.",

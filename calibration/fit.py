@@ -1,12 +1,13 @@
 """Calibrate the simulator to a measurement folder and report its fidelity.
 
-    python -m calibration.fit results/baseline [--name NAME] [--config-out PATH] [--report DIR]
+    python -m calibration.fit results/baseline [--name NAME] [--config-out PATH] [--report DIR] [--force]
                                                [--seeds 3] [--quiet]
 
 Writes ``configs/calibrated/<name>.yaml`` (a scenario ``simulator.run`` accepts,
 with ``provenance``: source folder, fit criteria, goodness of fit per batch
 size, every fitted number and warning) and ``report/<name>/`` with
-``fidelity.md``, ``fidelity.json`` and PNGs. See :mod:`calibration.calibrate`
+``fidelity.md``, ``fidelity.json`` and PNGs (the report folder is checked before the fit
+starts: an existing one is replaced only with ``--force`` and only if an earlier fit wrote it). See :mod:`calibration.calibrate`
 for what is fitted from what, :mod:`calibration.replay` for how a run is
 replayed and compared.
 
@@ -33,41 +34,24 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from simulator.config import ConfigError, load_scenario
-from simulator.io import OutputFolder, json_has_keys, run_cli
+from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
 
 from . import fitting
 from .calibrate import calibrate, log, shared_fits, source_label
-from .measurements import CalibrationError, Measurements, RunData, load_measurements, served_peak
 from .compare import CALIBRATION_TARGETS as TARGETS, compare
+from .measurements import CalibrationError, Measurements, RunData, load_measurements, served_peak
 from .replay import measured_summary, simulate_run
 
 
-def _clean(o):
-    """JSON/YAML-safe plain data (NaN -> None, numpy -> python)."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        v = float(o)
-        return v if math.isfinite(v) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
-
-
-def _runs_desc(r: RunData) -> dict:
+def run_description(r: RunData) -> dict:
+    """What a run was: workload kind, open or closed loop, replicas used, duration and warm-up."""
     w = r.scenario.workload
     return {"workload": w.kind if w.kind != "schedule" else "/".join(s.kind for s in w.segments),
             "loop": "open" if r.open_loop else "closed", "replicas": r.max_replicas_used,
@@ -199,11 +183,11 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
         "warnings": meas.warnings,
         "stack": served_peak(meas),
     }
-    sc_out = sc_all.replace(name=f"calibrated:{name}", provenance=_clean(prov))
+    sc_out = sc_all.replace(name=f"calibrated:{name}", provenance=jsonable(prov))
     fid = {"name": name, "source": source_label(meas), "config": config_out, "seeds": seeds,
            "created": t_start.isoformat(timespec="seconds"),
            "targets": {k: {"kind": v[0], "tolerance": v[1]} for k, v in TARGETS.items()},
-           "runs": {r.name: _runs_desc(r) for r in runs},
+           "runs": {r.name: run_description(r) for r in runs},
            "in_sample": {k: {kk: vv for kk, vv in v.items() if kk != "_sim"} for k, v in in_sample.items()},
            "held_out": {"leave_one_run_out": {k: {kk: vv for kk, vv in v.items() if kk != "_sim"}
                                               for k, v in loro.items()},
@@ -211,7 +195,7 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
            "noise_floor": nf, "provenance": prov,
            "fits": {"per_batch": comp["rows"], "overhead_shape": shared["overhead_shape"][1],
                     "startup": shared["startup"][1]}}
-    fid = _clean(fid)
+    fid = jsonable(fid)
     # calibrated scenario (atomic), validated by loading it back
     cp = Path(config_out)
     cp.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +203,7 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
     try:
         with open(tmp, "w") as f:
             f.write(f"# Calibrated by python -m calibration.fit {root} -- see provenance at the end.\n")
-            yaml.safe_dump(_clean(sc_out.to_dict()), f, sort_keys=False)
+            yaml.safe_dump(jsonable(sc_out.to_dict()), f, sort_keys=False)
         load_scenario(str(tmp))
         os.replace(tmp, cp)
     except ConfigError as e:
