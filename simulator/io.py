@@ -110,38 +110,29 @@ class OutputError(ConfigError):
     """``--out`` cannot be used (refused, busy, unwritable, changed meanwhile); the message is one line."""
 
 
-def read_marker(folder: str | os.PathLike) -> dict | None:
-    """The output marker of ``folder`` (``None``: none, or unreadable)."""
+def _json_object(path: Path) -> dict | None:
     try:
-        with open(os.path.join(folder, MARKER)) as f:
-            m = json.load(f)
+        with open(path) as f:
+            d = json.load(f)
     except (OSError, ValueError):
         return None
-    return m if isinstance(m, dict) and m.get("format") == MARKER_FORMAT else None
+    return d if isinstance(d, dict) else None
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The output marker of ``folder`` (``None``: none, or unreadable)."""
+    m = _json_object(Path(folder) / MARKER)
+    return m if m is not None and m.get("format") == MARKER_FORMAT else None
 
 
 def json_format_is(name: str, fmt: str) -> Callable[[Path], bool]:
     """A ``legacy`` test: ``folder/name`` is JSON whose ``format`` is ``fmt`` (outputs written before the marker)."""
-    def test(folder: Path) -> bool:
-        try:
-            with open(folder / name) as f:
-                d = json.load(f)
-        except (OSError, ValueError):
-            return False
-        return isinstance(d, dict) and d.get("format") == fmt
-    return test
+    return lambda folder: (_json_object(folder / name) or {}).get("format") == fmt
 
 
 def json_has_keys(name: str, *keys: str) -> Callable[[Path], bool]:
     """A ``legacy`` test: ``folder/name`` is a JSON object holding all ``keys``."""
-    def test(folder: Path) -> bool:
-        try:
-            with open(folder / name) as f:
-                d = json.load(f)
-        except (OSError, ValueError):
-            return False
-        return isinstance(d, dict) and all(k in d for k in keys)
-    return test
+    return lambda folder: all(k in d for k in keys) if (d := _json_object(folder / name)) is not None else False
 
 
 class OutputFolder:
