@@ -147,10 +147,6 @@ PHASES = ("runs", "sweep", "startup")
 SEED_STUDY = {"avg_ms": 72.0, "p95_ms": 74.0, "p99_ms": 81.0, "throughput_rps": 13.0, "success_rate": 1.0}
 
 
-class MeasureError(RuntimeError):
-    pass
-
-
 def _tqdm(**kw):
     from tqdm import tqdm
     return tqdm(dynamic_ncols=True, file=sys.stderr, **kw)
@@ -602,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         took = ", ".join(f"{k} {v['wall_s']:.0f} s" for k, v in man["phases"].items())
         print(f"wrote {a.out} in {man['wall_s']:.0f} s ({took})")
         return 0
-    return procs.run_guarded(body, runtime_errors=(MeasureError,), prefix="config error")
+    return procs.run_guarded(body, prefix="config error")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -159,7 +159,6 @@ class OutputFolder:
         self.in_place = in_place
         self.reuse = reuse
         self.committed = False
-        self.existed = False                        # an own folder was there (replaced / reused)
         self._lock_fd: int | None = None
         self._lock_path = self.out.parent / f".{self.out.name}.lock"
         self._seen: tuple[str, str | None] = ("absent", None)
@@ -251,7 +250,6 @@ class OutputFolder:
             what = "is an empty folder that" if not entries else "exists and"
             raise self._err(f"{what} was not written by {self.command} (no {MARKER} marker); refusing to "
                             "replace it, even with --force (name another folder, or remove it yourself)")
-        self.existed = True
         if not self.force and not self.reuse:
             raise self._err(f"already exists (written by {self.command}); --force replaces it")
         return "own", (marker or {}).get("token", "legacy")
@@ -339,8 +337,3 @@ class OutputFolder:
         finally:
             self.close()
         return False
-
-    def files(self) -> list[str]:
-        """Names of the files written (at the top of the folder), sorted, marker excluded."""
-        d = self.out if self.committed else self.path
-        return sorted(n for n in os.listdir(d) if n != MARKER)

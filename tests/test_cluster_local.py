@@ -229,8 +229,9 @@ def test_measure_end_to_end(tmp_path, capsys):
     assert {r["batch_size"] for r in comp} == {"1", "2"} and all(float(r["compute_infer_ms"]) > 0 for r in comp)
     assert len(list(csv.DictReader(open(out / "startup/startup.csv")))) == 1
     assert not list(tmp_path.glob(".out.tmp-*"))
-    # refuses to overwrite without --force
-    assert measure.main([str(cfg), "--out", str(out), "--quiet", "--only", "startup"]) == 1
+    # refuses to overwrite without --force: bad input, one line, exit 2, before anything starts
+    assert measure.main([str(cfg), "--out", str(out), "--quiet", "--only", "startup"]) == 2
+    assert "already exists (written by cluster.measure); --force replaces it" in capsys.readouterr().err
     assert procs.live_children() == []
 
 
