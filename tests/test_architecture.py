@@ -191,3 +191,11 @@ def test_checker_flags_a_cycle(tmp_path):
 ])
 def test_rule_table(module, target, ok):
     assert (forbidden_imports({module: {target}}) == []) is ok
+
+
+def test_every_module_folder_is_an_installed_package():
+    # a folder without __init__.py imports from a checkout but is left out of an install (find_packages)
+    from setuptools import find_packages
+    found = set(find_packages(str(ROOT), include=[f"{p}*" for p in PACKAGES]))
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    assert folders <= found, sorted(folders - found)
