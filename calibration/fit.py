@@ -1,12 +1,13 @@
 """Calibrate the simulator to a measurement folder and report its fidelity.
 
-    python -m calibration.fit results/baseline [--name NAME] [--config-out PATH] [--report DIR]
+    python -m calibration.fit results/baseline [--name NAME] [--config-out PATH] [--report DIR] [--force]
                                                [--seeds 3] [--allow-partial] [--quiet]
 
 Writes ``configs/calibrated/<name>.yaml`` (a scenario ``simulator.run`` accepts,
 with ``provenance``: source folder, fit criteria, goodness of fit per batch
 size, every fitted number and warning) and ``report/<name>/`` with
-``fidelity.md``, ``fidelity.json`` and PNGs. See :mod:`calibration.calibrate`
+``fidelity.md``, ``fidelity.json`` and PNGs (the report folder is checked before the fit
+starts: an existing one is replaced only with ``--force`` and only if an earlier fit wrote it). See :mod:`calibration.calibrate`
 for what is fitted from what, :mod:`calibration.replay` for how a run is
 replayed and compared.
 
@@ -43,40 +44,24 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
-import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from simulator.config import ConfigError, load_scenario
+from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
 
 from . import fitting
 from .calibrate import calibrate, log, shared_fits, source_label
+from .compare import CALIBRATION_TARGETS as TARGETS, compare
 from .measurements import CalibrationError, Measurements, RunData, load_measurements, served_peak
-from .replay import TARGETS, compare, measured_summary, simulate_run
+from .replay import measured_summary, simulate_run
 
 
-def _clean(o):
-    """JSON/YAML-safe plain data (NaN -> None, numpy -> python)."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        v = float(o)
-        return v if math.isfinite(v) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
-
-
-def _runs_desc(r: RunData) -> dict:
+def run_description(r: RunData) -> dict:
+    """What a run was: workload kind, open or closed loop, replicas used, duration and warm-up."""
     w = r.scenario.workload
     return {"workload": w.kind if w.kind != "schedule" else "/".join(s.kind for s in w.segments),
             "loop": "open" if r.open_loop else "closed", "replicas": r.max_replicas_used,
@@ -107,13 +92,25 @@ def noise_floor(meas: Measurements) -> dict:
 
 
 def run_fit(root: str, name: str | None = None, config_out: str | None = None, report_dir: str | None = None,
-            seeds: int = 3, quiet: bool = False, plots: bool = True, allow_partial: bool = False) -> dict:
-    t_start = dt.datetime.now(dt.timezone.utc)
-    meas = load_measurements(root, allow_partial)
+            seeds: int = 3, quiet: bool = False, plots: bool = True, force: bool = False,
+            allow_partial: bool = False) -> dict:
+    """Calibrate to the measurement folder ``root``; write the calibrated scenario and the report folder
+    (:class:`simulator.io.OutputFolder`: an existing report is replaced only with ``force`` and only if an
+    earlier ``calibration.fit`` wrote it; checked before the fitting starts). ``allow_partial``: use damaged
+    measurements as far as they are intact (each problem in the report's warnings) instead of refusing them."""
     name = name or Path(root).resolve().name
+    report_dir = report_dir or os.path.join("report", name)
+    with OutputFolder(report_dir, "calibration.fit", force=force, flag="--report",
+                      legacy=json_has_keys("fidelity.json", "held_out", "noise_floor")) as report:
+        meas = load_measurements(root, allow_partial)
+        return _fit(meas, root, name, config_out, report, seeds, quiet, plots, allow_partial)
+
+
+def _fit(meas: Measurements, root: str, name: str, config_out: str | None, report: OutputFolder, seeds: int,
+         quiet: bool, plots: bool, allow_partial: bool = False) -> dict:
+    t_start = dt.datetime.now(dt.timezone.utc)
     command = ["python -m calibration.fit", str(root), "--name", name] + (["--allow-partial"] if allow_partial else [])
     config_out = config_out or os.path.join("configs", "calibrated", f"{name}.yaml")
-    report_dir = report_dir or os.path.join("report", name)
     seeds_t = tuple(range(seeds))
     runs = list(meas.runs.values())
     for w in meas.warnings:
@@ -199,11 +196,11 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
         "warnings": meas.warnings,
         "stack": served_peak(meas),
     }
-    sc_out = sc_all.replace(name=f"calibrated:{name}", provenance=_clean(prov))
+    sc_out = sc_all.replace(name=f"calibrated:{name}", provenance=jsonable(prov))
     fid = {"name": name, "source": source_label(meas), "config": config_out, "seeds": seeds,
            "created": t_start.isoformat(timespec="seconds"),
            "targets": {k: {"kind": v[0], "tolerance": v[1]} for k, v in TARGETS.items()},
-           "runs": {r.name: _runs_desc(r) for r in runs},
+           "runs": {r.name: run_description(r) for r in runs},
            "in_sample": {k: {kk: vv for kk, vv in v.items() if kk != "_sim"} for k, v in in_sample.items()},
            "held_out": {"leave_one_run_out": {k: {kk: vv for kk, vv in v.items() if kk != "_sim"}
                                               for k, v in loro.items()},
@@ -211,7 +208,7 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
            "noise_floor": nf, "provenance": prov,
            "fits": {"per_batch": comp["rows"], "overhead_shape": shared["overhead_shape"][1],
                     "startup": shared["startup"][1]}}
-    fid = _clean(fid)
+    fid = jsonable(fid)
     # calibrated scenario (atomic), validated by loading it back
     cp = Path(config_out)
     cp.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +216,7 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
     try:
         with open(tmp, "w") as f:
             f.write(f"# Calibrated by python -m calibration.fit {root} -- see provenance at the end.\n")
-            yaml.safe_dump(_clean(sc_out.to_dict()), f, sort_keys=False)
+            yaml.safe_dump(jsonable(sc_out.to_dict()), f, sort_keys=False)
         load_scenario(str(tmp))
         os.replace(tmp, cp)
     except ConfigError as e:
@@ -227,22 +224,11 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
     finally:
         if tmp.exists():
             tmp.unlink()
-    # report (atomic: temp folder, then rename)
-    rp = Path(report_dir)
-    rp.parent.mkdir(parents=True, exist_ok=True)
-    rtmp = rp.with_name(f".{rp.name}.tmp-{os.getpid()}")
-    shutil.rmtree(rtmp, ignore_errors=True)
-    rtmp.mkdir(parents=True)
-    try:
-        from .report import write_report
-        log(f"[report] writing {rp} ...", quiet)
-        fid["report_dir"] = str(rp)
-        write_report(rtmp, fid, meas, shared, in_sample, loro, plots=plots)
-        if rp.exists():
-            shutil.rmtree(rp)
-        os.replace(rtmp, rp)
-    finally:
-        shutil.rmtree(rtmp, ignore_errors=True)
+    # report: written into the output folder, put in place (atomically) when run_fit returns
+    from .report import write_report
+    log(f"[report] writing {report.shown} ...", quiet)
+    fid["report_dir"] = report.shown
+    write_report(report.path, fid, meas, shared, in_sample, loro, plots=plots)
     return fid
 
 
@@ -258,19 +244,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="use damaged measurements (a run cut short, a run missing or unlisted) as far as they are "
                          "intact instead of refusing them; each problem is listed in the report's warnings")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the report folder if an earlier calibration.fit wrote it (never another folder)")
     a = ap.parse_args(argv)
-    if a.seeds < 1:
-        print("error: --seeds must be >= 1", file=sys.stderr)
-        return 2
-    try:
+
+    def body() -> int:
+        if a.seeds < 1:
+            raise ConfigError("--seeds must be >= 1")
         fid = run_fit(a.folder, a.name, a.config_out, a.report, a.seeds, a.quiet, plots=not a.no_plots,
-                      allow_partial=a.allow_partial)
-    except CalibrationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from .report import summary_lines
-    print("\n".join(summary_lines(fid)))
-    return 0
+                      force=a.force, allow_partial=a.allow_partial)
+        from .report import summary_lines
+        print("\n".join(summary_lines(fid)))
+        return 0
+    return run_cli(body, (CalibrationError,))
 
 
 if __name__ == "__main__":

@@ -16,12 +16,9 @@ The simulated run gets the measured run's own workload and replica history:
 The control plane is stepped every ``TICK_S`` seconds, so a scale request lands
 at most one tick late (its ready time is still exact).
 
-Both sides are summarised by :func:`summarize` over requests *sent* in
-``[warmup_s, duration_s)``: mean / p50 / p95 / p99 latency of successes (client
-side: the simulator adds the per-request overhead), throughput (successes per
-second of the window), failure rate (any non-ok status; measured requests never
-sent count as failures), SLO attainment (successes within ``slo_ms`` over all
-requests).
+Both sides are summarised by :func:`calibration.compare.summarize_side` over
+requests *sent* in ``[warmup_s, duration_s)`` (client-side latency: the simulator
+adds the per-request overhead) and compared by :func:`calibration.compare.compare`.
 """
 from __future__ import annotations
 
@@ -35,39 +32,16 @@ from simulator.engine import Replica, Simulation
 from simulator.rng import STARTUP, uniform
 from simulator.service import ServiceModel, build_service_model, draw
 
+from .compare import summarize_side
 from .measurements import CalibrationError, RunData
 
 TICK_S = 0.1
-METRICS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "failure_rate", "slo_attainment")
-# targets on held-out runs: relative error for latency / throughput, absolute points for SLO attainment
-TARGETS = {"p50_ms": ("rel", 0.10), "p95_ms": ("rel", 0.10), "p99_ms": ("rel", 0.15),
-           "throughput_rps": ("rel", 0.03), "slo_attainment": ("abs", 0.02)}
-
-
-def summarize(t_send: np.ndarray, lat_ms: np.ndarray, ok: np.ndarray, warmup_s: float, duration_s: float,
-              slo_ms: float, copies: int = 1) -> dict:
-    """Headline figures over requests sent in ``[warmup_s, duration_s)`` (see module docstring)."""
-    t_send = np.asarray(t_send, float)
-    sent = np.isfinite(t_send)
-    sel = ~sent | ((t_send >= warmup_s) & (t_send < duration_s))
-    lat = np.asarray(lat_ms, float)[sel]
-    okm = np.asarray(ok, bool)[sel]
-    good = lat[okm]
-    n = int(sel.sum())
-    win = (duration_s - warmup_s) * copies
-    q = np.percentile(good, [50, 95, 99]) if len(good) else [math.nan] * 3
-    return {"requests": n / copies, "successes": int(okm.sum()) / copies,
-            "mean_ms": float(good.mean()) if len(good) else math.nan,
-            "p50_ms": float(q[0]), "p95_ms": float(q[1]), "p99_ms": float(q[2]),
-            "throughput_rps": float(okm.sum()) / win if win > 0 else math.nan,
-            "failure_rate": float((~okm).sum()) / n if n else math.nan,
-            "slo_attainment": float((good <= slo_ms).sum()) / n if n else math.nan}
 
 
 def measured_summary(run: RunData) -> dict:
     r = run.requests
-    return summarize(r["t_send_s"].to_numpy(float), r["latency_ms"].to_numpy(float),
-                     (r["status"] == "ok").to_numpy(), run.warmup_s, run.duration_s, run.slo_ms)
+    return summarize_side(r["t_send_s"].to_numpy(float), r["latency_ms"].to_numpy(float),
+                          (r["status"] == "ok").to_numpy(), run.warmup_s, run.duration_s, run.slo_ms)
 
 
 # --------------------------------------------------------------------------- replica schedule
@@ -175,7 +149,7 @@ def replay_scenario(calibrated: Scenario, run: RunData, seed: int) -> tuple[Scen
 
 
 def simulate_run(calibrated: Scenario, run: RunData, seeds=(0,), model: ServiceModel | None = None) -> dict:
-    """Replay ``run`` once per seed; pooled records and summaries (see :func:`summarize`)."""
+    """Replay ``run`` once per seed; pooled records and summaries (:func:`calibration.compare.summarize_side`)."""
     recs = []
     compute = []
     timelines = []
@@ -193,25 +167,8 @@ def simulate_run(calibrated: Scenario, run: RunData, seeds=(0,), model: ServiceM
     arr = np.concatenate([r["arrival_s"] for r in recs])
     lat = np.concatenate([(r["completion_s"] - r["arrival_s"]) * 1e3 for r in recs])
     ok = np.concatenate([r["status"] == 0 for r in recs])
-    summ = summarize(arr, lat, ok, run.warmup_s, run.duration_s, run.slo_ms, copies=len(seeds))
+    summ = summarize_side(arr, lat, ok, run.warmup_s, run.duration_s, run.slo_ms, copies=len(seeds))
     w = sum(n for _, n in compute)
     summ["compute_ms_per_request"] = sum(c * n for c, n in compute if n) / w if w else math.nan
     return {"summary": summ, "arrival_s": arr, "latency_ms": lat, "ok": ok, "timeline": timelines[0],
             "seeds": len(seeds)}
-
-
-def compare(measured: dict, simulated: dict) -> dict:
-    """Per metric: measured, simulated, absolute and relative error (rates/attainment: abs in points)."""
-    out = {}
-    for k in METRICS:
-        m, s = measured.get(k, math.nan), simulated.get(k, math.nan)
-        ae = s - m
-        re = ae / m if m not in (0, 0.0) and math.isfinite(m) else math.nan
-        e = {"measured": m, "simulated": s, "abs_err": ae, "rel_err": re}
-        if k in TARGETS:
-            kind, tol = TARGETS[k]
-            err = abs(re) if kind == "rel" else abs(ae)
-            e["target"] = f"{'rel' if kind == 'rel' else 'abs'} <= {tol:g}"
-            e["within_target"] = bool(math.isfinite(err) and err <= tol)
-        out[k] = e
-    return out

@@ -9,7 +9,7 @@ import numpy as np
 
 from simulator.service import quantile_function
 
-from .replay import TARGETS
+from .compare import CALIBRATION_TARGETS as TARGETS
 
 COLS = (("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("mean_ms", "mean ms"),
         ("throughput_rps", "thr req/s"), ("failure_rate", "fail %"), ("slo_attainment", "SLO att. %"))
@@ -25,7 +25,7 @@ def _f(v, k=""):
 
 
 def _cell(e: dict, k: str) -> str:
-    m, s = e.get("measured"), e.get("simulated")
+    m, s = e.get("real"), e.get("sim")
     if k in PCT:
         err = e.get("abs_err")
         es = "—" if err is None else f"{100 * err:+.1f} pt"

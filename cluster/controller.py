@@ -6,12 +6,12 @@ the start of the load) the :class:`Controller`
 1. builds the :class:`simulator.policy.Observation` of the interval that just
    ended from live metrics -- Triton's counters scraped from every replica at the
    tick and the client request log streamed by the load generator (see
-   :mod:`cluster.loadgen`, ``plan["stream"]``) -- with
-   :func:`cluster.scrape.observation_from_window`, i.e. the metric definitions of
+   :mod:`cluster.stack.loadgen`, ``plan["stream"]``) -- with
+   :func:`cluster.stack.scrape.observation_from_window`, i.e. the metric definitions of
    :mod:`simulator.policy` that the simulator uses; ``time_s`` is the run time of
    the tick and ``interval_s`` the nominal interval, exactly as in a simulated run;
 2. asks the policy (``policy.decide(obs)``), clamps the answer to
-   ``[min_replicas, max_replicas]`` (:func:`simulator.policy.clamp_replicas`);
+   ``[min_replicas, max_replicas]`` (:func:`simulator.policy.replicas_to_ask`, the simulator's rule);
 3. asks the backend for that many replicas (``backend.scale(n)``).
 
 Safety:
@@ -23,8 +23,9 @@ Safety:
 - if the metrics of an interval are missing (a scrape fails or a ready replica
   does not answer it, or the load generator's feed has been silent for a whole
   interval), the controller holds its last decision and logs why; the same if
-  the policy raises or answers NaN at run time (it is never asked to scale to a
-  non-number);
+  the policy raises at run time; an answer that is NaN, infinite or not a number is
+  held by :func:`simulator.policy.replicas_to_ask`, the rule the simulator applies too
+  (it is never asked to scale to a non-number);
 - the replica count sent to the backend is always clamped.
 
 The first interval starts at ``t0`` with a counter snapshot taken then; the
@@ -43,9 +44,9 @@ from typing import Any, Callable
 import numpy as np
 
 from simulator.config import ConfigError
-from simulator.policy import Observation, Policy, clamp_replicas
+from simulator.policy import Observation, Policy, clamp_replicas, replicas_to_ask
 
-from .scrape import model_counters, observation_from_window, parse_prometheus
+from .stack.scrape import model_counters, observation_from_window, parse_prometheus
 
 
 class PolicyRejected(ConfigError):
@@ -262,15 +263,15 @@ class Controller:
             self.decisions.append(d)
             return d
         d.raw = raw if isinstance(raw, (int, float, str)) else repr(raw)
-        try:
-            n = clamp_replicas(raw, self.min_replicas, self.max_replicas)
-        except ValueError as e:
-            d.desired, d.held, d.reason = self.last, True, f"policy answer rejected: {e}"
-            self.log(f"[{self.name}] t={t_run:.0f}s {d.reason}; holding {self.last} replica(s)")
+        ans = replicas_to_ask(raw, self.last, self.min_replicas, self.max_replicas)
+        n = ans.replicas
+        if ans.held:
+            d.desired, d.held, d.reason = n, True, ans.reason
+            self.log(f"[{self.name}] t={t_run:.0f}s {d.reason}")
             self.decisions.append(d)
             return d
-        if float(raw) != n:
-            d.reason = f"clamped {raw!r} to {n}"
+        if ans.reason:
+            d.reason = ans.reason
             self.log(f"[{self.name}] t={t_run:.0f}s {d.reason}")
         d.desired = n
         try:

@@ -15,10 +15,16 @@ Runs, in order (each can be skipped with ``--only``):
 and prints the seed study's headline table for the first run (average, p95,
 p99 latency, throughput, success rate). Everything is written to a temporary
 folder next to ``--out`` and renamed at the end: a failed or interrupted
-measurement leaves no half-written output (``--force`` replaces an existing one).
+measurement leaves no half-written output. An existing ``--out`` is replaced only
+with ``--force`` and only if it holds an earlier measurement (its marker, or the
+``format`` line of its ``manifest.json``); anything else is refused before anything starts.
 
 Output format (``results/<name>/``; calibration reads exactly this)
 =====================================================================
+
+``.servesim-output.json`` is the output marker of :class:`simulator.io.OutputFolder`
+(``format``, ``command``, ``token``, ``created``): ``--force`` replaces only a folder that
+carries it (or, written before it existed, a ``manifest.json`` of this format). Readers ignore it.
 
 All times are seconds. Per run, ``t = 0`` is the start of the load
 (``run.json: t0_epoch``, wall-clock epoch seconds); files are CSV with a header.
@@ -57,7 +63,7 @@ All times are seconds. Per run, ``t = 0`` is the start of the load
     Every ``nv_*`` Prometheus sample of every replica, scraped each
     ``stack.scrape_interval_s``: ``t_s, replica, metric, labels, value``
     (``labels`` as ``k=v,k=v``). Counters are cumulative since the replica
-    started; see :mod:`cluster.scrape` for their meaning.
+    started; see :mod:`cluster.stack.scrape` for their meaning.
 ``runs/<run>/replicas.csv``
     One row per replica: ``name, t_request_s`` (scale decision), ``t_start_s``
     (process/pod start), ``t_live_s``, ``t_ready_s`` (model ready and in the
@@ -71,7 +77,7 @@ All times are seconds. Per run, ``t = 0`` is the start of the load
     ``t_s, kind, value, detail``: events applied during the run (scale, kill).
 ``runs/<run>/observations.csv``
     The :class:`simulator.policy.Observation` of every scrape interval, built
-    by :func:`cluster.scrape.observation_from_window` (what a live controller
+    by :func:`cluster.stack.scrape.observation_from_window` (what a live controller
     would give a policy).
 ``runs/<run>/logs/``
     Server (``r*.log``), load balancer and load generator logs.
@@ -117,29 +123,28 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import model as mdl
-from . import procs
-from .backends import make_backend
+from simulator.io import OutputFolder, json_format_is
+
+from .stack import model as mdl
+from .stack import procs
+from .stack.deploy import make_backend
 from .config import MeasureConfig, RunSpec, load_measure_config
-from .lb import haproxy_version
-from .loadgen import run_load
-from .scrape import Scraper, latency_summary, observation_from_window
-from .triton import MODEL_NAME
+from .stack.lb import haproxy_version
+from .stack.loadgen import run_load
+from .stack.scrape import Scraper, latency_summary, observation_from_window
+from .stack.triton import MODEL_NAME
 
 FORMAT = "servesim-measurements/1"
 PHASES = ("runs", "sweep", "startup")
 # the seed study (GPU cluster, 10 closed-loop users), for the headline comparison
 SEED_STUDY = {"avg_ms": 72.0, "p95_ms": 74.0, "p99_ms": 81.0, "throughput_rps": 13.0, "success_rate": 1.0}
-
-
-class MeasureError(RuntimeError):
-    pass
 
 
 def _tqdm(**kw):
@@ -186,7 +191,7 @@ def build_plan(run: RunSpec, url: str, stack, start_at: float) -> dict:
     if w.kind == "closed_loop":
         plan.update(mode="closed", users=w.users, think=w.think.to_dict("s"), spawn_rate=w.spawn_rate)
     else:
-        from .arrivals import arrival_times
+        from .stack.arrivals import arrival_times
         plan.update(mode="open", arrivals=arrival_times(w, sc.duration_s, sc.seed).tolist())
     return plan
 
@@ -397,7 +402,7 @@ def run_startup(cfg: MeasureConfig, out: Path, work: Path, quiet: bool = False) 
     bar = None if quiet else _tqdm(total=n, desc="[startup] replica start-ups", unit="replica")
     try:
         if cfg.stack.backend == "kubernetes":
-            from .kubernetes import startup_samples_k8s
+            from .stack.kubernetes import startup_samples_k8s
             rows = startup_samples_k8s(cfg.scenario, cfg.stack, work / "startup", n,
                                        progress=(lambda k: bar.update(k)) if bar else None)
         else:
@@ -427,7 +432,7 @@ def _version(mod: str) -> str:
 
 
 def versions() -> dict:
-    from .triton import server_version
+    from .stack.triton import server_version
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent.parent).stdout.strip()
@@ -507,11 +512,11 @@ def headline_table(summ: dict, name: str) -> str:
 
 
 def preflight(cfg: MeasureConfig, quiet: bool) -> None:
-    from .triton import backend_dir, tritonserver_bin
+    from .stack.triton import backend_dir, tritonserver_bin
     tritonserver_bin()
     backend_dir()
     if cfg.stack.backend == "local":
-        from .lb import haproxy_bin
+        from .stack.lb import haproxy_bin
         haproxy_bin()
     p = mdl.onnx_path()
     if not p.exists():
@@ -522,33 +527,32 @@ def preflight(cfg: MeasureConfig, quiet: bool) -> None:
 
 def measure(cfg: MeasureConfig, out: Path, phases=PHASES, force: bool = False, quiet: bool = False,
             command: list[str] | None = None) -> dict:
-    out = Path(out)
-    if out.exists() and not force:
-        raise MeasureError(f"{out} already exists; use --force to replace it")
+    """Run the phases and write the measurement folder ``out`` (:class:`simulator.io.OutputFolder`: refused
+    before anything starts if it cannot or must not be written; atomic at the end)."""
     t_all = time.time()
-    preflight(cfg, quiet)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    work = Path(f"/tmp/servesim-work-{os.getpid()}-{int(time.time())}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    phase_wall: dict[str, dict] = {}
-    summaries: dict[str, dict] = {}
-    extra: dict = {}
-    try:
-        if "runs" in phases:
-            for run in cfg.runs:
+    with OutputFolder(out, "cluster.measure", force=force, legacy=json_format_is("manifest.json", FORMAT)) as of:
+        preflight(cfg, quiet)
+        tmp = of.path
+        work = Path(tempfile.mkdtemp(prefix="servesim-work-"))
+        phase_wall: dict[str, dict] = {}
+        summaries: dict[str, dict] = {}
+        extra: dict = {}
+        try:
+            if "runs" in phases:
+                for run in cfg.runs:
+                    t = time.time()
+                    summaries[run.name] = run_one(run, cfg, tmp, work, quiet)
+                    phase_wall[f"run:{run.name}"] = {"start": t, "wall_s": round(time.time() - t, 2)}
+            if "sweep" in phases and cfg.sweep.enabled:
                 t = time.time()
-                summaries[run.name] = run_one(run, cfg, tmp, work, quiet)
-                phase_wall[f"run:{run.name}"] = {"start": t, "wall_s": round(time.time() - t, 2)}
-        if "sweep" in phases and cfg.sweep.enabled:
-            t = time.time()
-            extra["sweep"] = run_sweep(cfg, tmp, work, quiet)
-            phase_wall["sweep"] = {"start": t, "wall_s": round(time.time() - t, 2)}
-        if "startup" in phases and cfg.startup.enabled:
-            t = time.time()
-            extra["startup"] = run_startup(cfg, tmp, work, quiet)
-            phase_wall["startup"] = {"start": t, "wall_s": round(time.time() - t, 2)}
+                extra["sweep"] = run_sweep(cfg, tmp, work, quiet)
+                phase_wall["sweep"] = {"start": t, "wall_s": round(time.time() - t, 2)}
+            if "startup" in phases and cfg.startup.enabled:
+                t = time.time()
+                extra["startup"] = run_startup(cfg, tmp, work, quiet)
+                phase_wall["startup"] = {"start": t, "wall_s": round(time.time() - t, 2)}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         if cfg.source and os.path.exists(cfg.source):
             shutil.copyfile(cfg.source, tmp / "config.yaml")
         manifest = {
@@ -564,13 +568,7 @@ def measure(cfg: MeasureConfig, out: Path, phases=PHASES, force: bool = False, q
             "sweep": extra.get("sweep", {}).get("compute_summary", {}), "startup": extra.get("startup", {}),
             "files": FILES}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        return manifest
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -579,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "for the output format).")
     ap.add_argument("config", help="measurement YAML (scenario + stack + measure sections), e.g. configs/baseline.yaml")
     ap.add_argument("--out", required=True, help="output folder, e.g. results/baseline")
-    ap.add_argument("--force", action="store_true", help="replace --out if it exists")
+    ap.add_argument("--force", action="store_true", help="replace --out if it holds an earlier measurement (never another folder)")
     ap.add_argument("--only", default=",".join(PHASES),
                     help=f"comma-separated phases to run: {', '.join(PHASES)} (default: all)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -591,19 +589,16 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: --only: unknown phase {bad[0]!r}; phases: {', '.join(PHASES)}", file=sys.stderr)
         return 2
-    def body():
+    def body() -> int:
         cfg = load_measure_config(a.config, a.set)
-        return measure(cfg, Path(a.out), phases, a.force, a.quiet, command=sys.argv if argv is None else argv)
-    rc, man = procs.run_guarded(body, runtime_errors=(MeasureError,), config_prefix="config error")
-    if rc is not None:
-        return rc
-    if man["runs"]:
-        name = "baseline" if "baseline" in man["runs"] else next(iter(man["runs"]))
-        print(headline_table(man["runs"][name], name))
-    took = ", ".join(f"{k} {v['wall_s']:.0f} s" for k, v in man["phases"].items())
-    print(f"wrote {a.out} in {man['wall_s']:.0f} s ({took})")
-    return 0
-
+        man = measure(cfg, Path(a.out), phases, a.force, a.quiet, command=sys.argv if argv is None else argv)
+        if man["runs"]:
+            name = "baseline" if "baseline" in man["runs"] else next(iter(man["runs"]))
+            print(headline_table(man["runs"][name], name))
+        took = ", ".join(f"{k} {v['wall_s']:.0f} s" for k, v in man["phases"].items())
+        print(f"wrote {a.out} in {man['wall_s']:.0f} s ({took})")
+        return 0
+    return procs.run_guarded(body, prefix="config error")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,7 +31,10 @@ goes to the console and ``DIR/logs/<step>.log``). A step is skipped when its
 output exists and is newer than its inputs (re-running after an interruption
 resumes at the first missing step); ``--force`` re-runs everything, ``--from
 STEP`` re-runs from a step, ``--only STEP[,STEP]`` runs just those. Every step
-writes its output atomically. Nothing of the study is fixed in advance: a machine
+writes its output atomically. ``--out`` is the pipeline's own folder: a new one gets
+its marker (``.servesim-output.json``) and an existing one is resumed only if it
+carries it (or, from an earlier version, ``pipeline.json``); any other non-empty
+folder is refused, and a second pipeline on the same folder stops at once. Nothing of the study is fixed in advance: a machine
 40 % slower, or a user's GPU deployment, gets its own SLO, range, interval and load.
 
 Bad input is one line ``error: ...`` and exit code 2; a failing step stops the
@@ -55,6 +58,7 @@ from pathlib import Path
 from rl import sanity
 from rl.sanity import EXIT_DEGENERATE
 from simulator.config import ConfigError
+from simulator.io import OutputFolder, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("setup", "measure", "fit", "study", "train", "tune", "evaluate", "validate")
@@ -63,10 +67,14 @@ NOISE = re.compile(r"(Warning:|warnings\.warn|monkey\.patch_all\(\)|if isinstanc
 
 
 class PipelineError(RuntimeError):
-    pass
+    """A step failed (exit 1) or refused a degenerate result (its ``exit_code``, 3)."""
+
+    def __init__(self, msg: str, exit_code: int = 1):
+        super().__init__(msg)
+        self.exit_code = exit_code
 
 
-class BadInput(ValueError):
+class BadInput(ConfigError):
     pass
 
 
@@ -97,7 +105,7 @@ def plan(out: Path, a) -> list[Step]:
              [py, "-m", "cluster.measure", rel(cfg), "--out", rel(res), "--force"], res / "manifest.json", [cfg]),
         Step("fit", "calibrate the simulator to the measurements",
              [py, "-m", "calibration.fit", rel(res), "--name", "baseline", "--config-out", rel(cal),
-              "--report", rel(out / "report" / "baseline")], cal, [res / "manifest.json"]),
+              "--report", rel(out / "report" / "baseline"), "--force"], cal, [res / "manifest.json"]),
         Step("study", "the study design: SLO, replica range, control interval, trace scale, validation load",
              None, out / "study" / "study.json", [cal]),
         Step("train", f"train PPO in the calibrated simulator ({a.iterations} iterations)",
@@ -108,7 +116,7 @@ def plan(out: Path, a) -> list[Step]:
              [py, "-m", "rl.baselines", "--config", rel(rlc), "--out", rel(tuned)], tuned, [rlc, dep]),
         Step("evaluate", "policy vs baselines on the held-out trace windows (simulation)",
              [py, "-m", "rl.evaluate", rel(pol), "--config", rel(rlc), "--tuned", rel(tuned), "--baselines",
-              a.eval_baselines, "--seeds", str(a.eval_seeds), "--out", rel(out / "eval")]
+              a.eval_baselines, "--seeds", str(a.eval_seeds), "--out", rel(out / "eval"), "--force"]
              + (["--allow-degenerate"] if a.allow_degenerate else []),
              out / "eval" / "results.json", [pol, tuned, rlc]),
         Step("validate", "the policy, tuned HPA and static on the real stack vs the simulator",
@@ -238,7 +246,7 @@ def pipeline_checks(out: Path) -> list:
 
 
 def final_table(out: Path) -> list[str]:
-    from .validate import table_lines
+    from .validate.report import table_lines
     lines = []
     vs = out / "validate" / "summary.json"
     if vs.exists():
@@ -328,14 +336,12 @@ def check_args(a) -> tuple[Path, list[str]]:
     if not (math.isfinite(a.duration) and a.duration >= 4 * (a.interval or 2.0)):
         raise BadInput(f"--duration: must be at least 4 control intervals ({4 * (a.interval or 2.0):g} s) "
                        f"(got {a.duration:g})")
-    from .validate import COMPARE
+    from .validate.contenders import COMPARE
     comp = [x.strip() for x in a.compare.split(",") if x.strip()]
     bad = [x for x in comp if x not in COMPARE and x != "none"]
     if bad:
         raise BadInput(f"--compare: unknown {bad[0]!r}; choose from {', '.join(COMPARE)} or none")
     out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"--out {out}: exists and is not a folder")
     if a.only:
         only = [x.strip() for x in a.only.split(",") if x.strip()]
         badst = [x for x in only if x not in STEPS]
@@ -351,13 +357,23 @@ def check_args(a) -> tuple[Path, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started from a background shell
     a = parse_args(argv)
+    return run_cli(lambda: run(a), runtime_errors=(PipelineError,), interrupted="interrupted: the running step was stopped (servers torn down); "
+                                               "re-run to resume")
+
+
+def run(a) -> int:
+    out, only = check_args(a)
+    # the pipeline's own folder: resumed when it is one (marker, or pipeline.json of an earlier version),
+    # refused when it holds anything else; locked against a second pipeline in it
+    folder = OutputFolder(out, "cluster.pipeline", in_place=True, reuse=True,
+                          legacy=lambda d: (d / "pipeline.json").is_file())
     try:
-        out, only = check_args(a)
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+        return _run_steps(a, folder.out, only)
+    finally:
+        folder.close()
+
+
+def _run_steps(a, out: Path, only: list[str]) -> int:
     steps = plan(out, a)
     forced_from = STEPS.index(a.from_step) if a.from_step else (0 if a.force else None)
     t_all = time.time()
@@ -430,16 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         record["interrupted"] = True
         save_record()
-        print("\ninterrupted: the running step was stopped (servers torn down); re-run to resume", file=sys.stderr)
-        return 130
-    except PipelineError as e:
+        raise
+    except PipelineError:
         save_record()
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return e.args[1] if len(e.args) > 1 else 1
+        raise
     except ConfigError as e:
         save_record()
-        print(f"error: step study: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"step study: {e}") from None
     record["wall_s"] = round(time.time() - t_all, 1)
     checks = pipeline_checks(out)
     record["sanity"] = sanity.record(checks, a.allow_degenerate)

@@ -8,7 +8,7 @@
    Python-backend stub for this interpreter is prepared, and a real server is
    started once with the model to check it loads (``--skip-check`` skips this).
 
-Exit code 0 when everything is ready.
+Exit code 0 when everything is ready; a failed step is one line ``error: ...``, exit code 1.
 """
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ import sys
 import tempfile
 import time
 
+from .stack import procs
+
 
 def ensure_haproxy(install: bool = True) -> str:
-    from .lb import LoadBalancerError, haproxy_bin, haproxy_version
+    from .stack.lb import LoadBalancerError, haproxy_bin, haproxy_version
     try:
         haproxy_bin()
         return haproxy_version()
@@ -49,7 +51,7 @@ def check_triton(timeout: float = 120) -> float:
     """Start one real server with the model; returns seconds to model ready."""
     from simulator.config import BatchingSpec
 
-    from .triton import TritonServer, write_model_repository
+    from .stack.triton import TritonServer, write_model_repository
     with tempfile.TemporaryDirectory(prefix="ss-setup-") as d:
         repo = write_model_repository(os.path.join(d, "repo"), BatchingSpec(max_batch_size=8))
         srv = TritonServer(repo, "setup-check", os.path.join(d, "server.log")).start()
@@ -64,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install haproxy, only check")
     ap.add_argument("--skip-check", action="store_true", help="do not start a Triton server to check the model")
     a = ap.parse_args(argv)
-    try:
-        from . import model as mdl
-        from .triton import backend_dir, tritonserver_bin
+
+    def body() -> int:
+        from .stack import model as mdl
+        from .stack.triton import backend_dir, tritonserver_bin
         print(f"haproxy: {ensure_haproxy(not a.no_install)}")
         t = time.time()
         p = mdl.export_onnx(verbose=not mdl.onnx_path().exists())
@@ -74,12 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tritonserver: {tritonserver_bin()} (python backend stub in {backend_dir()})")
         if not a.skip_check:
             print(f"triton check: model ready {check_triton():.1f} s after server start")
-    except Exception as e:
-        print(f"set-up failed: {e}", file=sys.stderr)
-        return 1
-    print("set-up complete")
-    return 0
-
+        print("set-up complete")
+        return 0
+    # any failure of a set-up step (a missing package, apt-get, the export, the server) is one line, exit 1
+    return procs.run_guarded(body, runtime_errors=(Exception,))
 
 if __name__ == "__main__":
     sys.exit(main())

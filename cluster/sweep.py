@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import model as mdl
-from .scrape import model_counters, parse_prometheus
-from .triton import MODEL_NAME, TritonServer, http_get, write_model_repository
+from .stack import model as mdl
+from .stack.scrape import model_counters, parse_prometheus
+from .stack.triton import MODEL_NAME, TritonServer, http_get, write_model_repository
 
 COMPUTE_COLUMNS = ("batch_size", "sample", "compute_infer_ms", "compute_input_ms", "compute_output_ms",
                    "queue_ms", "client_ms")
@@ -123,7 +123,7 @@ def compute_sweep(scenario, stack, workdir: str | Path, batch_sizes, samples: in
 
 def concurrency_sweep(scenario, stack, workdir: str | Path, levels, duration_s: float, seed: int = 0,
                       progress=None) -> list[tuple]:
-    from .loadgen import run_load
+    from .stack.loadgen import run_load
     workdir = Path(workdir)
     repo = write_model_repository(workdir / "repo_concurrency", scenario.batching, stack.onnx_threads)
     srv = TritonServer(repo, "sweep", workdir / "sweep_concurrency.log").start()

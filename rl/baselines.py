@@ -31,9 +31,10 @@ from typing import Any, Callable
 import numpy as np
 
 from rl.common import (DEFAULT_CONFIG, base_scenario, load_rl_config, load_trace, random_windows,
-                       select_windows, trace_scenario, with_policy_interval, write_json)
-from simulator.config import ConfigError
+                       select_windows, trace_scenario, write_json)
 from simulator.engine import simulate
+from simulator.policy import AutoscalerSpec
+from simulator.io import run_cli
 from simulator.hpa import HPAPolicy
 from simulator.knative import KnativePolicy
 from simulator.policy import StaticPolicy
@@ -65,15 +66,23 @@ def pred_grid(capacity: float) -> list[dict]:
              "interval_s": PRED_INTERVAL} for h in (0.0, 0.1, 0.2, 0.3)]
 
 
-def make(kind: str, params: dict):
-    cls = {"hpa": HPAPolicy, "knative": KnativePolicy, "predictive": PredictivePolicy, "static": StaticPolicy}[kind]
-    return cls.from_params(dict(params), f"baseline {kind}")
+def make(spec: AutoscalerSpec):
+    """The baseline policy object of ``spec``."""
+    cls = {"hpa": HPAPolicy, "knative": KnativePolicy, "predictive": PredictivePolicy, "static": StaticPolicy}[spec.kind]
+    return cls.from_params(dict(spec.params), f"baseline {spec.kind}")
 
 
-def run_one(sc, policy, interval_s: float | None = None, model=None):
-    if interval_s is not None:
-        sc = with_policy_interval(sc, interval_s)
-    return simulate(sc, policy=policy, model=model)
+def run_one(sc, spec: AutoscalerSpec | None, model=None, policy=None):
+    """Simulate ``sc`` under the policy ``spec`` carries (``policy``: an object already built for it, e.g. a
+    loaded learned policy); ``spec`` None keeps the scenario's autoscaler block and needs ``policy``."""
+    if spec is not None:
+        sc = sc.replace(autoscaler=spec)
+    return simulate(sc, policy=policy if policy is not None else make(spec), model=model)
+
+
+def spec_of(kind: str, choice: dict) -> AutoscalerSpec:
+    """A tuning's ``{"params", "interval_s"}`` choice (as stored in tuned.json) as the policy carrier."""
+    return AutoscalerSpec(kind, float(choice["interval_s"]), dict(choice["params"]))
 
 
 def summarize(res) -> dict:
@@ -95,7 +104,7 @@ def _grid_pick(kind: str, grid: list[dict], scenarios: list, slo_target: float, 
     for i, g in enumerate(grid):
         tot_rs = tot_v = tot_req = 0.0
         for sc in scenarios:
-            r = summarize(run_one(sc, make(kind, g["params"]), g["interval_s"], model))
+            r = summarize(run_one(sc, spec_of(kind, g), model))
             tot_rs += r["replica_seconds"]
             tot_v += r["violations"]
             tot_req += r["requests"]
@@ -154,7 +163,7 @@ def tune(cfg: dict, seed: int = 1000, log: Callable[[str], None] = print) -> dic
         tot_rs = tot_v = tot_req = 0.0
         for sc in scen:
             sc2 = sc.replace(cluster=sc.cluster.__class__(**{**sc.cluster.__dict__, "replicas": g["params"]["replicas"]}))
-            r = summarize(run_one(sc2, make("static", g["params"]), None, model))
+            r = summarize(run_one(sc2, spec_of("static", g), model))
             tot_rs += r["replica_seconds"]
             tot_v += r["violations"]
             tot_req += r["requests"]
@@ -171,14 +180,18 @@ def tune(cfg: dict, seed: int = 1000, log: Callable[[str], None] = print) -> dic
     return out
 
 
-def baseline_specs(tuned: dict, cap: float) -> dict[str, dict]:
-    """name -> {kind, params, interval_s} for every adaptive baseline."""
+def baseline_specs(tuned: dict | None, cap: float) -> dict[str, AutoscalerSpec]:
+    """name -> the policy carrier of every adaptive baseline (tuned ones from ``tuned``; without a tuning,
+    only the default HPA)."""
+    default = {"hpa_default": AutoscalerSpec("hpa", HPA_DEFAULT_INTERVAL, dict(HPA_DEFAULT))}
+    if not tuned:
+        return default
     return {
-        "hpa_default": {"kind": "hpa", "params": dict(HPA_DEFAULT), "interval_s": HPA_DEFAULT_INTERVAL},
-        "hpa_tuned": {"kind": "hpa", **tuned["hpa_tuned"]["choice"]},
-        "knative": {"kind": "knative", **tuned["knative"]["choice"]},
-        "predictive": {"kind": "predictive", **tuned["predictive"]["choice"]},
-        "static_tuned": {"kind": "static", **tuned["static_tuned"]["choice"]},
+        **default,
+        "hpa_tuned": spec_of("hpa", tuned["hpa_tuned"]["choice"]),
+        "knative": spec_of("knative", tuned["knative"]["choice"]),
+        "predictive": spec_of("predictive", tuned["predictive"]["choice"]),
+        "static_tuned": spec_of("static", tuned["static_tuned"]["choice"]),
     }
 
 
@@ -188,16 +201,14 @@ def main(argv=None) -> int:
     ap.add_argument("--scenario", default=None)
     ap.add_argument("--out", required=True, help="tuned.json to write")
     a = ap.parse_args(argv)
-    try:
+
+    def body() -> int:
         cfg = load_rl_config(a.config, scenario=a.scenario)
         out = tune(cfg)
         write_json(a.out, out)
         print(f"wrote {a.out}")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+        return 0
+    return run_cli(body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -168,12 +168,16 @@ def load_rl_config(path: str | None = None, scenario: str | None = None, trace: 
     return cfg
 
 
+def trace_scale_rule(window_p99_rps, capacity_at_max_rps: float, target_util: float) -> float:
+    """Rule 6 of the study (:mod:`rl.study`): scale so the busiest window's p99 rate is ``target_util`` x what ``max_replicas`` serve."""
+    return round(target_util * capacity_at_max_rps / max(max(window_p99_rps), 1e-9), 4)
+
+
 def auto_trace_scale(rates: np.ndarray, days, sc: Scenario, slo_target: float,
                      target_util: float) -> tuple[float, str, float]:
-    """``(scale, rule, p99)``: the study's trace-scale rule (:func:`rl.study.trace_scale_rule`) on ``days``:
+    """``(scale, rule, p99)``: the study's trace-scale rule (:func:`trace_scale_rule`) on ``days``:
     the busiest 20-minute window's p99 rate x scale = ``target_util`` x what ``max_replicas`` serve at the SLO
     (:func:`simulator.capacity.fleet_capacities`; replicas sharing a node's cores serve less than n x one)."""
-    from rl.study import trace_scale_rule
     from simulator.capacity import fleet_capacities
     caps = fleet_capacities(sc, sc.cluster.max_replicas, slo_target)
     wins = select_windows(rates, days, what="trace.eval_days")
@@ -320,10 +324,6 @@ def trace_scenario(base: Scenario, trace_path: str, start: float, length: float,
                                                                       base.autoscaler.params)
     return base.replace(seed=int(seed), duration_s=float(dur), warmup_s=float(warmup_s), record_requests=False,
                         workload=wl, cluster=dataclasses.replace(base.cluster, replicas=init), autoscaler=auto)
-
-
-def with_policy_interval(sc: Scenario, interval_s: float) -> Scenario:
-    return sc.replace(autoscaler=AutoscalerSpec(sc.autoscaler.kind, float(interval_s), sc.autoscaler.params))
 
 
 # --------------------------------------------------------------------------- reward

@@ -3,7 +3,8 @@
 Runs each policy file and the baselines (:mod:`rl.baselines`: default and tuned
 HPA, Knative KPA, IPA-style predictive, static tuned / best-in-hindsight, the
 oracle) on the same held-out trace windows with the same seeds, and writes
-into ``--out`` (atomically: a temporary folder renamed at the end):
+into ``--out`` (atomically: a temporary folder renamed at the end; an existing
+``--out`` is replaced only with ``--force`` and only if an earlier evaluation wrote it):
 
 - ``results.csv``: one row per (policy, window, seed);
 - ``summary.csv``: per policy over all windows and seeds -- replica-seconds,
@@ -30,18 +31,16 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
 
-from rl.baselines import baseline_specs, make, run_one, summarize, tune
+from rl.baselines import baseline_specs, run_one, summarize, tune
 from rl import sanity
 from rl.common import (DAY_S, DEFAULT_CONFIG, auto_trace_scale, base_scenario, jsonable, load_rl_config, load_trace,
                        select_windows, trace_scenario, window_stats, write_json)
-from simulator.io import run_cli
+from simulator.io import OutputFolder, json_has_keys, run_cli
 from simulator.config import ConfigError
 from simulator.policy import StaticPolicy
 
@@ -91,7 +90,7 @@ def static_sweep(sc, lo: int, hi: int, slo_target: float, model) -> tuple[int, d
     runs = {}
     for n in range(lo, hi + 1):
         sc2 = sc.replace(cluster=dataclasses.replace(sc.cluster, replicas=n))
-        runs[n] = run_one(sc2, StaticPolicy(n), None, model)
+        runs[n] = run_one(sc2, None, model, policy=StaticPolicy(n))
         if runs[n].summary["slo_violation_rate"] <= slo_target:
             return n, runs
     return min(runs, key=lambda k: (runs[k].summary["slo_violation_rate"], k)), runs
@@ -113,16 +112,34 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=DEFAULT_CONFIG)
     ap.add_argument("--scenario", default=None, help="scenario YAML (default: the config's)")
     ap.add_argument("--tuned", default=None, help="reuse a baseline tuning (JSON from rl.baselines / an earlier run)")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="output folder (written atomically)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace --out if an earlier rl.evaluate wrote it (never another folder)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--allow-degenerate", action="store_true",
                     help="exit 0 even when a sanity check fails (the section is still printed and recorded)")
     a = ap.parse_args(argv)
-    return run_cli(lambda: _run(a), errors=(sanity.DegenerateResult,), error_code={sanity.DegenerateResult:
-                                                                                    sanity.EXIT_DEGENERATE})
+    return run_cli(lambda: _run(a), errors=(sanity.DegenerateResult,))
 
 
 def _run(a) -> int:
+    """Check ``--out`` first (refused before any simulation), evaluate, put the folder in place, then judge."""
+    t_start = time.time()
+    with OutputFolder(a.out, "rl.evaluate", force=a.force,
+                      legacy=json_has_keys("results.json", "summary", "by_window", "rows")) as of:
+        summary, checks = _evaluate(a, of.path)
+    print_table(summary)
+    print("\n".join(sanity.section(checks)))
+    print(f"wrote {a.out}/results.csv, summary.csv, by_window.csv, results.json"
+          f"{'' if a.no_plots else ', timeline_*.png, cost_violation.png'} ({time.time() - t_start:.0f} s)")
+    bad = sanity.failure(checks)
+    if bad and not a.allow_degenerate:
+        raise sanity.DegenerateResult(f"{bad} (results written to {a.out}; --allow-degenerate accepts them)")
+    return 0
+
+
+def _evaluate(a, folder) -> tuple[list[dict], list]:
+    """Run every policy and baseline; write the files into ``folder``; ``(summary rows, sanity checks)``."""
     t_start = time.time()
     if a.seeds < 1:
         raise ConfigError("--seeds: must be >= 1")
@@ -183,9 +200,7 @@ def _run(a) -> int:
                       f"on {cfg['scenario_hash']}", file=sys.stderr)
         else:
             tuned = tune(cfg, log=lambda m: print(m, flush=True))
-    specs = baseline_specs(tuned, cap) if tuned else {"hpa_default": baseline_specs(
-        {"hpa_tuned": {"choice": {}}, "knative": {"choice": {}}, "predictive": {"choice": {}},
-         "static_tuned": {"choice": {}}}, cap)["hpa_default"]}
+    specs = baseline_specs(tuned, cap)
 
     seeds = [100 + i for i in range(a.seeds)]
     rows, timelines = [], {}
@@ -204,16 +219,16 @@ def _run(a) -> int:
         t_w = time.time()
         per: dict[str, list] = {}
         for name, pol in pols.items():
-            per[name] = [run_one(sc, pol, pol.interval_s, model) for sc in scs]
+            per[name] = [run_one(sc, pol.spec(), model, policy=pol) for sc in scs]
         for b in base_names:
             if b in specs:
                 sp = specs[b]
                 res = []
                 for sc in scs:
-                    if sp["kind"] == "static":
-                        n = sp["params"]["replicas"]
+                    if sp.kind == "static":
+                        n = sp.params["replicas"]
                         sc = sc.replace(cluster=sc.cluster.__class__(**{**sc.cluster.__dict__, "replicas": n}))
-                    res.append(run_one(sc, make(sp["kind"], sp["params"]), sp["interval_s"], model))
+                    res.append(run_one(sc, sp, model))
                 per[b] = res
         extra: dict[str, dict] = {}
         c = base.cluster
@@ -282,17 +297,12 @@ def _run(a) -> int:
               "slo_target": slo_t, "capacity_rps_per_replica": cap, "scenario": cfg["scenario_dict"],
               "config": {k: v for k, v in cfg.items() if k != "scenario_dict"},
               "policies": {n: {"path": os.path.abspath(pp), "meta": p.meta} for (n, p), pp in zip(pols.items(), a.policies)},
-              "baselines": {b: specs.get(b) for b in base_names}, "tuned": tuned,
+              "baselines": {b: ({"kind": specs[b].kind, "params": dict(specs[b].params),
+                                 "interval_s": specs[b].interval_s} if b in specs else None) for b in base_names},
+              "tuned": tuned,
               "summary": summary, "by_window": by_window, "rows": rows, "wall_s": time.time() - t_start}
-    _write(a.out, result, rows, summary, by_window, timelines, wins, order, not a.no_plots)
-    print_table(summary)
-    print("\n".join(sanity.section(checks)))
-    print(f"wrote {a.out}/results.csv, summary.csv, by_window.csv, results.json"
-          f"{'' if a.no_plots else ', timeline_*.png, cost_violation.png'} ({time.time() - t_start:.0f} s)")
-    bad = sanity.failure(checks)
-    if bad and not a.allow_degenerate:
-        raise sanity.DegenerateResult(f"{bad} (results written to {a.out}; --allow-degenerate accepts them)")
-    return 0
+    _write(str(folder), result, rows, summary, by_window, timelines, wins, order, not a.no_plots)
+    return summary, checks
 
 
 def aggregate(rows: list[dict], keys: list[str]) -> list[dict]:
@@ -339,23 +349,13 @@ def _csv(path: str, rows: list[dict]) -> None:
             w.writerow(jsonable(r))
 
 
-def _write(out, result, rows, summary, by_window, timelines, wins, order, plots: bool) -> None:
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out.rstrip("/")) + "-", dir=parent)
-    try:
-        _csv(os.path.join(tmp, "results.csv"), rows)
-        _csv(os.path.join(tmp, "summary.csv"), summary)
-        _csv(os.path.join(tmp, "by_window.csv"), by_window)
-        write_json(os.path.join(tmp, "results.json"), result)
-        if plots:
-            _plots(tmp, timelines, wins, summary, order)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _write(folder, result, rows, summary, by_window, timelines, wins, order, plots: bool) -> None:
+    _csv(os.path.join(folder, "results.csv"), rows)
+    _csv(os.path.join(folder, "summary.csv"), summary)
+    _csv(os.path.join(folder, "by_window.csv"), by_window)
+    write_json(os.path.join(folder, "results.json"), result)
+    if plots:
+        _plots(folder, timelines, wins, summary, order)
 
 
 def _plots(d, timelines, wins, summary, order) -> None:

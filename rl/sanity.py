@@ -39,7 +39,9 @@ SAME_COST = 0.01
 
 
 class DegenerateResult(RuntimeError):
-    """A command's result failed a sanity check (the message is the one line to print)."""
+    """A command's result failed a sanity check (the message is the one line to print; exit code 3)."""
+
+    exit_code = EXIT_DEGENERATE
 
 
 @dataclass

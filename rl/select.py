@@ -54,7 +54,7 @@ def _run(a) -> int:
         tr = pol.meta.get("training", {})
         tot = {"replica_seconds": 0.0, "violations": 0.0, "requests": 0.0, "p99": 0.0}
         for sc in scen:
-            r = summarize(run_one(sc, pol, pol.interval_s, model))
+            r = summarize(run_one(sc, pol.spec(), model, policy=pol))
             tot["replica_seconds"] += r["replica_seconds"]
             tot["violations"] += r["violations"]
             tot["requests"] += r["requests"]

@@ -44,6 +44,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from rl.common import DEFAULTS, ROOT, resolve_path, select_windows, trace_scale_rule
 from simulator.capacity import (SUGGESTED_SLO_FACTOR, fleet_capacities, replicas_needed, suggested_slo_ms,
                                 unloaded_latency)
 from simulator.config import AutoscalerSpec, ConfigError, Scenario
@@ -81,11 +82,6 @@ def interval_rule(capacity_one_rps: float, startup_p50_s: float, n_obs: int = N_
     """Rule 5: ``max(n_obs / capacity, start-up median)``, rounded up to a whole second, within ``bounds``."""
     raw = max(n_obs / max(capacity_one_rps, 1e-9), startup_p50_s)
     return float(min(max(math.ceil(raw - 1e-9), bounds[0]), bounds[1]))
-
-
-def trace_scale_rule(window_p99_rps, capacity_at_max_rps: float, target_util: float) -> float:
-    """Rule 6: scale so the busiest window's p99 rate is ``target_util`` x what ``max_replicas`` serve."""
-    return round(target_util * capacity_at_max_rps / max(max(window_p99_rps), 1e-9), 4)
 
 
 def smoothed_rates(rates: np.ndarray, smooth_s: int = SMOOTH_S) -> np.ndarray:
@@ -211,7 +207,6 @@ def design_study(sc: Scenario, rates: np.ndarray, eval_days, *, slo_target: floa
     """Derive the study for ``sc`` from its calibration (module docstring); ``given`` holds user values of
     ``slo_ms``, ``interval_s``, ``min_replicas``, ``max_replicas``, ``trace_scale``; ``target_util`` defaults to
     the RL config's (``configs/rl.yaml``: 0.8)."""
-    from rl.common import DEFAULTS, select_windows
     from simulator.service import build_service_model, quantile_function
     if target_util is None:
         target_util = float(DEFAULTS["trace"]["target_util"])
@@ -321,7 +316,6 @@ def write_study_files(study: Study, sc: Scenario, rl_raw: Mapping, out_dir, sour
 
     import yaml
 
-    from rl.common import ROOT, resolve_path
     from simulator.config import load_scenario
     from simulator.io import jsonable
     out = Path(out_dir)

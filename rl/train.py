@@ -8,7 +8,9 @@ scales from this machine to a Ray cluster::
         --timesteps 5000000 --ray-address auto --out runs/appo                 # a Ray cluster
     python -m rl.train --resume runs/ppo --iterations 40                       # continue a run
 
-Writes into ``--out`` (default ``runs/<algo>-<time>``):
+Writes into ``--out`` (default ``runs/<algo>-<time>``; an existing folder is
+refused unless an earlier ``rl.train`` wrote it and ``--force`` is given -- then
+it starts afresh -- or ``--resume`` continues it; never another folder):
 
 - ``progress.csv`` / per-iteration console line: env steps, episode return,
   SLO-violation rate, mean replicas (cost) and provision ratio (mean replicas /
@@ -35,7 +37,7 @@ import sys
 import time
 
 from rl.common import DEFAULT_CONFIG, git_rev, jsonable, load_rl_config, write_json
-from simulator.io import run_cli
+from simulator.io import OutputFolder, run_cli
 from simulator.config import ConfigError
 
 ALGOS = ("ppo", "appo", "dqn")
@@ -198,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--num-cpus", type=int, default=2, help="local Ray CPUs when not connecting to a cluster")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="output folder (default runs/<algo>-<time>)")
+    ap.add_argument("--force", action="store_true",
+                    help="start afresh in --out even if an earlier rl.train wrote it (never another folder)")
     ap.add_argument("--resume", default=None, metavar="OUT", help="continue the run in folder OUT from its checkpoint")
     ap.add_argument("--checkpoint-every", type=int, default=5)
     ap.add_argument("--quiet", action="store_true")
@@ -244,7 +248,9 @@ def _run(a) -> int:
     if a.num_env_runners < 0 or a.num_envs_per_runner < 1:
         raise ConfigError("--num-env-runners must be >= 0 and --num-envs-per-runner >= 1")
     out = a.out or os.path.join("runs", f"{algo}-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-    os.makedirs(out, exist_ok=True)
+    outf = OutputFolder(out, "rl.train", force=a.force and not a.resume, in_place=True, reuse=bool(a.resume),
+                        flag="--resume" if a.resume else "--out",
+                        legacy=lambda d: (d / "checkpoint" / "train_state.json").exists())
     ckpt = os.path.abspath(os.path.join(out, "checkpoint"))
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -330,6 +336,7 @@ def _run(a) -> int:
         algo_obj.stop()
     finally:
         ray.shutdown()
+        outf.close()
     return 0
 
 

@@ -25,79 +25,9 @@ from typing import Any, Mapping
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A scenario file or dict is invalid. The message is user-facing."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _fail(path: str, msg: str) -> None:
-    raise ConfigError(f"{path}: {msg}" if path else msg)
-
-
-def _check_keys(d: Mapping, allowed: set[str], path: str) -> None:
-    if not isinstance(d, Mapping):
-        _fail(path, f"must be a mapping (got {type(d).__name__} {d!r})")
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        _fail(f"{path}.{unknown[0]}" if path else str(unknown[0]),
-              f"unknown key; allowed keys here: {', '.join(sorted(allowed))}")
-
-
-def _num(d: Mapping, key: str, path: str, default: Any = None, *, lo: float | None = None,
-         hi: float | None = None, lo_open: bool = False, integer: bool = False,
-         required: bool = False) -> Any:
-    p = f"{path}.{key}" if path else key
-    if key not in d or d[key] is None:
-        if required:
-            _fail(p, "is required")
-        return default
-    v = d[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        _fail(p, f"must be a {'whole number' if integer else 'number'} (got {v!r})")
-    if integer and float(v) != int(v):
-        _fail(p, f"must be a whole number (got {v!r})")
-    if not math.isfinite(float(v)):
-        _fail(p, f"must be finite (got {v!r})")
-    if lo is not None and (v <= lo if lo_open else v < lo):
-        _fail(p, f"must be {'>' if lo_open else '>='} {lo} (got {v!r})")
-    if hi is not None and v > hi:
-        _fail(p, f"must be <= {hi} (got {v!r})")
-    return int(v) if integer else float(v)
-
-
-def _choice(d: Mapping, key: str, path: str, choices: tuple[str, ...], default: str | None = None) -> str:
-    p = f"{path}.{key}" if path else key
-    if key not in d or d[key] is None:
-        if default is None:
-            _fail(p, f"is required; one of {', '.join(choices)}")
-        return default
-    v = d[key]
-    if v not in choices:
-        _fail(p, f"must be one of {', '.join(choices)} (got {v!r})")
-    return v
-
-
-def _str(d: Mapping, key: str, path: str, default: str | None = None, required: bool = False) -> str | None:
-    p = f"{path}.{key}" if path else key
-    if key not in d or d[key] is None:
-        if required:
-            _fail(p, "is required")
-        return default
-    if not isinstance(d[key], str):
-        _fail(p, f"must be a string (got {d[key]!r})")
-    return d[key]
-
-
-def _bool(d: Mapping, key: str, path: str, default: bool) -> bool:
-    p = f"{path}.{key}" if path else key
-    if key not in d or d[key] is None:
-        return default
-    if not isinstance(d[key], bool):
-        _fail(p, f"must be true or false (got {d[key]!r})")
-    return d[key]
+from simulator.policy import REGISTRY as POLICIES
+from simulator.policy import AutoscalerSpec  # noqa: F401  (re-exported: part of a Scenario)
+from simulator.schema import ConfigError, boolean, check_keys, choice, fail, number, string
 
 
 # --------------------------------------------------------------------------- distributions
@@ -145,27 +75,27 @@ def parse_dist(d: Any, path: str, unit: str, default_kind: str = "deterministic"
     """Parse ``{kind, mean_<unit>, cv, shift_<unit>, quantiles_<unit>}`` or a bare number."""
     if isinstance(d, (int, float)) and not isinstance(d, bool):
         d = {"kind": "deterministic", f"mean_{unit}": d}
-    _check_keys(d, {"kind", f"mean_{unit}", "cv", f"shift_{unit}", f"quantiles_{unit}"}, path)
-    kind = _choice(d, "kind", path, DIST_KINDS, default_kind)
+    check_keys(d, {"kind", f"mean_{unit}", "cv", f"shift_{unit}", f"quantiles_{unit}"}, path)
+    kind = choice(d, "kind", path, DIST_KINDS, default_kind)
     if kind == "empirical":
         qk = f"quantiles_{unit}"
         q = d.get(qk)
         if not isinstance(q, (list, tuple)) or len(q) < 2:
-            _fail(f"{path}.{qk}", "empirical needs a list of >= 2 values at equally spaced "
+            fail(f"{path}.{qk}", "empirical needs a list of >= 2 values at equally spaced "
                   "probability levels 0..1")
         for i, v in enumerate(q):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                _fail(f"{path}.{qk}[{i}]", f"must be a finite number >= 0 (got {v!r})")
+                fail(f"{path}.{qk}[{i}]", f"must be a finite number >= 0 (got {v!r})")
         if any(q[i + 1] < q[i] for i in range(len(q) - 1)):
-            _fail(f"{path}.{qk}", "quantiles must be non-decreasing")
+            fail(f"{path}.{qk}", "quantiles must be non-decreasing")
         return Dist(kind=kind, quantiles=tuple(float(x) for x in q), mean=0.0)
-    mean = _num(d, f"mean_{unit}", path, required=True, lo=0, lo_open=(kind != "deterministic"))
-    shift = _num(d, f"shift_{unit}", path, 0.0, lo=0)
+    mean = number(d, f"mean_{unit}", path, required=True, lo=0, lo_open=(kind != "deterministic"))
+    shift = number(d, f"shift_{unit}", path, 0.0, lo=0)
     if shift > mean or (kind != "deterministic" and shift >= mean):
-        _fail(f"{path}.shift_{unit}", f"must be below mean_{unit} ({mean}) (got {shift})")
+        fail(f"{path}.shift_{unit}", f"must be below mean_{unit} ({mean}) (got {shift})")
     cv = 1.0
     if kind in ("gamma", "lognormal", "weibull"):
-        cv = _num(d, "cv", path, 1.0, lo=0, lo_open=True, hi=20)
+        cv = number(d, "cv", path, 1.0, lo=0, lo_open=True, hi=20)
     elif kind == "deterministic":
         cv = 0.0
     return Dist(kind=kind, mean=mean, cv=cv, shift=shift)
@@ -241,9 +171,9 @@ def _seg_to_dict(s: Segment) -> dict:
 
 
 def parse_workload(d: Any, path: str, base_dir: str) -> WorkloadSpec:
-    _check_keys(d, {"kind", "rate_rps", "segments", "path", "column", "speedup", "scale",
+    check_keys(d, {"kind", "rate_rps", "segments", "path", "column", "speedup", "scale",
                     "offset_s", "length_s", "users", "think", "think_s", "spawn_rate", "times_s"}, path)
-    kind = _choice(d, "kind", path, WORKLOAD_KINDS)
+    kind = choice(d, "kind", path, WORKLOAD_KINDS)
     allowed = {"poisson": {"kind", "rate_rps"},
                "schedule": {"kind", "segments"},
                "trace": {"kind", "path", "column", "speedup", "scale", "offset_s", "length_s"},
@@ -251,62 +181,62 @@ def parse_workload(d: Any, path: str, base_dir: str) -> WorkloadSpec:
                "closed_loop": {"kind", "users", "think", "think_s", "spawn_rate"}}[kind]
     extra = sorted(set(d) - allowed)
     if extra:
-        _fail(f"{path}.{extra[0]}", f"not used by kind '{kind}'; keys for {kind}: {', '.join(sorted(allowed))}")
+        fail(f"{path}.{extra[0]}", f"not used by kind '{kind}'; keys for {kind}: {', '.join(sorted(allowed))}")
     if kind == "poisson":
-        return WorkloadSpec(kind=kind, rate_rps=_num(d, "rate_rps", path, required=True, lo=0, lo_open=True))
+        return WorkloadSpec(kind=kind, rate_rps=number(d, "rate_rps", path, required=True, lo=0, lo_open=True))
     if kind == "schedule":
         segs = d.get("segments")
         if not isinstance(segs, list) or not segs:
-            _fail(f"{path}.segments", "must be a non-empty list of segments "
+            fail(f"{path}.segments", "must be a non-empty list of segments "
                   f"(kind: {', '.join(SEGMENT_KINDS)}; duration_s; rate_rps; ...)")
         return WorkloadSpec(kind=kind, segments=tuple(_parse_segment(s, f"{path}.segments[{i}]")
                                                       for i, s in enumerate(segs)))
     if kind == "timestamps" and "times_s" in d:
         if "path" in d or "column" in d:
-            _fail(f"{path}.times_s", "give either times_s (a list of arrival instants) or path (a CSV), not both")
+            fail(f"{path}.times_s", "give either times_s (a list of arrival instants) or path (a CSV), not both")
         times = d["times_s"]
         if not isinstance(times, (list, tuple)) or not times:
-            _fail(f"{path}.times_s", "must be a non-empty list of arrival instants in seconds")
+            fail(f"{path}.times_s", "must be a non-empty list of arrival instants in seconds")
         for i, v in enumerate(times):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                _fail(f"{path}.times_s[{i}]", f"must be a finite number >= 0 (got {v!r})")
+                fail(f"{path}.times_s[{i}]", f"must be a finite number >= 0 (got {v!r})")
         return WorkloadSpec(kind=kind, times=tuple(sorted(float(v) for v in times)),
-                            speedup=_num(d, "speedup", path, 1.0, lo=0, lo_open=True),
-                            scale=_num(d, "scale", path, 1.0, lo=0, lo_open=True),
-                            offset_s=_num(d, "offset_s", path, 0.0, lo=0),
-                            length_s=_num(d, "length_s", path, 0.0, lo=0))
+                            speedup=number(d, "speedup", path, 1.0, lo=0, lo_open=True),
+                            scale=number(d, "scale", path, 1.0, lo=0, lo_open=True),
+                            offset_s=number(d, "offset_s", path, 0.0, lo=0),
+                            length_s=number(d, "length_s", path, 0.0, lo=0))
     if kind in ("trace", "timestamps"):
-        p = _str(d, "path", path, required=True)
+        p = string(d, "path", path, required=True)
         if not os.path.isabs(p) and base_dir:
             cand = os.path.normpath(os.path.join(base_dir, p))
             p = cand if os.path.exists(cand) or not os.path.exists(p) else p
         return WorkloadSpec(kind=kind, path=p,
-                            column=_str(d, "column", path, "rps" if kind == "trace" else "TIMESTAMP"),
-                            speedup=_num(d, "speedup", path, 1.0, lo=0, lo_open=True),
-                            scale=_num(d, "scale", path, 1.0, lo=0, lo_open=True),
-                            offset_s=_num(d, "offset_s", path, 0.0, lo=0),
-                            length_s=_num(d, "length_s", path, 0.0, lo=0))
+                            column=string(d, "column", path, "rps" if kind == "trace" else "TIMESTAMP"),
+                            speedup=number(d, "speedup", path, 1.0, lo=0, lo_open=True),
+                            scale=number(d, "scale", path, 1.0, lo=0, lo_open=True),
+                            offset_s=number(d, "offset_s", path, 0.0, lo=0),
+                            length_s=number(d, "length_s", path, 0.0, lo=0))
     if "think" in d and "think_s" in d:
-        _fail(f"{path}.think_s", "give either think (a distribution) or think_s (a number), not both")
+        fail(f"{path}.think_s", "give either think (a distribution) or think_s (a number), not both")
     think = parse_dist(d["think"], f"{path}.think", "s") if "think" in d else \
-        Dist("deterministic", _num(d, "think_s", path, 1.0, lo=0), 0.0)
-    return WorkloadSpec(kind=kind, users=_num(d, "users", path, 10, lo=1, integer=True), think=think,
-                        spawn_rate=_num(d, "spawn_rate", path, 0.0, lo=0))
+        Dist("deterministic", number(d, "think_s", path, 1.0, lo=0), 0.0)
+    return WorkloadSpec(kind=kind, users=number(d, "users", path, 10, lo=1, integer=True), think=think,
+                        spawn_rate=number(d, "spawn_rate", path, 0.0, lo=0))
 
 
 def _parse_segment(s: Any, path: str) -> Segment:
-    _check_keys(s, {f.name for f in dataclasses.fields(Segment)}, path)
-    kind = _choice(s, "kind", path, SEGMENT_KINDS, "constant")
+    check_keys(s, {f.name for f in dataclasses.fields(Segment)}, path)
+    kind = choice(s, "kind", path, SEGMENT_KINDS, "constant")
     return Segment(kind=kind,
-                   duration_s=_num(s, "duration_s", path, required=True, lo=0, lo_open=True),
-                   rate_rps=_num(s, "rate_rps", path, required=True, lo=0),
-                   to_rps=_num(s, "to_rps", path, 0.0, lo=0, required=kind in ("step", "ramp")),
-                   at_s=_num(s, "at_s", path, 0.0, lo=0, required=kind in ("step", "spike")),
-                   peak_rps=_num(s, "peak_rps", path, 0.0, lo=0, required=kind == "spike"),
-                   width_s=_num(s, "width_s", path, 0.0, lo=0, lo_open=kind == "spike",
+                   duration_s=number(s, "duration_s", path, required=True, lo=0, lo_open=True),
+                   rate_rps=number(s, "rate_rps", path, required=True, lo=0),
+                   to_rps=number(s, "to_rps", path, 0.0, lo=0, required=kind in ("step", "ramp")),
+                   at_s=number(s, "at_s", path, 0.0, lo=0, required=kind in ("step", "spike")),
+                   peak_rps=number(s, "peak_rps", path, 0.0, lo=0, required=kind == "spike"),
+                   width_s=number(s, "width_s", path, 0.0, lo=0, lo_open=kind == "spike",
                                 required=kind == "spike"),
-                   amplitude_rps=_num(s, "amplitude_rps", path, 0.0, lo=0, required=kind == "sinusoid"),
-                   period_s=_num(s, "period_s", path, 60.0, lo=0, lo_open=True))
+                   amplitude_rps=number(s, "amplitude_rps", path, 0.0, lo=0, required=kind == "sinusoid"),
+                   period_s=number(s, "period_s", path, 60.0, lo=0, lo_open=True))
 
 
 # --------------------------------------------------------------------------- service
@@ -336,17 +266,17 @@ class ServiceSpec:
 
 
 def parse_service(d: Any, path: str) -> ServiceSpec:
-    _check_keys(d, {"kind", "mean_ms", "cv", "shift_ms", "quantiles_ms", "per_batch", "batch_slope",
+    check_keys(d, {"kind", "mean_ms", "cv", "shift_ms", "quantiles_ms", "per_batch", "batch_slope",
                     "overhead", "overhead_ms"}, path)
-    kind = _choice(d, "kind", path, DIST_KINDS, "deterministic")
+    kind = choice(d, "kind", path, DIST_KINDS, "deterministic")
     single = {k: d[k] for k in ("mean_ms", "cv", "shift_ms", "quantiles_ms") if k in d}
     if "per_batch" in d and single:
-        _fail(f"{path}.per_batch", f"give either per_batch or a single batch-1 figure "
+        fail(f"{path}.per_batch", f"give either per_batch or a single batch-1 figure "
               f"({', '.join(sorted(single))}), not both")
     if "per_batch" in d:
         pb = d["per_batch"]
         if not isinstance(pb, Mapping) or not pb:
-            _fail(f"{path}.per_batch", "must map batch sizes to distributions, e.g. {1: {mean_ms: 5}, 8: {mean_ms: 20}}")
+            fail(f"{path}.per_batch", "must map batch sizes to distributions, e.g. {1: {mean_ms: 5}, 8: {mean_ms: 20}}")
         items = []
         for b, dd in pb.items():
             try:
@@ -354,20 +284,20 @@ def parse_service(d: Any, path: str) -> ServiceSpec:
             except (TypeError, ValueError):
                 bi = -1
             if bi < 1 or str(bi) != str(b).strip():
-                _fail(f"{path}.per_batch.{b}", "batch size keys must be whole numbers >= 1")
+                fail(f"{path}.per_batch.{b}", "batch size keys must be whole numbers >= 1")
             if isinstance(dd, Mapping) and "kind" not in dd:
                 dd = {"kind": kind, **dd}
             items.append((bi, parse_dist(dd, f"{path}.per_batch.{b}", "ms", kind)))
         items.sort()
     else:
         if not single:
-            _fail(path, "needs mean_ms (batch-1 figure), quantiles_ms, or a per_batch table")
+            fail(path, "needs mean_ms (batch-1 figure), quantiles_ms, or a per_batch table")
         items = [(1, parse_dist({"kind": kind, **single}, path, "ms", kind))]
     if "overhead" in d and "overhead_ms" in d:
-        _fail(f"{path}.overhead_ms", "give either overhead (a distribution) or overhead_ms, not both")
+        fail(f"{path}.overhead_ms", "give either overhead (a distribution) or overhead_ms, not both")
     overhead = parse_dist(d["overhead"], f"{path}.overhead", "ms") if "overhead" in d else \
-        Dist("deterministic", _num(d, "overhead_ms", path, 0.0, lo=0), 0.0)
-    return ServiceSpec(per_batch=tuple(items), batch_slope=_num(d, "batch_slope", path, 0.5, lo=0),
+        Dist("deterministic", number(d, "overhead_ms", path, 0.0, lo=0), 0.0)
+    return ServiceSpec(per_batch=tuple(items), batch_slope=number(d, "batch_slope", path, 0.5, lo=0),
                        overhead=overhead)
 
 
@@ -396,19 +326,19 @@ class BatchingSpec:
 
 
 def parse_batching(d: Any, path: str) -> BatchingSpec:
-    _check_keys(d, {f.name for f in dataclasses.fields(BatchingSpec)}, path)
-    mbs = _num(d, "max_batch_size", path, 1, lo=1, hi=4096, integer=True)
+    check_keys(d, {f.name for f in dataclasses.fields(BatchingSpec)}, path)
+    mbs = number(d, "max_batch_size", path, 1, lo=1, hi=4096, integer=True)
     pref = d.get("preferred_batch_sizes") or []
     if not isinstance(pref, (list, tuple)):
-        _fail(f"{path}.preferred_batch_sizes", f"must be a list of batch sizes in 1..{mbs}")
+        fail(f"{path}.preferred_batch_sizes", f"must be a list of batch sizes in 1..{mbs}")
     for i, p in enumerate(pref):
         if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= mbs:
-            _fail(f"{path}.preferred_batch_sizes[{i}]", f"must be a whole number in 1..max_batch_size={mbs} (got {p!r})")
+            fail(f"{path}.preferred_batch_sizes[{i}]", f"must be a whole number in 1..max_batch_size={mbs} (got {p!r})")
     return BatchingSpec(max_batch_size=mbs, preferred_batch_sizes=tuple(sorted(set(int(p) for p in pref))),
-                        max_queue_delay_us=_num(d, "max_queue_delay_us", path, 0, lo=0, integer=True),
-                        instances=_num(d, "instances", path, 1, lo=1, hi=64, integer=True),
-                        max_queue_size=_num(d, "max_queue_size", path, 0, lo=0, integer=True),
-                        queue_timeout_us=_num(d, "queue_timeout_us", path, 0, lo=0, integer=True))
+                        max_queue_delay_us=number(d, "max_queue_delay_us", path, 0, lo=0, integer=True),
+                        instances=number(d, "instances", path, 1, lo=1, hi=64, integer=True),
+                        max_queue_size=number(d, "max_queue_size", path, 0, lo=0, integer=True),
+                        queue_timeout_us=number(d, "queue_timeout_us", path, 0, lo=0, integer=True))
 
 
 # --------------------------------------------------------------------------- cluster
@@ -460,59 +390,45 @@ class ClusterSpec:
 
 
 def parse_cluster(d: Any, path: str) -> ClusterSpec:
-    _check_keys(d, {"replicas", "min_replicas", "max_replicas", "startup_s", "load_balancer",
+    check_keys(d, {"replicas", "min_replicas", "max_replicas", "startup_s", "load_balancer",
                     "node_cores", "interference", "rate_contention", "rate_window_s", "rate_cores"}, path)
-    reps = _num(d, "replicas", path, 1, lo=0, hi=10000, integer=True)
-    mn = _num(d, "min_replicas", path, min(1, reps), lo=0, integer=True)
-    mx = _num(d, "max_replicas", path, max(reps, mn, 1), lo=1, hi=10000, integer=True)
+    reps = number(d, "replicas", path, 1, lo=0, hi=10000, integer=True)
+    mn = number(d, "min_replicas", path, min(1, reps), lo=0, integer=True)
+    mx = number(d, "max_replicas", path, max(reps, mn, 1), lo=1, hi=10000, integer=True)
     if mn > mx:
-        _fail(f"{path}.min_replicas", f"must be <= max_replicas ({mx}) (got {mn})")
+        fail(f"{path}.min_replicas", f"must be <= max_replicas ({mx}) (got {mn})")
     if not mn <= reps <= mx:
-        _fail(f"{path}.replicas", f"must be within min_replicas..max_replicas = {mn}..{mx} (got {reps})")
+        fail(f"{path}.replicas", f"must be within min_replicas..max_replicas = {mn}..{mx} (got {reps})")
     st = d.get("startup_s", 0.0)
     startup = parse_dist(st, f"{path}.startup_s", "s")
-    if _num(d, "rate_cores", path, 0.0, lo=0) > 0 and _num(d, "interference", path, 0.0, lo=0) == 0:
-        _fail(f"{path}.rate_cores", "acts through the interference term: needs interference > 0 (and node_cores)")
+    if number(d, "rate_cores", path, 0.0, lo=0) > 0 and number(d, "interference", path, 0.0, lo=0) == 0:
+        fail(f"{path}.rate_cores", "acts through the interference term: needs interference > 0 (and node_cores)")
     return ClusterSpec(replicas=reps, min_replicas=mn, max_replicas=mx, startup=startup,
-                       load_balancer=_choice(d, "load_balancer", path, LOAD_BALANCERS, "round_robin"),
-                       node_cores=_num(d, "node_cores", path, 0, lo=0, integer=True),
-                       interference=_num(d, "interference", path, 0.0, lo=0),
-                       rate_contention=_num(d, "rate_contention", path, 0.0, lo=0),
-                       rate_window_s=_num(d, "rate_window_s", path, 1.0, lo=0, lo_open=True),
-                       rate_cores=_num(d, "rate_cores", path, 0.0, lo=0))
+                       load_balancer=choice(d, "load_balancer", path, LOAD_BALANCERS, "round_robin"),
+                       node_cores=number(d, "node_cores", path, 0, lo=0, integer=True),
+                       interference=number(d, "interference", path, 0.0, lo=0),
+                       rate_contention=number(d, "rate_contention", path, 0.0, lo=0),
+                       rate_window_s=number(d, "rate_window_s", path, 1.0, lo=0, lo_open=True),
+                       rate_cores=number(d, "rate_cores", path, 0.0, lo=0))
 
 
 # --------------------------------------------------------------------------- autoscaler
-
-
-@dataclass(frozen=True)
-class AutoscalerSpec:
-    """``kind`` selects a policy from :mod:`simulator.policy`'s registry; ``params``
-    holds its kind-specific keys (validated by the policy's own ``from_params``)."""
-
-    kind: str = "static"
-    interval_s: float = 15.0
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "interval_s": self.interval_s, **dict(self.params)}
 
 
 def parse_autoscaler(d: Any, path: str, base_dir: str = "") -> AutoscalerSpec:
     if d is None:
         d = {}
     if not isinstance(d, Mapping):
-        _fail(path, f"must be a mapping (got {d!r})")
-    from simulator import policy as _pol  # late import: registry lives with the policies
-    kinds = tuple(sorted(_pol.REGISTRY))
-    kind = _choice(d, "kind", path, kinds, "static")
-    interval = _num(d, "interval_s", path, 15.0, lo=0, lo_open=True)
+        fail(path, f"must be a mapping (got {d!r})")
+    kinds = tuple(sorted(POLICIES))
+    kind = choice(d, "kind", path, kinds, "static")
+    interval = number(d, "interval_s", path, 15.0, lo=0, lo_open=True)
     params = {k: v for k, v in d.items() if k not in ("kind", "interval_s")}
     if kind == "policy" and isinstance(params.get("path"), str) and base_dir and \
             not os.path.isabs(params["path"]) and not os.path.exists(params["path"]):
         params["path"] = os.path.normpath(os.path.join(base_dir, params["path"]))
     # validate now, so errors surface at load time with the right key path
-    _pol.REGISTRY[kind].validate_params(params, path)
+    POLICIES[kind].validate_params(params, path)
     return AutoscalerSpec(kind=kind, interval_s=interval, params=params)
 
 
@@ -556,21 +472,21 @@ def scenario_from_dict(d: Any, source: str = "", base_dir: str = "") -> Scenario
     """Validate a plain dict (as loaded from YAML) into a :class:`Scenario`."""
     try:
         if not isinstance(d, Mapping):
-            _fail("", f"top level must be a mapping of {', '.join(sorted(TOP_KEYS))}")
-        _check_keys(d, TOP_KEYS, "")
+            fail("", f"top level must be a mapping of {', '.join(sorted(TOP_KEYS))}")
+        check_keys(d, TOP_KEYS, "")
         for req in ("workload", "service"):
             if req not in d:
-                _fail(req, "is required")
-        dur = _num(d, "duration_s", "", 60.0, lo=0, lo_open=True)
-        warm = _num(d, "warmup_s", "", 0.0, lo=0)
+                fail(req, "is required")
+        dur = number(d, "duration_s", "", 60.0, lo=0, lo_open=True)
+        warm = number(d, "warmup_s", "", 0.0, lo=0)
         if warm >= dur:
-            _fail("warmup_s", f"must be < duration_s ({dur}) (got {warm})")
+            fail("warmup_s", f"must be < duration_s ({dur}) (got {warm})")
         sc = Scenario(
-            name=_str(d, "name", "", "") or "",
-            seed=_num(d, "seed", "", 0, lo=0, hi=2**63 - 1, integer=True),
+            name=string(d, "name", "", "") or "",
+            seed=number(d, "seed", "", 0, lo=0, hi=2**63 - 1, integer=True),
             duration_s=dur, warmup_s=warm,
-            slo_ms=_num(d, "slo_ms", "", 100.0, lo=0, lo_open=True),
-            record_requests=_bool(d, "record_requests", "", True),
+            slo_ms=number(d, "slo_ms", "", 100.0, lo=0, lo_open=True),
+            record_requests=boolean(d, "record_requests", "", True),
             workload=parse_workload(d["workload"], "workload", base_dir),
             service=parse_service(d["service"], "service"),
             batching=parse_batching(d.get("batching") or {}, "batching"),
@@ -579,7 +495,7 @@ def scenario_from_dict(d: Any, source: str = "", base_dir: str = "") -> Scenario
             provenance=dict(d.get("provenance") or {}),
         )
         if sc.workload.kind == "closed_loop" and sc.cluster.max_replicas > 0 and sc.workload.users < 1:
-            _fail("workload.users", "must be >= 1")
+            fail("workload.users", "must be >= 1")
         return sc
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}" if source else str(e)) from None

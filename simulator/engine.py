@@ -36,7 +36,7 @@ from simulator.config import Dist, Scenario
 from simulator.metrics import (A_ARRIVALS, A_BUSY_S, A_COMPUTE_S, A_DROPPED, A_EXEC, A_FAIL, A_INFER,
                                A_LAT_S, A_OK, A_QUEUE_S, A_REJECTED, A_SLO_VIOL, A_TIMEOUT,
                                exact_quantiles, hist_quantiles, safe_div)
-from simulator.policy import Observation, Policy, clamp_replicas, make_policy
+from simulator.policy import Observation, Policy, make_policy, replicas_to_ask
 from simulator.rng import STARTUP, uniform
 from simulator.service import GRID_U, ServiceModel, build_service_model, draw, quantile_function
 from simulator.workload import ArrivalSource
@@ -119,6 +119,7 @@ class Simulation:
         self.progress = progress
         self._t0 = 0.0
         self._last_desired = sc.cluster.replicas
+        self.held_decisions = 0         # policy answers that were not numbers (the last decision was held)
 
     # ---- replica management
     def _live(self, state: str) -> list[Replica]:
@@ -201,12 +202,16 @@ class Simulation:
         return self.observe(t_next)
 
     def step(self, desired: Any) -> Observation | None:
-        """Apply the policy's answer for the current tick, run to the next tick."""
+        """Apply the policy's answer for the current tick (:func:`simulator.policy.replicas_to_ask`: clamped;
+        NaN / inf / a non-number holds the last decision and is counted), run to the next tick."""
         t = self.env.now
-        n = clamp_replicas(desired, self.sc.cluster.min_replicas, self.sc.cluster.max_replicas)
+        ans = replicas_to_ask(desired, self._last_desired, self.sc.cluster.min_replicas, self.sc.cluster.max_replicas)
+        n = ans.replicas
+        self.held_decisions += ans.held
         self._last_desired = n
         if self.timeline:
             self.timeline[-1]["desired"] = n
+            self.timeline[-1]["held"] = int(ans.held)
         self.scale_to(n, t)
         return self._next_obs()
 
@@ -239,6 +244,7 @@ class Simulation:
             min_replicas=self.sc.cluster.min_replicas, max_replicas=self.sc.cluster.max_replicas)
         row = obs.to_dict()
         row["desired"] = ready + pending
+        row["held"] = 0
         row["replica_seconds"] = self._cost(0.0, t)
         self.timeline.append(row)
         return obs
@@ -285,6 +291,7 @@ class Simulation:
             "slo_violation_rate": safe_div(ga[A_SLO_VIOL], n_req),
             "replica_seconds": self._cost(sc.warmup_s, sc.duration_s),
             "mean_replicas": self._cost(sc.warmup_s, sc.duration_s) / window,
+            "held_decisions": self.held_decisions,
             "scaling_actions": sum(1 for i in range(1, len(self.timeline))
                                    if self.timeline[i]["desired"] != self.timeline[i - 1]["desired"]),
             "seed": sc.seed, "engine": self.engine,

@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from simulator.policy import Observation, Policy, register
+from simulator.schema import check_keys, choice, fail, number
 
 DEFAULT_TOLERANCE = 0.1               # --horizontal-pod-autoscaler-tolerance
 MAX_STABILIZATION_S = 3600            # apis/autoscaling validation: MaxStabilizationWindowSeconds
@@ -361,24 +362,23 @@ class HPAPolicy(Policy):
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], path: str = "autoscaler") -> "HPAPolicy":
-        from simulator.config import _check_keys, _choice, _fail, _num
-        _check_keys(params, {"metric", "target", "tolerance", "scale_up_stabilization_s",
+        check_keys(params, {"metric", "target", "tolerance", "scale_up_stabilization_s",
                              "scale_down_stabilization_s", "scale_up_policies",
                              "scale_down_policies", "scale_up_select", "scale_down_select"}, path)
-        metric = _choice(params, "metric", path, tuple(METRICS), "busy_fraction")
-        target = _num(params, "target", path, None, lo=0, lo_open=True,
+        metric = choice(params, "metric", path, tuple(METRICS), "busy_fraction")
+        target = number(params, "target", path, None, lo=0, lo_open=True,
                       hi=1.0 if metric == "busy_fraction" else None)
         if target is None and metric == "arrival_rps_per_replica":
-            _fail(f"{path}.target", "is required for metric arrival_rps_per_replica "
+            fail(f"{path}.target", "is required for metric arrival_rps_per_replica "
                   "(requests/s one ready replica should serve)")
-        tolerance = _num(params, "tolerance", path, DEFAULT_TOLERANCE, lo=0)
+        tolerance = number(params, "tolerance", path, DEFAULT_TOLERANCE, lo=0)
         if tolerance >= 1:
-            _fail(f"{path}.tolerance", f"must be < 1 (got {tolerance!r})")
+            fail(f"{path}.tolerance", f"must be < 1 (got {tolerance!r})")
         rules = {}
         for d, default in (("up", DEFAULT_SCALE_UP), ("down", DEFAULT_SCALE_DOWN)):
-            window = _num(params, f"scale_{d}_stabilization_s", path, default.stabilization_window_s,
+            window = number(params, f"scale_{d}_stabilization_s", path, default.stabilization_window_s,
                           lo=0, hi=MAX_STABILIZATION_S, integer=True)
-            select = _choice(params, f"scale_{d}_select", path, SELECT, default.select)
+            select = choice(params, f"scale_{d}_select", path, SELECT, default.select)
             policies = _parse_policies(params, f"scale_{d}_policies", path, default.policies)
             rules[d] = ScalingRules(window, select, policies)
         return cls(metric, target, tolerance, rules["up"], rules["down"])
@@ -391,22 +391,21 @@ def _longest_period(rules: ScalingRules) -> int:
 
 def _parse_policies(params: Mapping, key: str, path: str,
                     default: tuple[ScalingPolicy, ...]) -> tuple[ScalingPolicy, ...]:
-    from simulator.config import _check_keys, _choice, _fail, _num
     if params.get(key) is None:
         return default
     p = f"{path}.{key}"
     items = params[key]
     if not isinstance(items, (list, tuple)) or not items:
-        _fail(p, "must be a non-empty list of {type: Pods|Percent, value, period_s} "
+        fail(p, "must be a non-empty list of {type: Pods|Percent, value, period_s} "
               f"(got {items!r})")
     out = []
     for i, item in enumerate(items):
         ip = f"{p}[{i}]"
-        _check_keys(item, {"type", "value", "period_s"}, ip)
+        check_keys(item, {"type", "value", "period_s"}, ip)
         out.append(ScalingPolicy(
-            _choice(item, "type", ip, POLICY_TYPES),
-            _num(item, "value", ip, required=True, lo=0, lo_open=True, integer=True),
-            _num(item, "period_s", ip, required=True, lo=0, lo_open=True, hi=MAX_PERIOD_S,
+            choice(item, "type", ip, POLICY_TYPES),
+            number(item, "value", ip, required=True, lo=0, lo_open=True, integer=True),
+            number(item, "period_s", ip, required=True, lo=0, lo_open=True, hi=MAX_PERIOD_S,
                  integer=True)))
     return tuple(out)
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from simulator.policy import Observation, Policy, register
+from simulator.schema import boolean, check_keys, fail, number
 
 
 @dataclass(frozen=True)
@@ -127,21 +128,20 @@ class KnativePolicy(Policy):
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], path: str = "autoscaler") -> "KnativePolicy":
-        from simulator.config import _bool, _check_keys, _fail, _num
-        _check_keys(params, {"target_concurrency", "stable_window_s", "panic_window_s",
+        check_keys(params, {"target_concurrency", "stable_window_s", "panic_window_s",
                              "panic_threshold", "max_scale_up_rate", "max_scale_down_rate",
                              "scale_to_zero"}, path)
-        stable = _num(params, "stable_window_s", path, 60.0, lo=6, hi=3600)
-        panic = _num(params, "panic_window_s", path, 6.0, lo=0, lo_open=True)
+        stable = number(params, "stable_window_s", path, 60.0, lo=6, hi=3600)
+        panic = number(params, "panic_window_s", path, 6.0, lo=0, lo_open=True)
         if panic > stable:
-            _fail(f"{path}.panic_window_s", f"must be <= stable_window_s ({stable}) (got {panic})")
-        up = _num(params, "max_scale_up_rate", path, 1000.0, lo=1, lo_open=True)
-        down = _num(params, "max_scale_down_rate", path, 2.0, lo=1, lo_open=True)
-        return cls(target_concurrency=_num(params, "target_concurrency", path, 4.0, lo=0, lo_open=True),
+            fail(f"{path}.panic_window_s", f"must be <= stable_window_s ({stable}) (got {panic})")
+        up = number(params, "max_scale_up_rate", path, 1000.0, lo=1, lo_open=True)
+        down = number(params, "max_scale_down_rate", path, 2.0, lo=1, lo_open=True)
+        return cls(target_concurrency=number(params, "target_concurrency", path, 4.0, lo=0, lo_open=True),
                    stable_window_s=stable, panic_window_s=panic,
-                   panic_threshold=_num(params, "panic_threshold", path, 2.0, lo=1.1, hi=10),
+                   panic_threshold=number(params, "panic_threshold", path, 2.0, lo=1.1, hi=10),
                    max_scale_up_rate=up, max_scale_down_rate=down,
-                   scale_to_zero=_bool(params, "scale_to_zero", path, False))
+                   scale_to_zero=boolean(params, "scale_to_zero", path, False))
 
 
 __all__ = ["KnativePolicy", "PanicState", "kpa_scale", "window_average"]

@@ -40,8 +40,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from simulator.config import ConfigError
-from simulator.policy import Observation, Policy, register
+from simulator.policy import AutoscalerSpec, Observation, Policy, register
+from simulator.schema import ConfigError, check_keys
 
 FORMAT = "servesim-policy/1"
 META_NAME = "servesim.json"
@@ -227,6 +227,10 @@ class LearnedPolicy(Policy):
         self.last_scores: Sequence[float] = ()
         self.last_action: int = -1
 
+    def spec(self) -> AutoscalerSpec:
+        """This policy as the one carrier of a policy and its interval (the interval it was trained at)."""
+        return AutoscalerSpec("policy", self.interval_s, {"path": os.path.abspath(self.path)} if self.path else {})
+
     @classmethod
     def load(cls, path: str) -> "LearnedPolicy":
         module, meta = load_policy_file(path)
@@ -258,8 +262,7 @@ class LearnedPolicy(Policy):
 
     @classmethod
     def validate_params(cls, params: Mapping[str, Any], path: str) -> None:
-        from simulator.config import _check_keys
-        _check_keys(params, {"path"}, path)
+        check_keys(params, {"path"}, path)
         p = params.get("path")
         if not isinstance(p, str) or not p:
             raise ConfigError(f"{path}.path: is required (a policy.pt file written by rl.train)")
@@ -270,8 +273,7 @@ class LearnedPolicy(Policy):
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], path: str = "autoscaler") -> "LearnedPolicy":
-        from simulator.config import _check_keys
-        _check_keys(params, {"path"}, path)
+        check_keys(params, {"path"}, path)
         p = params.get("path")
         if not isinstance(p, str) or not p:
             raise ConfigError(f"{path}.path: is required (a policy.pt file written by rl.train)")

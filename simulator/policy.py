@@ -27,8 +27,10 @@ Metric definitions (per interval ``[t - interval_s, t)``):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
+
+from simulator.schema import check_keys, number
 
 
 @dataclass
@@ -69,6 +71,23 @@ class Observation:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class AutoscalerSpec:
+    """A policy and its control interval: the one carrier used by the simulator (a scenario's ``autoscaler:``
+    block), the baselines and the evaluation (``rl``), the validation and the real controller (``cluster``).
+
+    ``kind`` selects a policy from :data:`REGISTRY`; ``params`` holds its kind-specific keys (validated by
+    the policy's own ``from_params``); :func:`make_policy` builds the policy object. A learned policy's
+    spec is :meth:`simulator.learned.LearnedPolicy.spec` (``kind: policy``, the interval it was trained at)."""
+
+    kind: str = "static"
+    interval_s: float = 15.0
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "interval_s": self.interval_s, **dict(self.params)}
 
 
 class Policy:
@@ -120,13 +139,12 @@ class StaticPolicy(Policy):
 
     @classmethod
     def from_params(cls, params, path="autoscaler"):
-        from simulator.config import _check_keys, _num
-        _check_keys(params, {"replicas"}, path)
-        return cls(_num(params, "replicas", path, None, lo=0, integer=True))
+        check_keys(params, {"replicas"}, path)
+        return cls(number(params, "replicas", path, None, lo=0, integer=True))
 
 
-def make_policy(spec) -> Policy:
-    """Build the policy named by an :class:`~simulator.config.AutoscalerSpec`."""
+def make_policy(spec: AutoscalerSpec) -> Policy:
+    """Build the policy named by an :class:`AutoscalerSpec`."""
     return REGISTRY[spec.kind].from_params(spec.params, "autoscaler")
 
 
@@ -139,6 +157,36 @@ def clamp_replicas(desired: Any, lo: int, hi: int) -> int:
     if not math.isfinite(v):
         raise ValueError(f"policy returned {desired!r}")
     return int(min(max(round(v), lo), hi))
+
+
+class Answer(NamedTuple):
+    """What a controller asks for after a policy answered: ``replicas``; ``held`` when the answer was not
+    usable and the last decision was kept; ``reason`` says why (empty when the answer was used as is)."""
+
+    replicas: int
+    held: bool
+    reason: str
+
+
+def replicas_to_ask(answer: Any, last: int, lo: int, hi: int) -> Answer:
+    """The one rule for a policy's answer, the same in the simulator (:meth:`simulator.engine.Simulation.step`)
+    and on the real cluster (:meth:`cluster.controller.Controller.decide`).
+
+    A finite number (bools excluded) is rounded and clamped to ``[lo, hi]`` (reason ``clamped X to n`` when
+    that changed it). NaN, an infinity or anything that is not a number is not acted on: the controller
+    holds its last decision ``last`` (clamped) and counts the interval as held -- what a real controller
+    can do, since it cannot stop the deployment to report a bug.
+    """
+    bad = isinstance(answer, (bool, str, bytes)) or answer is None
+    try:
+        v = float(answer) if not bad else math.nan
+    except (TypeError, ValueError):
+        bad, v = True, math.nan
+    if bad or not math.isfinite(v):
+        held = int(min(max(int(last), lo), hi))
+        return Answer(held, True, f"policy answer rejected: {answer!r} is not a finite number; holding {held}")
+    n = int(min(max(round(v), lo), hi))
+    return Answer(n, False, "" if v == n else f"clamped {answer!r} to {n}")
 
 
 # Policies living in other modules register themselves on import.
@@ -154,5 +202,5 @@ def _load_builtin() -> None:
 
 _load_builtin()
 
-__all__ = ["Observation", "Policy", "REGISTRY", "register", "StaticPolicy", "make_policy",
-           "clamp_replicas", "Callable"]
+__all__ = ["AutoscalerSpec", "Observation", "Policy", "REGISTRY", "register", "StaticPolicy", "make_policy",
+           "clamp_replicas", "replicas_to_ask", "Answer", "Callable"]

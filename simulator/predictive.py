@@ -28,6 +28,7 @@ from collections import deque
 from typing import Any, Mapping
 
 from simulator.policy import Observation, Policy, register
+from simulator.schema import check_keys, choice, number
 
 PREDICTORS = ("max", "trend")
 
@@ -85,15 +86,14 @@ class PredictivePolicy(Policy):
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], path: str = "autoscaler") -> "PredictivePolicy":
-        from simulator.config import _check_keys, _choice, _num
-        _check_keys(params, {"capacity_rps_per_replica", "window_s", "horizon_s", "headroom", "predictor"},
+        check_keys(params, {"capacity_rps_per_replica", "window_s", "horizon_s", "headroom", "predictor"},
                     path)
-        cap = _num(params, "capacity_rps_per_replica", path, None, lo=0, lo_open=True, required=True)
+        cap = number(params, "capacity_rps_per_replica", path, None, lo=0, lo_open=True, required=True)
         return cls(capacity_rps_per_replica=cap,
-                   window_s=_num(params, "window_s", path, 120.0, lo=0, lo_open=True),
-                   horizon_s=_num(params, "horizon_s", path, 10.0, lo=0, lo_open=True),
-                   headroom=_num(params, "headroom", path, 0.0, lo=0, hi=10),
-                   predictor=_choice(params, "predictor", path, PREDICTORS, "max"))
+                   window_s=number(params, "window_s", path, 120.0, lo=0, lo_open=True),
+                   horizon_s=number(params, "horizon_s", path, 10.0, lo=0, lo_open=True),
+                   headroom=number(params, "headroom", path, 0.0, lo=0, hi=10),
+                   predictor=choice(params, "predictor", path, PREDICTORS, "max"))
 
 
 __all__ = ["PredictivePolicy", "PREDICTORS"]

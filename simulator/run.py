@@ -1,17 +1,22 @@
 """``python -m simulator.run SCENARIO.yaml --out DIR [--seed N] [--set key=value ...]``
 
 Runs one scenario and writes, into DIR (atomically: a temporary folder renamed
-at the end, so a failed or interrupted run leaves nothing half-written):
+at the end, so a failed or interrupted run leaves nothing half-written; DIR is
+checked before simulating: an existing DIR is replaced only with ``--force`` and
+only if an earlier ``simulator.run`` wrote it, see :class:`simulator.io.OutputFolder`):
 
 - ``summary.json``: figures over requests arriving in [warmup_s, duration_s),
-  with the resolved scenario, seed, engine and servesim version;
+  with the resolved scenario, seed, engine and servesim version (``held_decisions``:
+  policy answers that were not finite numbers, so the last decision was held);
 - ``timeline.csv``: one row per control interval (the policy's observation,
-  its decision, cumulative replica-seconds, and the seed);
+  its decision, ``held`` 1 when that decision was held, cumulative replica-seconds,
+  and the seed);
 - ``requests.parquet``: per request (arrival, dispatch, completion, replica,
   batch size, status), scenario and seed in the file's metadata — unless
   ``record_requests: false`` / ``--no-records`` (long runs);
 - ``scenario.yaml``: the resolved scenario (re-runnable as is);
-- ``latency_cdf.png`` and ``timeline.png``.
+- ``latency_cdf.png`` and ``timeline.png`` (unless ``--no-plots``);
+- ``.servesim-output.json``: the output marker (see :class:`simulator.io.OutputFolder`).
 """
 from __future__ import annotations
 
@@ -19,52 +24,52 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 
-from simulator.config import ConfigError, dump_scenario, load_scenario
+from simulator.config import dump_scenario, load_scenario
 from simulator.engine import ENGINES, simulate
-from simulator.io import jsonable
+from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
 
 VERSION = "0.1.0"
 
 
-def write_outputs(res, out: str, plots: bool = True) -> None:
-    """Write a :class:`~simulator.engine.Result` into folder ``out`` atomically."""
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out.rstrip("/")) + "-", dir=parent)
-    try:
-        summary = dict(res.summary)
-        summary["servesim_version"] = VERSION
-        with open(os.path.join(tmp, "summary.json"), "w") as f:
-            json.dump(jsonable(summary), f, indent=2)
-        tl = res.timeline_frame()
-        tl["seed"] = res.scenario.seed
-        tl.to_csv(os.path.join(tmp, "timeline.csv"), index=False)
-        dump_scenario(res.scenario, os.path.join(tmp, "scenario.yaml"))
-        if res.records is not None:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-            table = pa.Table.from_pandas(res.records_frame(), preserve_index=False)
-            meta = dict(table.schema.metadata or {})
-            meta[b"servesim.scenario"] = json.dumps(jsonable(res.scenario.to_dict())).encode()
-            meta[b"servesim.seed"] = str(res.scenario.seed).encode()
-            pq.write_table(table.replace_schema_metadata(meta), os.path.join(tmp, "requests.parquet"))
-        if plots:
-            from simulator import plots as P
-            P.latency_cdf(res, os.path.join(tmp, "latency_cdf.png"))
-            P.timeline(res, os.path.join(tmp, "timeline.png"))
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def write_outputs(res, folder, plots: bool = True) -> list[str]:
+    """Write a :class:`~simulator.engine.Result` into ``folder`` (an existing, empty working folder: the
+    :class:`~simulator.io.OutputFolder` puts it in place); returns the names of the files written."""
+    folder = str(folder)
+    files = ["summary.json", "timeline.csv", "scenario.yaml"]
+    summary = dict(res.summary)
+    summary["servesim_version"] = VERSION
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        json.dump(jsonable(summary), f, indent=2)
+    tl = res.timeline_frame()
+    tl["seed"] = res.scenario.seed
+    tl.to_csv(os.path.join(folder, "timeline.csv"), index=False)
+    dump_scenario(res.scenario, os.path.join(folder, "scenario.yaml"))
+    if res.records is not None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        table = pa.Table.from_pandas(res.records_frame(), preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[b"servesim.scenario"] = json.dumps(jsonable(res.scenario.to_dict())).encode()
+        meta[b"servesim.seed"] = str(res.scenario.seed).encode()
+        pq.write_table(table.replace_schema_metadata(meta), os.path.join(folder, "requests.parquet"))
+        files.append("requests.parquet")
+    if plots:
+        from simulator import plots as P
+        P.latency_cdf(res, os.path.join(folder, "latency_cdf.png"))
+        P.timeline(res, os.path.join(folder, "timeline.png"))
+        files += ["latency_cdf.png", "timeline.png"]
+    return files
 
 
-def print_summary(s: dict, out: str | None = None) -> None:
+def output_folder(out: str, force: bool = False) -> OutputFolder:
+    """``--out`` checked and locked before simulating (see :class:`simulator.io.OutputFolder`); earlier
+    ``simulator.run`` folders are recognised by their marker (or, before it existed, their summary.json)."""
+    return OutputFolder(out, "simulator.run", force=force, legacy=json_has_keys("summary.json", "servesim_version"))
+
+
+def print_summary(s: dict, out: str | None = None, files: list[str] | None = None) -> None:
     lat = s["latency_ms"]
     f = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
     print(f"requests {s['requests']}  completed {s['completed']}  failed {s['failed']}  "
@@ -75,15 +80,16 @@ def print_summary(s: dict, out: str | None = None) -> None:
           f"replica-seconds {s['replica_seconds']:.1f} (mean {s['mean_replicas']:.2f} replicas)")
     print(f"engine {s['engine']}, seed {s['seed']}, {s['sim_requests_per_wall_s']:,.0f} simulated requests/wall-s")
     if out:
-        print(f"wrote {out}/summary.json, timeline.csv, "
-              f"{'requests.parquet, ' if s['scenario'].get('record_requests') else ''}latency_cdf.png, timeline.png")
+        print(f"wrote {out}/" + ", ".join(files or ()))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m simulator.run", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", help="scenario YAML file")
-    ap.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    ap.add_argument("--out", required=True, help="output folder (written atomically; see --force)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace --out if an earlier simulator.run wrote it (never another folder)")
     ap.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a scenario key, e.g. --set workload.rate_rps=80 (repeatable)")
@@ -92,28 +98,25 @@ def main(argv=None) -> int:
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
-    try:
+
+    def body() -> int:
         overrides = list(a.set) + (["record_requests=false"] if a.no_records else [])
         sc = load_scenario(a.scenario, overrides, seed=a.seed)
-        from tqdm import tqdm
-        bar = tqdm(total=sc.duration_s, unit="sim-s", disable=a.quiet, desc="simulating",
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim-s [{elapsed}<{remaining}]")
+        with output_folder(a.out, a.force) as of:         # refused here, before simulating
+            from tqdm import tqdm
+            bar = tqdm(total=sc.duration_s, unit="sim-s", disable=a.quiet, desc="simulating",
+                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim-s [{elapsed}<{remaining}]")
 
-        def progress(t):
-            bar.update(t - bar.n)
+            def progress(t):
+                bar.update(t - bar.n)
 
-        res = simulate(sc, engine=a.engine, progress=progress)
-        bar.update(sc.duration_s - bar.n)
-        bar.close()
-        write_outputs(res, a.out, plots=not a.no_plots)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing written", file=sys.stderr)
-        return 130
-    print_summary(res.summary, a.out)
-    return 0
+            res = simulate(sc, engine=a.engine, progress=progress)
+            bar.update(sc.duration_s - bar.n)
+            bar.close()
+            files = write_outputs(res, of.path, plots=not a.no_plots)
+        print_summary(res.summary, a.out, files)
+        return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

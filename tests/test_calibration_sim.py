@@ -6,7 +6,7 @@ from simulator import scenario_from_dict
 from simulator.config import ConfigError
 from simulator.engine import simulate
 from simulator.workload import arrival_times
-from test_engines_equal import assert_same  # noqa: E402 (tests/ is on sys.path under pytest)
+from helpers import assert_same
 
 
 def _sc(**over):

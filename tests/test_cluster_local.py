@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster import procs
-from cluster.config import StackSettings
+from cluster.stack import procs
+from cluster.stack.config import StackSettings
 from simulator.config import scenario_from_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
@@ -33,8 +33,8 @@ def prerequisites():
     import shutil
     if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
         pytest.skip("haproxy not installed (python -m cluster.setup)")
-    from cluster.model import export_onnx
-    from cluster.triton import backend_dir, tritonserver_bin
+    from cluster.stack.model import export_onnx
+    from cluster.stack.triton import backend_dir, tritonserver_bin
     tritonserver_bin()
     backend_dir()
     export_onnx(0)
@@ -67,9 +67,9 @@ def _scenario(**cluster):
 
 
 def test_local_backend_balances_survives_a_crash_and_scales(tmp_path):
-    from cluster.arrivals import arrival_times
-    from cluster.local import LocalBackend
-    from cluster.loadgen import run_load
+    from cluster.stack.arrivals import arrival_times
+    from cluster.stack.local import LocalBackend
+    from cluster.stack.loadgen import run_load
     sc = _scenario()
     be = LocalBackend(sc, StackSettings(drain_timeout_s=3), tmp_path / "srv")
     try:
@@ -118,8 +118,8 @@ def test_local_backend_balances_survives_a_crash_and_scales(tmp_path):
 
 
 def test_model_load_failure_is_clear_and_leaves_nothing(tmp_path, monkeypatch):
-    from cluster import local
-    from cluster.triton import TritonError, write_model_repository
+    from cluster.stack import local
+    from cluster.stack.triton import TritonError, write_model_repository
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not an onnx model")
 
@@ -136,9 +136,9 @@ def test_model_load_failure_is_clear_and_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_port_in_use_is_clear_and_leaves_nothing(tmp_path):
-    from cluster.local import LocalBackend
-    from cluster.procs import PortInUseError
-    from cluster.triton import TritonServer, write_model_repository
+    from cluster.stack.local import LocalBackend
+    from cluster.stack.procs import PortInUseError
+    from cluster.stack.triton import TritonServer, write_model_repository
     from simulator.config import BatchingSpec
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -158,7 +158,7 @@ def test_port_in_use_is_clear_and_leaves_nothing(tmp_path):
 
 
 def test_loadgen_errors(tmp_path):
-    from cluster.loadgen import LoadGenError, run_load
+    from cluster.stack.loadgen import LoadGenError, run_load
     with pytest.raises(LoadGenError, match=r"load generator \(Locust\) failed with exit code 2"):
         run_load({"url": "http://127.0.0.1:9", "model": MODEL, "mode": "bogus", "duration_s": 1}, tmp_path / "a")
     # nothing listening: every request is recorded as unavailable, the load generator itself succeeds
@@ -229,8 +229,9 @@ def test_measure_end_to_end(tmp_path, capsys):
     assert {r["batch_size"] for r in comp} == {"1", "2"} and all(float(r["compute_infer_ms"]) > 0 for r in comp)
     assert len(list(csv.DictReader(open(out / "startup/startup.csv")))) == 1
     assert not list(tmp_path.glob(".out.tmp-*"))
-    # refuses to overwrite without --force
-    assert measure.main([str(cfg), "--out", str(out), "--quiet", "--only", "startup"]) == 1
+    # refuses to overwrite without --force: bad input, one line, exit 2, before anything starts
+    assert measure.main([str(cfg), "--out", str(out), "--quiet", "--only", "startup"]) == 2
+    assert "already exists (written by cluster.measure); --force replaces it" in capsys.readouterr().err
     assert procs.live_children() == []
 
 
@@ -248,7 +249,7 @@ def test_ctrl_c_tears_everything_down(tmp_path):
         while time.time() < deadline:      # wait until the servers and the load generator are running
             kids = me.children(recursive=True)
             cmds = [" ".join(k.cmdline()) for k in kids if k.is_running()]
-            if any("tritonserver" in c for c in cmds) and any("cluster.loadgen" in c for c in cmds):
+            if any("tritonserver" in c for c in cmds) and any("cluster.stack.loadgen" in c for c in cmds):
                 break
             time.sleep(0.2)
         else:

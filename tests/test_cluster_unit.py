@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from cluster import config as ccfg
-from cluster.arrivals import arrival_times, sample_dist
+from cluster.stack.arrivals import arrival_times, sample_dist
 from simulator.workload import schedule_rate
-from cluster.lb import render_config
-from cluster.loadgen import classify
-from cluster.scrape import latency_summary, model_counters, observation_from_window, parse_prometheus
-from cluster.triton import model_config_pbtxt
+from cluster.stack.lb import render_config
+from cluster.stack.loadgen import classify
+from cluster.stack.scrape import latency_summary, model_counters, observation_from_window, parse_prometheus
+from cluster.stack.triton import model_config_pbtxt
 from simulator.config import BatchingSpec, ConfigError, Dist, parse_workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,7 +210,7 @@ def test_haproxy_config_renders_and_validates(tmp_path):
 
 
 def test_haproxy_missing_is_a_clear_error(monkeypatch):
-    from cluster import lb
+    from cluster.stack import lb
     monkeypatch.setattr(lb.shutil, "which", lambda name: None)
     monkeypatch.setattr(lb.os.path, "exists", lambda p: False)
     with pytest.raises(lb.LoadBalancerError, match=r"haproxy is not installed.*python -m cluster.setup"):
@@ -218,7 +218,7 @@ def test_haproxy_missing_is_a_clear_error(monkeypatch):
 
 
 def test_port_check():
-    from cluster.procs import PortInUseError, check_port_free
+    from cluster.stack.procs import PortInUseError, check_port_free
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -229,5 +229,5 @@ def test_port_check():
 
 
 def test_model_parameter_count():
-    from cluster.model import PARAMETERS, build_model, count_parameters
+    from cluster.stack.model import PARAMETERS, build_model, count_parameters
     assert count_parameters(build_model()) == PARAMETERS

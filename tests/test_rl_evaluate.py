@@ -1,40 +1,12 @@
 """rl.evaluate on a tiny generated trace: outputs, all baselines, clean errors."""
 import csv
 import json
-import os
 
-import numpy as np
 import pytest
-import yaml
 
 pytest.importorskip("torch")
 
-from test_rl_policies import _tiny_policy_file  # noqa: E402  (tests/ is on sys.path)
-
-
-def make_trace(path, days=2, seed=0):
-    """A Twitter-like per-second trace: daily cycle, noise and a few 10-minute bursts."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(days * 86400)
-    rate = 60 + 25 * np.sin(2 * np.pi * t / 86400)
-    for s in rng.integers(0, len(t) - 600, size=6 * days):
-        rate[s:s + 600] *= 3
-    r = rng.poisson(rate)
-    with open(path, "w") as f:
-        f.write("rps\n")
-        f.write("\n".join(map(str, r.tolist())))
-        f.write("\n")
-    return str(path)
-
-
-def make_config(tmp_path, trace, **env):
-    cfg = {"scenario": "configs/rl_default.yaml",
-           "trace": {"path": str(trace), "train_days": [1, 1], "tune_days": [2, 2], "eval_days": [2, 2]},
-           "env": {"episode_s": 120, **env},
-           "curriculum": {"levels": [{"episodes": 0, "speedups": [1, 4]}]}}
-    p = tmp_path / "rl_test.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return str(p)
+from helpers import make_config, make_trace, tiny_policy_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +14,7 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("ev")
     trace = make_trace(d / "trace.csv")
     cfg = make_config(d, trace)
-    pt = _tiny_policy_file(d / "policy.pt")
+    pt = tiny_policy_file(d / "policy.pt")
     return d, trace, cfg, pt
 
 

@@ -1,5 +1,4 @@
 """Predictive (IPA-style) and oracle policies against hand-computed decisions; policy.pt round trip."""
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from simulator.config import ConfigError, parse_autoscaler, scenario_from_dict
 from simulator.policy import REGISTRY, Observation
 from simulator.capacity import per_replica_capacity
 from simulator.predictive import PredictivePolicy
+from helpers import tiny_policy_file
 
 NAN = float("nan")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,39 +185,10 @@ def test_oracle_when_the_target_is_out_of_reach():
 # --------------------------------------------------------------------------- policy.pt
 
 
-def _tiny_policy_file(path, weights=None, history=1, action=None, interval=5.0, out_dim=None):
-    import torch
-    from simulator.learned import default_obs_spec, save_policy_file
-    spec = default_obs_spec(slo_ms=150, max_replicas=12, max_batch_size=8, interval_s=interval,
-                            capacity_rps_per_replica=50.0, history=history)
-    dim = len(spec["features"]) * history
-    action = action or {"kind": "delta", "values": [-1, 0, 1]}
-    n = out_dim or len(action["values"])
-    lin = torch.nn.Linear(dim, n)
-    with torch.no_grad():
-        lin.weight.zero_()
-        lin.bias.copy_(torch.tensor([0.0, 0.1, 0.0][:n] + [0.0] * max(0, n - 3)))
-        # score of "+1" grows with load_per_replica (feature index 14 in the last frame)
-        lpr = spec["features"].index("load_per_replica") + (history - 1) * len(spec["features"])
-        if n >= 3:
-            lin.weight[2, lpr] = 1.0
-            lin.weight[0, lpr] = -1.0
-    module = torch.jit.trace(lin, torch.zeros(1, dim))
-    meta = {"obs": spec, "action": action, "interval_s": interval,
-            "scenario": {"name": "test"}, "training": {"algo": "hand-made"}}
-    if out_dim is not None:  # bypass the shape check of save_policy_file: write directly
-        from simulator.learned import META_NAME, FORMAT
-        meta["format"] = FORMAT
-        torch.jit.save(module, str(path), _extra_files={META_NAME: json.dumps(meta)})
-    else:
-        save_policy_file(module, meta, str(path))
-    return str(path)
-
-
 def test_policy_file_round_trip_and_decisions(tmp_path):
     pytest.importorskip("torch")
     from simulator.learned import LearnedPolicy
-    pt = _tiny_policy_file(tmp_path / "p.pt")
+    pt = tiny_policy_file(tmp_path / "p.pt")
     spec = parse_autoscaler({"kind": "policy", "path": pt, "interval_s": 5}, "autoscaler")
     pol = REGISTRY["policy"].from_params(spec.params)
     assert isinstance(pol, LearnedPolicy) and pol.meta["training"]["algo"] == "hand-made"
@@ -244,7 +215,7 @@ def test_policy_file_bad_inputs(tmp_path):
     torch.jit.save(torch.jit.trace(torch.nn.Linear(3, 2), torch.zeros(1, 3)), str(plain))
     with pytest.raises(ConfigError, match="not a servesim policy file"):
         parse_autoscaler({"kind": "policy", "path": str(plain)}, "autoscaler")
-    wrong = _tiny_policy_file(tmp_path / "wrong.pt", out_dim=2)
+    wrong = tiny_policy_file(tmp_path / "wrong.pt", out_dim=2)
     with pytest.raises(ConfigError, match=r"output shape \(1, 2\), expected \(1, 3\)"):
         parse_autoscaler({"kind": "policy", "path": wrong}, "autoscaler")
     with pytest.raises(ConfigError, match="path: is required"):
@@ -254,7 +225,7 @@ def test_policy_file_bad_inputs(tmp_path):
 def test_policy_rejects_nan_scores(tmp_path):
     pytest.importorskip("torch")
     from simulator.learned import LearnedPolicy
-    pol = LearnedPolicy.load(_tiny_policy_file(tmp_path / "p.pt"))
+    pol = LearnedPolicy.load(tiny_policy_file(tmp_path / "p.pt"))
 
     class NaNModule:
         def __call__(self, x):
@@ -268,7 +239,7 @@ def test_policy_rejects_nan_scores(tmp_path):
 def test_policy_history_lives_in_the_policy(tmp_path):
     pytest.importorskip("torch")
     from simulator.learned import LearnedPolicy
-    pol = LearnedPolicy.load(_tiny_policy_file(tmp_path / "h.pt", history=3))
+    pol = LearnedPolicy.load(tiny_policy_file(tmp_path / "h.pt", history=3))
     assert pol.encoder.dim == 3 * pol.encoder.frame_dim
     pol.decide(ob(5, 30, interval=5))
     pol.decide(ob(10, 60, interval=5))
@@ -280,7 +251,7 @@ def test_policy_history_lives_in_the_policy(tmp_path):
 def test_policy_acts_without_ray(tmp_path):
     """A subprocess with ``ray`` (and gymnasium) blocked loads the file and runs a simulation with it."""
     pytest.importorskip("torch")
-    pt = _tiny_policy_file(tmp_path / "p.pt")
+    pt = tiny_policy_file(tmp_path / "p.pt")
     code = f"""
 import sys
 sys.modules['ray'] = None

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("ray.rllib")
 pytest.importorskip("torch")
 
-from test_rl_evaluate import make_config, make_trace  # noqa: E402  (tests/ is on sys.path)
+from helpers import make_config, make_trace  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

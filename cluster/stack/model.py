@@ -61,7 +61,7 @@ HEAD_CHANNELS = 1280
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parent.parent.parent
 
 
 def cache_dir() -> Path:

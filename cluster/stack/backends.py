@@ -116,14 +116,3 @@ class Backend(abc.ABC):
     def __exit__(self, *exc):
         self.teardown()
         return False
-
-
-def make_backend(stack, scenario, workdir):
-    """The backend named by ``stack.backend`` for ``scenario`` (its batching and cluster blocks)."""
-    if stack.backend == "local":
-        from .local import LocalBackend
-        return LocalBackend(scenario, stack, workdir)
-    if stack.backend == "kubernetes":
-        from .kubernetes import KubernetesBackend
-        return KubernetesBackend(scenario, stack, workdir)
-    raise ValueError(f"unknown backend {stack.backend!r}")

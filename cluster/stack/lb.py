@@ -26,13 +26,10 @@ import time
 from pathlib import Path
 
 from . import procs
+from .errors import LoadBalancerError, PortInUseError
 
 BALANCE = {"round_robin": "roundrobin", "random": "random", "least_outstanding": "leastconn"}
 BACKEND = "triton"
-
-
-class LoadBalancerError(RuntimeError):
-    pass
 
 
 def haproxy_bin() -> str:
@@ -124,7 +121,7 @@ class HAProxy:
                 out = procs.tail(self.log_path, 10)
                 procs.stop(self.proc)
                 if "cannot bind" in out.lower() or "address already in use" in out.lower():
-                    raise procs.PortInUseError(f"load balancer (HAProxy): port {self.host}:{self.port} is "
+                    raise PortInUseError(f"load balancer (HAProxy): port {self.host}:{self.port} is "
                                                f"already in use (set stack.lb_port: 0 to pick a free port)")
                 raise LoadBalancerError(f"haproxy exited at start (code {self.proc.returncode}):\n{out}")
             if os.path.exists(self.sock):

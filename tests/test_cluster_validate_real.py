@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import procs
+from cluster.stack import procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
 
@@ -23,20 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 def prerequisites():
     if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
         pytest.skip("haproxy not installed (python -m cluster.setup)")
-    from cluster.model import export_onnx
-    from cluster.triton import backend_dir, tritonserver_bin
+    from cluster.stack.model import export_onnx
+    from cluster.stack.triton import backend_dir, tritonserver_bin
     tritonserver_bin()
     backend_dir()
     export_onnx(0)
 
 
 def test_real_validate_run(tmp_path, capsys):
-    from test_validate import _tiny_policy
+    from helpers import tiny_rate_policy
 
-    from cluster.validate import main
+    from cluster.validate.cli import main
     # a rate policy that always provisions for 40 req/s per replica: 1 replica at the start of the slice,
     # 3 during the burst; 5 s control interval
-    pol = _tiny_policy(tmp_path / "tiny.pt", bias=(0.0, 1.0))
+    pol = tiny_rate_policy(tmp_path / "tiny.pt", bias=(0.0, 1.0))
     out = tmp_path / "validate"
     t = time.time()
     rc = main([pol, "--scenario", str(ROOT / "configs" / "calibrated" / "baseline.yaml"), "--compare", "static",

@@ -1,10 +1,10 @@
-"""Locust file for distributed / in-cluster load: ``locust -f cluster/locustfile.py [--master|--worker] --headless``.
+"""Locust file for distributed / in-cluster load: ``locust -f cluster/stack/locustfile.py [--master|--worker] --headless``.
 
-Builds the same users and load shape as ``python -m cluster.loadgen`` (:func:`cluster.loadgen.build_load`)
+Builds the same users and load shape as ``python -m cluster.stack.loadgen`` (:func:`cluster.stack.loadgen.build_load`)
 from the plan JSON named by ``$SERVESIM_PLAN`` (see ``configs/k8s/locust.yaml``; keys as in
-:func:`cluster.loadgen.run_load`, with ``arrivals_file`` for open-loop plans). Each process that runs
+:func:`cluster.stack.loadgen.run_load`, with ``arrivals_file`` for open-loop plans). Each process that runs
 users writes its per-request log to ``$SERVESIM_OUT/requests-<host>-<pid>.csv`` when the test stops
-(columns: :data:`cluster.loadgen.REQUEST_COLUMNS`, epoch seconds).
+(columns: :data:`cluster.stack.loadgen.REQUEST_COLUMNS`, epoch seconds).
 """
 import json
 import os
@@ -12,7 +12,7 @@ import socket
 
 from locust import events
 
-from cluster.loadgen import build_load, write_records
+from cluster.stack.loadgen import build_load, write_records
 
 _plan_path = os.environ.get("SERVESIM_PLAN", "plan.json")
 with open(_plan_path) as _f:

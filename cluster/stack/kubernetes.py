@@ -34,6 +34,8 @@ from pathlib import Path
 import yaml
 
 from .backends import Backend, ReplicaRecord
+from .errors import KubernetesError
+from .model import repo_root
 from .triton import model_config_pbtxt
 
 APP = "servesim-triton"
@@ -41,12 +43,8 @@ CONFIGMAP = "servesim-model-config"
 LABEL = f"app={APP}"
 
 
-class KubernetesError(RuntimeError):
-    """Kubernetes backend failure; the message is user-facing."""
-
-
 def manifests_dir(k) -> Path:
-    return Path(k.manifests) if k.manifests else Path(__file__).resolve().parent.parent / "configs" / "k8s"
+    return Path(k.manifests) if k.manifests else repo_root() / "configs" / "k8s"
 
 
 def load_manifests(path: str | Path) -> dict[str, dict]:

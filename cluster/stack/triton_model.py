@@ -1,7 +1,7 @@
 """Triton Python-backend model: onnxruntime runs MobileNetV4-Conv-Small inside Triton.
 
 This file is copied verbatim into the model repository as ``<model>/1/model.py``
-(see :func:`cluster.triton.write_model_repository`); it is never imported by
+(see :func:`cluster.stack.triton.write_model_repository`); it is never imported by
 servesim itself. The bundled ``tritonserver`` of ``nvidia-pytriton`` has no
 onnxruntime backend, so the Python backend hosts onnxruntime; Triton's dynamic
 batcher, instance group and queue policy still sit in front of it: every

@@ -1,5 +1,5 @@
 """Closing the loop: the live controller (fake backend), policy pre-flight checks, the sim-vs-real
-report arithmetic, and the pipeline's input handling. No real servers here (see test_validate_real.py)."""
+report arithmetic, and the pipeline's input handling. No real servers here (see test_cluster_validate_real.py)."""
 from __future__ import annotations
 
 import json
@@ -16,53 +16,12 @@ import pytest
 
 from cluster.controller import (Controller, LiveRequests, PolicyRejected, check_policy, load_policy_file,
                                 scrape_counters, synthetic_observations)
-from cluster.validate import (compare_sides, pair_verdict, ranking, rel_err, replica_curve, replica_seconds,
-                              side_summary)
+from cluster.validate.stats import pair_verdict, ranking, replica_curve
+from simulator.io import OutputFolder
 from simulator.policy import Observation, Policy, StaticPolicy
-from test_cluster_k8s import _scenario as _k8s_scenario, _stack as _k8s_stack, fake_api  # noqa: F401 (fixture)
+from helpers import FakeBackend, MODEL, k8s_scenario, k8s_stack, tiny_rate_policy
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = "mobilenetv4_conv_small"
-
-
-def _prom(success, count, execs, queue_us, infer_us):
-    m = f'{{model="{MODEL}",version="1"}}'
-    return (f"nv_inference_request_success{m} {success}\nnv_inference_count{m} {count}\n"
-            f"nv_inference_exec_count{m} {execs}\nnv_inference_queue_duration_us{m} {queue_us}\n"
-            f"nv_inference_compute_infer_duration_us{m} {infer_us}\n")
-
-
-class FakeBackend:
-    """Replicas become ready at once; metrics are canned counters; every scale() is recorded."""
-
-    def __init__(self, n=1):
-        self.n = n
-        self.desired = n
-        self.scaled: list[int] = []
-        self.counters = {f"r{i}": [0, 0, 0, 0, 0] for i in range(n)}
-        self.fail_scrape = False
-        self.drop_replica: str | None = None
-
-    @property
-    def ready_replicas(self):
-        return self.n
-
-    @property
-    def pending_replicas(self):
-        return 0
-
-    @property
-    def endpoints(self):
-        return {"lb": "http://127.0.0.1:1", "replicas": {r: "" for r in self.counters}}
-
-    def metrics(self):
-        if self.fail_scrape:
-            raise OSError("connection refused")
-        return {r: _prom(*c) for r, c in self.counters.items() if r != self.drop_replica}
-
-    def scale(self, n):
-        self.scaled.append(n)
-        self.desired = n
 
 
 class Const(Policy):
@@ -281,44 +240,15 @@ def test_check_policy_rejects_bad_policies():
         check_policy(Raises(), **kw)
 
 
-def _tiny_policy(path, nan=False, interval=5.0, bias=(0.0, 1.0)):
-    import torch
-
-    from simulator.learned import default_obs_spec, save_policy_file
-    spec = default_obs_spec(slo_ms=30.0, max_replicas=3, max_batch_size=8, interval_s=interval,
-                            capacity_rps_per_replica=40.0, history=2)
-    dim = len(spec["features"]) * spec["history"]
-
-    class M(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(dim, 2)
-            self.scale = 0.0 if not nan else 1.0       # TorchScript: a module attribute, not a closure
-            with torch.no_grad():
-                self.lin.weight.zero_()
-                self.lin.bias.copy_(torch.tensor(list(bias)))
-
-        def forward(self, x):
-            y = self.lin(x)
-            if self.scale > 0.5:
-                y = y * float("nan")
-            return y
-    meta = {"obs": spec, "action": {"kind": "rate", "values": [0.6, 1.0], "capacity_rps_per_replica": 40.0},
-            "interval_s": interval, "scenario": {"name": "test", "slo_ms": 30.0, "min_replicas": 1, "max_replicas": 3},
-            "training": {"algo": "hand-made"}}
-    save_policy_file(M(), meta, str(path))
-    return str(path)
-
-
 def test_learned_policy_checks(tmp_path):
     kw = dict(interval_s=5.0, slo_ms=30.0, min_replicas=1, max_replicas=3, capacity_rps=50.0)
-    good = load_policy_file(_tiny_policy(tmp_path / "good.pt"))
+    good = load_policy_file(tiny_rate_policy(tmp_path / "good.pt"))
     answers = check_policy(good, **kw)
     assert all(1 <= a <= 3 for a in answers) and answers[0] == 1 and max(answers) == 3
     with pytest.raises(PolicyRejected, match="invalid action scores"):
-        check_policy(load_policy_file(_tiny_policy(tmp_path / "nan.pt", nan=True)), **kw)
+        check_policy(load_policy_file(tiny_rate_policy(tmp_path / "nan.pt", nan=True)), **kw)
     with pytest.raises(PolicyRejected, match="control interval 15 s"):
-        check_policy(load_policy_file(_tiny_policy(tmp_path / "i15.pt", interval=15.0)), **kw)
+        check_policy(load_policy_file(tiny_rate_policy(tmp_path / "i15.pt", interval=15.0)), **kw)
     (tmp_path / "junk.pt").write_bytes(b"not a policy")
     with pytest.raises(PolicyRejected, match="not a TorchScript policy"):
         load_policy_file(str(tmp_path / "junk.pt"))
@@ -328,10 +258,10 @@ def test_learned_policy_checks(tmp_path):
 
 @pytest.mark.parametrize("which", ["nan", "junk"])
 def test_validate_rejects_a_bad_policy_before_any_server_starts(tmp_path, capsys, which):
-    from cluster import procs
-    from cluster.validate import main
+    from cluster.stack import procs
+    from cluster.validate.cli import main
     if which == "nan":
-        p = _tiny_policy(tmp_path / "nan.pt", nan=True)
+        p = tiny_rate_policy(tmp_path / "nan.pt", nan=True)
     else:
         p = str(tmp_path / "junk.pt")
         Path(p).write_bytes(b"\x00garbage")
@@ -344,8 +274,8 @@ def test_validate_rejects_a_bad_policy_before_any_server_starts(tmp_path, capsys
 
 
 def test_validate_bad_input_is_one_line(tmp_path, capsys):
-    from cluster.validate import main
-    p = _tiny_policy(tmp_path / "good.pt")
+    from cluster.validate.cli import main
+    p = tiny_rate_policy(tmp_path / "good.pt")
     sc = str(ROOT / "configs" / "calibrated" / "baseline.yaml")
     for args, msg in ((["--compare", "knative"], "--compare: unknown 'knative'"),
                       (["--duration", "-5"], "--duration: must be > 0"),
@@ -354,15 +284,17 @@ def test_validate_bad_input_is_one_line(tmp_path, capsys):
         rc = main([p, "--out", str(tmp_path / "v"), "--scenario", sc, "--quiet", *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and msg in err[0], (args, err)
-    (tmp_path / "v").mkdir()
-    assert main([p, "--out", str(tmp_path / "v"), "--scenario", sc, "--quiet"]) == 2
-    assert "--force" in capsys.readouterr().err
+    (tmp_path / "v").mkdir()                  # a folder validate did not write: refused, even with --force
+    (tmp_path / "v" / "notes.txt").write_text("mine")
+    assert main([p, "--out", str(tmp_path / "v"), "--scenario", sc, "--quiet", "--force"]) == 2
+    assert "not written by cluster.validate" in capsys.readouterr().err
+    assert (tmp_path / "v" / "notes.txt").read_text() == "mine"
 
 
 def test_controller_drives_the_kubernetes_backend(tmp_path, fake_api):
     """The same controller scales a Kubernetes Deployment (the API double of test_cluster_k8s)."""
-    from cluster.kubernetes import KubernetesBackend
-    be = KubernetesBackend(_k8s_scenario(1), _k8s_stack(fake_api.url), tmp_path)
+    from cluster.stack.kubernetes import KubernetesBackend
+    be = KubernetesBackend(k8s_scenario(1), k8s_stack(fake_api.url), tmp_path)
     try:
         be.deploy()
         ctl = Controller(be, StaticPolicy(3), interval_s=5.0, slo_ms=30.0, min_replicas=1, max_replicas=3,
@@ -378,31 +310,6 @@ def test_controller_drives_the_kubernetes_backend(tmp_path, fake_api):
 
 
 # --------------------------------------------------------------------------- report arithmetic
-
-
-def test_summaries_and_relative_errors():
-    assert rel_err(110.0, 100.0) == pytest.approx(0.10)
-    assert rel_err(90.0, 100.0) == pytest.approx(-0.10)
-    assert math.isnan(rel_err(1.0, 0.0)) and math.isnan(rel_err(float("nan"), 1.0))
-    # replica time: [requested, gone) clipped to the window; inf = alive at the end
-    assert replica_seconds([(-3.0, math.inf), (20.0, 50.0), (70.0, 200.0)], 10.0, 100.0) == pytest.approx(90 + 30 + 30)
-    t = np.array([1.0, 12.0, 13.0, 14.0, 15.0, 99.0, 120.0])
-    lat = np.array([500.0, 10.0, 20.0, 40.0, np.nan, 10.0, 5.0])
-    ok = np.array([True, True, True, True, False, True, True])
-    s = side_summary(t, lat, ok, [(0.0, math.inf)], 10.0, 100.0, 30.0)
-    assert s["requests"] == 5 and s["failures"] == 1 and s["late"] == 1
-    assert s["slo_violation_rate"] == pytest.approx(2 / 5)
-    assert s["p50_ms"] == pytest.approx(15.0)
-    assert s["replica_seconds"] == pytest.approx(90.0) and s["mean_replicas"] == pytest.approx(1.0)
-    # pooled copies (simulated seeds): per-run counts and cost, pooled percentiles
-    s2 = side_summary(np.r_[t, t], np.r_[lat, lat], np.r_[ok, ok], [(0.0, math.inf)] * 2, 10.0, 100.0, 30.0, copies=2)
-    assert s2["requests"] == 5 and s2["replica_seconds"] == pytest.approx(90.0)
-    assert s2["p50_ms"] == pytest.approx(15.0) and s2["slo_violation_rate"] == pytest.approx(0.4)
-    c = compare_sides({**s, "scaling_actions": 2}, {**s, "replica_seconds": 99.0, "p95_ms": s["p95_ms"] * 1.2,
-                                                    "scaling_actions": 2})
-    assert c["replica_seconds"]["rel_err"] == pytest.approx(0.10) and c["replica_seconds"]["within_target"]
-    assert c["p95_ms"]["rel_err"] == pytest.approx(0.2) and not c["p95_ms"]["within_target"]
-    assert c["slo_violation_rate"]["abs_err"] == 0
 
 
 def test_pairwise_verdicts_and_ranking():
@@ -455,6 +362,7 @@ def test_pipeline_bad_input(tmp_path):
 def test_pipeline_study_step_and_skip_logic(tmp_path):
     from cluster import pipeline as pl
     out = tmp_path / "p"
+    OutputFolder(out, "cluster.pipeline", in_place=True, reuse=True).close()   # as a pipeline run leaves it
     (out / "calibrated").mkdir(parents=True)
     (out / "calibrated" / "baseline.yaml").write_text((ROOT / "configs" / "calibrated" / "baseline.yaml").read_text())
     r = _pipeline("--out", str(out), "--only", "study", "--slo-ms", "35", "--interval", "4")

@@ -2,7 +2,7 @@
 
 The server is the ``tritonserver`` binary bundled in the ``nvidia-pytriton``
 wheel (CPU build, Python backend only). Onnxruntime does the compute inside a
-Python-backend model (:mod:`cluster.triton_model`); Triton's dynamic batcher,
+Python-backend model (:mod:`cluster.stack.triton_model`); Triton's dynamic batcher,
 instance group and queue policy are generated from the scenario's
 :class:`~simulator.config.BatchingSpec`:
 
@@ -22,7 +22,7 @@ links ``libpython3.X.so`` and must find *this* interpreter's one first
 (``LD_LIBRARY_PATH`` starts with ``sysconfig LIBDIR``), and the stub matching
 this Python version is put into a prepared backend directory in the cache.
 
-``python -m cluster.triton serve`` runs one server in the foreground (the
+``python -m cluster.stack.triton serve`` runs one server in the foreground (the
 container entrypoint of the Kubernetes Deployment, see ``configs/k8s/``).
 """
 from __future__ import annotations
@@ -46,12 +46,9 @@ from simulator.config import BatchingSpec
 
 from . import model as mdl
 from . import procs
+from .errors import PortInUseError, TritonError
 
 MODEL_NAME = mdl.MODEL_NAME
-
-
-class TritonError(RuntimeError):
-    """A Triton server could not be started or failed; the message is user-facing."""
 
 
 # --------------------------------------------------------------------------- locating the server
@@ -295,7 +292,7 @@ class TritonServer:
         procs.stop(self.proc, 2)
         self._close_log()
         if "address already in use" in log.lower() or "Address already in use" in log:
-            raise procs.PortInUseError(f"replica {self.name}: Triton could not bind its port "
+            raise PortInUseError(f"replica {self.name}: Triton could not bind its port "
                                        f"(HTTP {self.ports.http} / metrics {self.ports.metrics}) -- "
                                        f"address already in use")
         errs = [ln for ln in log.splitlines() if re.search(r"^E\d{4}|failed to load|error:", ln, re.I)]
@@ -332,7 +329,7 @@ class TritonServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cluster.triton",
+    ap = argparse.ArgumentParser(prog="python -m cluster.stack.triton",
                                  description="Run one Triton server for MobileNetV4-Conv-Small (foreground).")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="write a model repository and exec tritonserver")

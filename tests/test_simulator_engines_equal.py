@@ -18,63 +18,12 @@ import pytest
 
 from simulator import scenario_from_dict
 from simulator.engine import Simulation, simulate
+from helpers import assert_same  # noqa: E402
 
 LBS = ("round_robin", "random", "least_outstanding")
-VOLATILE = {"wall_s", "sim_requests_per_wall_s", "engine"}
 
 
 # --------------------------------------------------------------------------- comparison
-
-
-def _close(a, b, rel=1e-9, abs_=1e-12):
-    if isinstance(a, float) or isinstance(b, float):
-        a, b = float(a), float(b)
-        if math.isnan(a) or math.isnan(b):
-            return math.isnan(a) and math.isnan(b)
-        return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
-    return a == b
-
-
-def _compare_dicts(a, b, where):
-    assert set(a) == set(b), f"{where}: keys differ {set(a) ^ set(b)}"
-    for k in a:
-        if k in VOLATILE:
-            continue
-        if isinstance(a[k], dict):
-            _compare_dicts(a[k], b[k], f"{where}.{k}")
-        else:
-            assert _close(a[k], b[k]), f"{where}.{k}: fast {a[k]!r} != reference {b[k]!r}"
-
-
-def assert_same(fast, ref):
-    sc = fast.scenario
-    if sc.record_requests:
-        rf, rr = fast.records, ref.records
-        n = len(rf["arrival_s"])
-        assert len(rr["arrival_s"]) == n, f"request counts differ: fast {n}, reference {len(rr['arrival_s'])}"
-        for k in ("arrival_s", "dispatch_s", "completion_s"):
-            a, b = rf[k], rr[k]
-            assert not np.isnan(a).any() and not np.isnan(b).any(), f"{k}: unfinished requests"
-            bad = np.flatnonzero(np.abs(a - b) > 1e-9)
-            assert len(bad) == 0, (f"{k} differs for {len(bad)} of {n} requests; first rid {bad[0]}: "
-                                   f"fast {a[bad[0]]!r} reference {b[bad[0]]!r}")
-        for k in ("replica", "batch_size", "status"):
-            bad = np.flatnonzero(rf[k] != rr[k])
-            assert len(bad) == 0, (f"{k} differs for {len(bad)} of {n} requests; first rid {bad[0]}: "
-                                   f"fast {rf[k][bad[0]]} reference {rr[k][bad[0]]}")
-    _compare_dicts(fast.summary, ref.summary, "summary")
-    assert len(fast.timeline) == len(ref.timeline)
-    for i, (a, b) in enumerate(zip(fast.timeline, ref.timeline)):
-        _compare_dicts(a, b, f"timeline[{i}]")
-    assert len(fast.replicas) == len(ref.replicas)
-    for a, b in zip(fast.replicas, ref.replicas):
-        for f in ("uid", "requested_s", "drain_s", "gone_s"):
-            assert _close(getattr(a, f), getattr(b, f)), f"replica {a.uid}.{f}: {a} vs {b}"
-        # A start-up that completes after duration_s, while in-flight requests drain out,
-        # is only seen by the reference engine (the fast plane's final drain does not step
-        # the control plane); it cannot affect any request.
-        if not (a.ready_s > sc.duration_s or b.ready_s > sc.duration_s):
-            assert _close(a.ready_s, b.ready_s), f"replica {a.uid}.ready_s: {a} vs {b}"
 
 
 def scripted(sc, engine, desired):

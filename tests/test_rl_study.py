@@ -185,7 +185,7 @@ def test_sanity_checks_on_hand_made_cases():
 
 
 def test_validation_real_load_measure():
-    from cluster.validate import real_load
+    from cluster.validate.stats import real_load
     t = np.concatenate([np.arange(0, 60, 1 / 20.0), np.arange(60, 120, 1 / 150.0)])    # 20 then 150 req/s
     real = {"t_send": t, "replicas": [(0.0, 0.0, np.inf, np.inf), (70.0, 72.0, np.inf, np.inf)]}
     arr = np.concatenate([t, np.arange(120.0, 121.0, 0.01)])                            # 100 planned, never sent

@@ -1,6 +1,6 @@
 """Locust load generator speaking the simulator's workload language (headless, from Python).
 
-Runs in its own process (``python -m cluster.loadgen PLAN.json``, started by
+Runs in its own process (``python -m cluster.stack.loadgen PLAN.json``, started by
 :func:`run_load`): Locust monkey-patches the standard library with gevent at
 import, which must not leak into the measuring process. Requests go to
 Triton's HTTP/KServe-v2 endpoint with ``tritonclient.http`` (itself gevent
@@ -15,7 +15,7 @@ Two load shapes, both :class:`locust.LoadTestShape` s built from a
   (0 = all at once). :class:`ClosedLoopShape` holds the user count for
   ``duration_s`` then stops; users finish the request they are in.
 - **open loop** (``poisson``, ``schedule``, ``trace``, ``timestamps``): the
-  arrival times are precomputed from the spec (:func:`cluster.arrivals.arrival_times`)
+  arrival times are precomputed from the spec (:func:`cluster.stack.arrivals.arrival_times`)
   and a single dispatcher user fires every request at its time in its own
   greenlet, whatever the server's state -- offered load does not drop when the
   server slows down. Requests beyond ``max_inflight`` concurrent ones are not
@@ -44,12 +44,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import LoadGenError
+
 STATUSES = ("ok", "rejected", "timeout", "unavailable", "client_timeout", "client_overload", "error")
 REQUEST_COLUMNS = ("seq", "user", "t_sched", "t_send", "latency_ms", "status", "http_status", "replica", "error")
-
-
-class LoadGenError(RuntimeError):
-    """The load generator failed; the message is user-facing."""
 
 
 def classify(exc: BaseException | None) -> tuple[str, str, str]:
@@ -113,10 +111,11 @@ def run_load(plan: dict, workdir: str | Path, progress=None, timeout_margin_s: f
     plan_path.write_text(json.dumps(plan, indent=1))
     log_path = workdir / "loadgen.log"
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    from .model import repo_root
+    root = str(repo_root())
     env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log_path, "wb") as log:
-        p = procs.spawn([sys.executable, "-m", "cluster.loadgen", str(plan_path)], env=env, cwd=root,
+        p = procs.spawn([sys.executable, "-m", "cluster.stack.loadgen", str(plan_path)], env=env, cwd=root,
                         stdout=subprocess_PIPE(), stderr=log)
     last: dict = {}
 
@@ -188,7 +187,7 @@ class LocustLoad:
 def build_load(plan: dict) -> LocustLoad:
     """Locust users + :class:`LoadTestShape` for ``plan`` (imports Locust: gevent world only).
 
-    Used by the load generator process and by ``cluster/locustfile.py`` (distributed Locust).
+    Used by the load generator process and by ``cluster/stack/locustfile.py`` (distributed Locust).
     """
     import gevent
     import gevent.pool
@@ -445,7 +444,7 @@ def _child_main(plan_path: str) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m cluster.loadgen PLAN.json", file=sys.stderr)
+        print("usage: python -m cluster.stack.loadgen PLAN.json", file=sys.stderr)
         sys.exit(2)
     try:
         sys.exit(_child_main(sys.argv[1]))

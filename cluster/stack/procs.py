@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Sequence
 
+from .errors import STACK_ERRORS, PortInUseError
+
 _lock = threading.Lock()
 _children: dict[int, subprocess.Popen] = {}
 
@@ -132,38 +134,17 @@ def install_signal_handlers() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def run_guarded(fn, *, config_errors: tuple = (), runtime_errors: tuple = (), config_prefix: str = "error"):
-    """The real-stack CLIs' error policy: ``(exit code, result)`` of ``fn()``, servers always torn down.
+def run_guarded(fn, *, errors: tuple = (), runtime_errors: tuple = (), prefix: str = "error") -> int:
+    """The real-stack CLIs' error policy: :func:`simulator.io.run_cli` with servers always torn down.
 
-    ``ConfigError`` (and ``config_errors``) -> ``<config_prefix>: msg``, exit 2 (bad input, nothing
-    started or written); a server, load generator, port or Kubernetes failure (and ``runtime_errors``)
-    -> ``error: msg``, exit 1;
-    Ctrl-C / SIGTERM -> teardown, exit 130. The code is ``None`` when ``fn`` returned normally.
+    ``ConfigError`` (and ``errors``) -> ``<prefix>: msg``, exit 2 (bad input, nothing started or
+    written); a server, load generator, port or Kubernetes failure (:data:`~cluster.stack.errors.STACK_ERRORS`,
+    and ``runtime_errors``) -> ``error: msg``, exit 1; Ctrl-C / SIGTERM -> teardown, exit 130.
     """
-    from simulator.config import ConfigError
-
-    from .kubernetes import KubernetesError
-    from .lb import LoadBalancerError
-    from .loadgen import LoadGenError
-    from .triton import TritonError
-    import sys
+    from simulator.io import run_cli
     install_signal_handlers()
-    try:
-        return None, fn()
-    except KeyboardInterrupt:
-        print("\ninterrupted: tearing down servers ...", file=sys.stderr)
-        kill_all()
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130, None
-    except (ConfigError, *config_errors) as e:
-        print(f"{config_prefix}: {e}", file=sys.stderr)
-        return 2, None
-    except (TritonError, LoadGenError, LoadBalancerError, PortInUseError, TimeoutError, KubernetesError,
-            *runtime_errors) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1, None
-    finally:
-        kill_all()
+    return run_cli(fn, errors, "interrupted: servers torn down; nothing written",
+                   runtime_errors=(*STACK_ERRORS, *runtime_errors), teardown=kill_all, prefix=prefix)
 
 
 # --------------------------------------------------------------------------- ports
@@ -183,10 +164,6 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return True
         return False
-
-
-class PortInUseError(RuntimeError):
-    pass
 
 
 def check_port_free(port: int, what: str, key: str = "", host: str = "127.0.0.1") -> None:
