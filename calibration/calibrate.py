@@ -69,7 +69,7 @@ from simulator.config import Dist, Scenario, ServiceSpec
 from simulator.service import quantile_function
 
 from . import fitting
-from .measurements import CalibrationError, Measurements, RunData, counter_deltas
+from .measurements import COUNTER_TAIL_S, CalibrationError, Measurements, RunData, counter_deltas
 from .replay import measured_summary, simulate_run
 
 CONTENTION_ITERATIONS = 7      # bisection steps on log(scale): ~1.5% resolution
@@ -241,7 +241,7 @@ def run_counters(run: RunData) -> dict | None:
     """Per-request server time from Triton's counters over the run window, and the client-side mean."""
     if run.metrics is None or not len(run.metrics):
         return None
-    d = counter_deltas(run.metrics, run.warmup_s, run.duration_s + 1.5)
+    d = counter_deltas(run.metrics, run.warmup_s, run.duration_s + COUNTER_TAIL_S)
     succ = d.get("nv_inference_request_success", 0.0)
     if succ <= 0:
         return None

@@ -55,7 +55,7 @@ from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
 
 from . import fitting
 from .calibrate import calibrate, log, shared_fits, source_label
-from .compare import CALIBRATION_TARGETS as TARGETS, compare
+from .compare import BATCHING_MEAN, compare, targets_for
 from .measurements import CalibrationError, Measurements, RunData, load_measurements, served_peak
 from .replay import measured_summary, simulate_run
 
@@ -68,13 +68,13 @@ def run_description(r: RunData) -> dict:
             "duration_s": r.duration_s, "warmup_s": r.warmup_s}
 
 
-def evaluate(sc, runs: list[RunData], seeds, keep: bool = False) -> dict:
+def evaluate(sc, runs: list[RunData], seeds, keep: bool = False, targets: dict | None = None) -> dict:
     out = {}
     for r in runs:
         sim = simulate_run(sc, r, seeds)
         ms = measured_summary(r)
-        out[r.name] = {"measured": ms, "simulated": sim["summary"], "errors": compare(ms, sim["summary"]),
-                       **({"_sim": sim} if keep else {})}
+        out[r.name] = {"measured": ms, "simulated": sim["summary"],
+                       "errors": compare(ms, sim["summary"], targets=targets), **({"_sim": sim} if keep else {})}
     return out
 
 
@@ -113,6 +113,7 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
     config_out = config_out or os.path.join("configs", "calibrated", f"{name}.yaml")
     seeds_t = tuple(range(seeds))
     runs = list(meas.runs.values())
+    target_set, TARGETS = targets_for([measured_summary(r) for r in runs])
     for w in meas.warnings:
         log(f"warning: {w}", quiet)
     log(f"[fit] {len(runs)} runs: {', '.join(r.name for r in runs)}; fitting sweep data ...", quiet)
@@ -131,7 +132,7 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
     sc_all, info_all = calibrate(meas, runs, shared, (0,), quiet)
     log(f"[fit] overhead mean {info_all['overhead']['mean_ms']:.2f} ms", quiet)
     log(f"[fidelity] in-sample replay of {len(runs)} runs x {seeds} seeds ...", quiet)
-    in_sample = evaluate(sc_all, runs, seeds_t, keep=plots)
+    in_sample = evaluate(sc_all, runs, seeds_t, keep=plots, targets=TARGETS)
 
     # ---- held out: leave one run (group) out
     groups: dict[str, list[RunData]] = {}
@@ -149,7 +150,7 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
                       "rate_contention": info_g["contention"]["rate_contention"],
                       "rate_cores": info_g["contention"].get("rate_cores", 0.0),
                       "overhead_ms": info_g["overhead"]["mean_ms"]})
-        loro.update(evaluate(sc_g, test, seeds_t, keep=plots))
+        loro.update(evaluate(sc_g, test, seeds_t, keep=plots, targets=TARGETS))
     # ---- held out: across replica counts
     by_rep = {}
     one = [r for r in runs if r.max_replicas_used <= 1]
@@ -162,7 +163,7 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
                          "rate_contention": info_r["contention"]["rate_contention"],
                          "rate_cores": info_r["contention"].get("rate_cores", 0.0),
                          "overhead_ms": info_r["overhead"]["mean_ms"],
-                         "runs": evaluate(sc_r, test, seeds_t)}
+                         "runs": evaluate(sc_r, test, seeds_t, targets=TARGETS)}
     nf = noise_floor(meas)
 
     # ---- outputs
@@ -199,7 +200,9 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
     sc_out = sc_all.replace(name=f"calibrated:{name}", provenance=jsonable(prov))
     fid = {"name": name, "source": source_label(meas), "config": config_out, "seeds": seeds,
            "created": t_start.isoformat(timespec="seconds"),
-           "targets": {k: {"kind": v[0], "tolerance": v[1]} for k, v in TARGETS.items()},
+           "targets": {k: {"kind": v[0], "tolerance": v[1]} for k, v in TARGETS.items()}, "target_set": target_set,
+           "target_rule": "batching targets when some measured run's mean batch size >= "
+                          f"{BATCHING_MEAN:g} (Triton batches), else the calibration targets",
            "runs": {r.name: run_description(r) for r in runs},
            "in_sample": {k: {kk: vv for kk, vv in v.items() if kk != "_sim"} for k, v in in_sample.items()},
            "held_out": {"leave_one_run_out": {k: {kk: vv for kk, vv in v.items() if kk != "_sim"}

@@ -11,7 +11,8 @@ Required: ``manifest.json`` (``format`` must be ``servesim-measurements/1``),
 ``requests.csv``. Optional: ``sweep/interference.csv`` (no interference fit
 without it), ``startup/startup.csv``, a run's ``metrics.csv`` (the run is left
 out of the compute-contention and overhead fits), ``replicas.csv`` (the
-replica schedule falls back to the run's planned events).
+replica schedule falls back to the run's planned events), ``batches.csv`` (the
+distribution of executed batch sizes; without it only their mean, from the counters).
 
 Damaged measurements are refused, never used silently (issue 12). Every run is
 checked against its own ``run.json`` and the folder's ``manifest.json`` by the
@@ -66,6 +67,7 @@ COMPUTE_COLUMNS = ("batch_size", "compute_infer_ms", "compute_input_ms", "comput
                    "client_ms")
 INTERFERENCE_COLUMNS = ("replicas", "replica", "batches", "compute_ms", "concurrency")
 STARTUP_COLUMNS = ("process_to_ready_s",)
+BATCH_COLUMNS = ("t_s", "replica", "batch_size", "batches")
 
 
 class CalibrationError(Exception):
@@ -86,6 +88,7 @@ class RunData:
     metrics: pd.DataFrame | None
     summary: dict
     group: str = ""                    # runs with identical configuration share a group
+    batches: pd.DataFrame | None = None   # batches.csv: executed batches per size, cumulative per replica
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -384,11 +387,15 @@ def load_run(rdir: Path, allow_partial: bool = False, manifest_summary: dict | N
     else:
         met = _numeric(met, ("t_s", "value"), str(rdir / "metrics.csv"))
         met = met[met["metric"].astype(str).str.startswith("nv_inference")]
+    bat = read_csv(rdir / "batches.csv", BATCH_COLUMNS, str(rdir / "batches.csv"), optional=True)
+    if bat is not None:
+        bat = _numeric(bat, ("t_s", "batch_size", "batches"), str(rdir / "batches.csv"))
     events = list(meta.get("events") or [])
     key = json.dumps({"scenario": meta["scenario"] | {"name": ""}, "events": events}, sort_keys=True, default=str)
     return RunData(name=name, dir=rdir, scenario=sc, duration_s=duration_s, warmup_s=warmup_s,
                    slo_ms=float(sc.slo_ms), requests=req, replicas=reps, events=events, metrics=met,
-                   summary=dict(summary), group=hashlib.sha1(key.encode()).hexdigest()[:10], warnings=warn)
+                   summary=dict(summary), group=hashlib.sha1(key.encode()).hexdigest()[:10], warnings=warn,
+                   batches=bat)
 
 
 def manifest_runs(man: dict):
@@ -532,6 +539,44 @@ def counter_deltas(met: pd.DataFrame, t_from: float = -math.inf, t_to: float = m
         v1 = float(after["value"].iloc[-1])
         v0 = float(before["value"].iloc[-1]) if len(before) else 0.0   # new replica: counts from 0
         out[metric] = out.get(metric, 0.0) + (v1 - v0 if v1 >= v0 else v1)
+    return out
+
+
+COUNTER_TAIL_S = 1.5      # counters are read up to duration_s + this: requests sent before the end complete
+
+
+def batch_histogram(run: RunData) -> dict[int, float] | None:
+    """``{batch size: batches executed}`` over the run's window, from ``batches.csv`` (Triton's per-batch-size
+    statistics, scraped with the metrics): each replica's cumulative count from its last scrape before
+    ``warmup_s`` to its last scrape at or before ``duration_s + COUNTER_TAIL_S`` (as :func:`counter_deltas`).
+    None without ``batches.csv`` rows."""
+    b = run.batches
+    if b is None or not len(b):
+        return None
+    m = b.rename(columns={"batch_size": "metric", "batches": "value"})
+    d = counter_deltas(m, run.warmup_s, run.duration_s + COUNTER_TAIL_S)
+    out = {int(k): float(v) for k, v in sorted(d.items()) if v > 0}
+    return out or None
+
+
+def measured_batching(run: RunData) -> dict:
+    """The run's batching as Triton saw it, over the window: ``mean_batch_size`` (items per executed batch),
+    ``queue_ms`` (mean time a successful request waited in the scheduler's queue:
+    Δ``nv_inference_queue_duration_us`` / Δ``nv_inference_request_success``) and ``batch_shares`` (share of
+    executed batches per size, from :func:`batch_histogram`; ``{}`` when unknown). NaN without counters."""
+    out = {"mean_batch_size": math.nan, "queue_ms": math.nan, "batch_shares": {}}
+    h = batch_histogram(run)
+    if h:
+        n = sum(h.values())
+        out["batch_shares"] = {b: v / n for b, v in h.items()}
+        out["mean_batch_size"] = sum(b * v for b, v in h.items()) / n
+    if run.metrics is not None and len(run.metrics):
+        d = counter_deltas(run.metrics, run.warmup_s, run.duration_s + COUNTER_TAIL_S)
+        succ, ex = d.get("nv_inference_request_success", 0.0), d.get("nv_inference_exec_count", 0.0)
+        if succ > 0:
+            out["queue_ms"] = d.get("nv_inference_queue_duration_us", 0.0) / succ / 1e3
+        if not h and ex > 0:
+            out["mean_batch_size"] = d.get("nv_inference_count", 0.0) / ex
     return out
 
 

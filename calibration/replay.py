@@ -18,7 +18,11 @@ at most one tick late (its ready time is still exact).
 
 Both sides are summarised by :func:`calibration.compare.summarize_side` over
 requests *sent* in ``[warmup_s, duration_s)`` (client-side latency: the simulator
-adds the per-request overhead) and compared by :func:`calibration.compare.compare`.
+adds the per-request overhead), with the batching of each side
+(:func:`calibration.compare.batching_summary`: mean batch size, mean queue time, share of batches per
+size; measured from Triton's counters and per-batch-size statistics,
+:func:`calibration.measurements.measured_batching`; simulated from the requests' records), and compared
+by :func:`calibration.compare.compare`.
 """
 from __future__ import annotations
 
@@ -32,16 +36,18 @@ from simulator.engine import Replica, Simulation
 from simulator.rng import STARTUP, uniform
 from simulator.service import ServiceModel, build_service_model, draw
 
-from .compare import summarize_side
-from .measurements import CalibrationError, RunData
+from .compare import simulated_batching, summarize_side
+from .measurements import CalibrationError, RunData, measured_batching
 
 TICK_S = 0.1
 
 
 def measured_summary(run: RunData) -> dict:
     r = run.requests
-    return summarize_side(r["t_send_s"].to_numpy(float), r["latency_ms"].to_numpy(float),
-                          (r["status"] == "ok").to_numpy(), run.warmup_s, run.duration_s, run.slo_ms)
+    out = summarize_side(r["t_send_s"].to_numpy(float), r["latency_ms"].to_numpy(float),
+                         (r["status"] == "ok").to_numpy(), run.warmup_s, run.duration_s, run.slo_ms)
+    out.update(measured_batching(run))
+    return out
 
 
 # --------------------------------------------------------------------------- replica schedule
@@ -168,6 +174,8 @@ def simulate_run(calibrated: Scenario, run: RunData, seeds=(0,), model: ServiceM
     lat = np.concatenate([(r["completion_s"] - r["arrival_s"]) * 1e3 for r in recs])
     ok = np.concatenate([r["status"] == 0 for r in recs])
     summ = summarize_side(arr, lat, ok, run.warmup_s, run.duration_s, run.slo_ms, copies=len(seeds))
+    summ.update(simulated_batching(arr, np.concatenate([r["dispatch_s"] for r in recs]),
+                                   np.concatenate([r["batch_size"] for r in recs]), ok, run.warmup_s, run.duration_s))
     w = sum(n for _, n in compute)
     summ["compute_ms_per_request"] = sum(c * n for c, n in compute if n) / w if w else math.nan
     return {"summary": summ, "arrival_s": arr, "latency_ms": lat, "ok": ok, "timeline": timelines[0],

@@ -9,10 +9,11 @@ import numpy as np
 
 from simulator.service import quantile_function
 
-from .compare import CALIBRATION_TARGETS as TARGETS
+from .compare import CALIBRATION_TARGETS
 
 COLS = (("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("mean_ms", "mean ms"),
-        ("throughput_rps", "thr req/s"), ("failure_rate", "fail %"), ("slo_attainment", "SLO att. %"))
+        ("throughput_rps", "thr req/s"), ("failure_rate", "fail %"), ("slo_attainment", "SLO att. %"),
+        ("mean_batch_size", "mean batch"), ("queue_ms", "queue ms"), ("batch_distance", "batch sizes (TV)"))
 PCT = ("failure_rate", "slo_attainment")
 
 
@@ -25,6 +26,9 @@ def _f(v, k=""):
 
 
 def _cell(e: dict, k: str) -> str:
+    if k == "batch_distance":
+        d = e.get("abs_err")
+        return "—" if d is None or (isinstance(d, float) and not math.isfinite(d)) else f"{d:.2f}"
     m, s = e.get("real"), e.get("sim")
     if k in PCT:
         err = e.get("abs_err")
@@ -46,14 +50,33 @@ def table(results: dict, runs_desc: dict) -> list[str]:
         wl = f"{d.get('loop', '')} {d.get('workload', '')}, {d.get('replicas', '')} rep."
         lines.append(f"| {name} | {wl} | " + " | ".join(_cell(r["errors"][k], k) for k, _ in COLS) + " |")
     lines.append("")
-    lines.append("Cells: measured / simulated (error). Latency and throughput errors are relative, failure rate "
-                 "and SLO attainment in percentage points. ✓/✗: within the held-out target.")
+    lines.append("Cells: measured / simulated (error). Latency, throughput, batch and queue errors are relative, "
+                 "failure rate and SLO attainment in percentage points. ✓/✗: within the held-out target. Mean batch "
+                 "and queue: Triton's counters and per-batch-size statistics vs the simulated batches; batch sizes "
+                 "(TV): total variation distance between the distributions of executed batch sizes (0 = "
+                 "identical; the share of batches that would have to change size).")
     return lines
 
 
-def target_summary(results: dict) -> dict:
+def shares_table(results: dict) -> list[str]:
+    """Per run: the share of executed batches of each size, measured / simulated."""
+    rows = [(name, r["errors"].get("batch_distance") or {}) for name, r in results.items()]
+    rows = [(n, e) for n, e in rows if e.get("real") or e.get("sim")]
+    if not rows:
+        return ["No batch-size distributions (no run has batches.csv)."]
+    sizes = sorted({int(b) for _, e in rows for side in ("real", "sim") for b in (e.get(side) or {})})
+    L = ["| run | " + " | ".join(f"b={b}" for b in sizes) + " | TV |", "|---|" + "---|" * (len(sizes) + 1)]
+    for n, e in rows:
+        re_, si = ({int(k): v for k, v in (e.get(x) or {}).items()} for x in ("real", "sim"))
+        cells = [f"{100 * re_.get(b, 0):.0f} / {100 * si.get(b, 0):.0f}" for b in sizes]
+        L.append(f"| {n} | " + " | ".join(cells) + f" | {_cell(e, 'batch_distance')} |")
+    L += ["", "Cells: % of executed batches of that size, measured / simulated."]
+    return L
+
+
+def target_summary(results: dict, targets: dict | None = None) -> dict:
     out = {}
-    for k in TARGETS:
+    for k in targets or CALIBRATION_TARGETS:
         oks = [r["errors"][k].get("within_target") for r in results.values() if k in r["errors"]]
         out[k] = {"within": int(sum(bool(x) for x in oks)), "of": len(oks)}
     return out
@@ -61,8 +84,17 @@ def target_summary(results: dict) -> dict:
 
 def _max_abs(results: dict, k: str, rel: bool = True) -> float:
     v = [abs(r["errors"][k]["rel_err" if rel else "abs_err"]) for r in results.values()
-         if r["errors"][k].get("rel_err" if rel else "abs_err") is not None]
+         if k in r["errors"] and r["errors"][k].get("rel_err" if rel else "abs_err") is not None]
+    v = [x for x in v if math.isfinite(x)]
     return max(v) if v else math.nan
+
+
+def fid_targets(fid: dict) -> dict:
+    """The target set a fidelity record used, as ``{metric: (kind, tolerance)}``."""
+    t = fid.get("targets")
+    if not t:
+        return dict(CALIBRATION_TARGETS)
+    return {k: (v["kind"], v["tolerance"]) if isinstance(v, dict) else tuple(v) for k, v in t.items()}
 
 
 def summary_lines(fid: dict) -> list[str]:
@@ -70,14 +102,15 @@ def summary_lines(fid: dict) -> list[str]:
     ho = fid["held_out"]["leave_one_run_out"]
     out.append("held-out (leave one run out), measured / simulated (error):")
     out += ["  " + ln for ln in table(ho, fid["runs"])[:-2]]
-    ts = target_summary(ho)
-    out.append("targets met on held-out runs: " + ", ".join(f"{k} {v['within']}/{v['of']}" for k, v in ts.items()))
+    ts = target_summary(ho, fid_targets(fid))
+    out.append(f"targets ({fid.get('target_set', 'calibration')}) met on held-out runs: "
+               + ", ".join(f"{k} {v['within']}/{v['of']}" for k, v in ts.items()))
     for p in fid["noise_floor"]["pairs"]:
         e = p["errors"]
         out.append(f"noise floor ({' vs '.join(p['runs'])}): " + ", ".join(
             f"{k} {100 * e[k]['rel_err']:+.1f}%" if k not in PCT else f"{k} {100 * e[k]['abs_err']:+.1f} pt"
-            for k in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps", "slo_attainment")
-            if e[k].get("rel_err" if k not in PCT else "abs_err") is not None))
+            for k in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps", "slo_attainment", "mean_batch_size")
+            if k in e and e[k].get("rel_err" if k not in PCT else "abs_err") is not None))
     return out
 
 
@@ -301,18 +334,20 @@ def write_report(out: Path, fid: dict, meas, shared, in_sample: dict, held: dict
         L.append("")
     # ---- headline
     ho = fid["held_out"]["leave_one_run_out"]
-    ts = target_summary(ho)
+    targets = fid_targets(fid)
+    ts = target_summary(ho, targets)
     L += ["## Headline", "",
-          "Targets on held-out runs: p50 and p95 within 10%, p99 within 15%, throughput within 3%, "
-          "SLO attainment within 2 points.", "",
+          f"Targets on held-out runs ({fid.get('target_set', 'calibration')} set: {fid.get('target_rule', '')}): "
+          + ", ".join(f"{k} within {100 * t[1]:g}{'%' if t[0] == 'rel' else ' points'}" for k, t in targets.items())
+          + ".", "",
           "| metric | held-out runs within target | worst held-out error | noise floor (repeat runs) |",
           "|---|---|---|---|"]
     nf = fid["noise_floor"]["pairs"]
-    for k in TARGETS:
+    for k in targets:
         rel = k not in PCT
         worst = _max_abs(ho, k, rel)
         nfv = [abs(p["errors"][k]["rel_err" if rel else "abs_err"]) for p in nf
-               if p["errors"][k].get("rel_err" if rel else "abs_err") is not None]
+               if k in p["errors"] and p["errors"][k].get("rel_err" if rel else "abs_err") is not None]
         fmt = (lambda v: f"{100 * v:.1f}%") if rel else (lambda v: f"{100 * v:.1f} pt")
         L.append(f"| {k} | {ts[k]['within']}/{ts[k]['of']} | {fmt(worst) if math.isfinite(worst) else '—'} | "
                  f"{', '.join(fmt(v) for v in nfv) or 'no repeated runs'} |")
@@ -323,6 +358,7 @@ def write_report(out: Path, fid: dict, meas, shared, in_sample: dict, held: dict
           "Each run (with its identical-configuration repeats) is predicted by a calibration fitted on the "
           "*other* runs (contention factor and overhead mean; the sweep-derived parts never see any run).", ""]
     L += table(ho, fid["runs"]) + [""]
+    L += ["### Batch sizes of the held-out runs", ""] + shares_table(ho) + [""]
     L += ["| held-out run | trained on | contention scale | rate contention per req/s | request-handling cores "
           "per req/s | overhead mean ms |", "|---|---|---|---|---|---|"]
     for f in fid["held_out"]["folds"]:

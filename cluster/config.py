@@ -4,8 +4,32 @@ A measurement file has three top-level sections::
 
     scenario:        # a full simulator scenario (schema: simulator.config), inline ...
     scenario_file:   # ... or a path to a scenario YAML (relative to this file); exactly one of the two
-    stack:           # how the real stack runs (backend, ports, threads, timeouts)
+    model:           # what the replicas serve (optional; default the built-in MobileNetV4)
+    stack:           # how the real stack runs (backend, server binary, ports, threads, timeouts)
     measure:         # what to measure: runs, profiling sweep, start-up samples
+
+``model:`` (:class:`cluster.stack.config.ModelSpec`), one of::
+
+    model: {builtin: mobilenetv4_conv_small}      # the default (also when absent); or text_encoder_small
+    model: {onnx: path/to/model.onnx}             # your ONNX file: inputs/outputs read from the graph
+    model: {repository: path/to/repo, name: NAME} # your Triton model repository: your config.pbtxt is kept,
+                                                  # the batcher keys of batching: overridden (below)
+    # any of them + inputs: sample.npz            # request payloads to send (one array per input name,
+                                                  # first axis = items) instead of generated ones
+
+A repository model's ``config.pbtxt`` is kept except for the keys the scenario's ``batching:`` block
+owns: ``max_batch_size``, ``instance_group`` (replaced: ``count`` = ``instances``, ``kind`` =
+``KIND_CPU`` / ``KIND_GPU`` from ``device``, ``gpus``) and in ``dynamic_batching``:
+``preferred_batch_size``, ``max_queue_delay_microseconds`` and ``default_queue_policy``
+(``max_queue_size``, ``timeout_action``, ``default_timeout_microseconds``, ``allow_timeout_override``).
+The merged file is recorded in the results folder (``model/config.pbtxt``). Inputs are generated from the
+model's configuration as the server reports it (``/v2/models/NAME/config``: names, data types, dims) by the
+rule of :func:`cluster.stack.served.synthesise` unless ``inputs:`` is given.
+
+``stack.tritonserver: PATH`` runs that server binary (e.g. the one of NVIDIA's container, with native
+onnxruntime / TensorRT / PyTorch backends) instead of the one bundled in nvidia-pytriton; a binary that does
+not start is reported in one line before any run. ``batching.device: gpu`` (with ``gpus: [ids]``) makes
+the instance group ``KIND_GPU``; a GPU must be visible (``nvidia-smi -L``) and the server a GPU build.
 
 The scenario's ``batching:`` block configures Triton's dynamic batcher and
 instance group, ``cluster:`` the replica count and load balancer, ``workload:``
@@ -26,6 +50,7 @@ kubernetes (got 'docker')``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -33,9 +58,9 @@ from typing import Any, Mapping
 from simulator.config import ConfigError, Scenario, load_raw, scenario_from_dict
 from simulator.schema import boolean, check_keys, fail, int_list, number, string
 
-from .stack.config import StackSettings, parse_stack
+from .stack.config import StackSettings, parse_model, parse_stack
 
-TOP_KEYS = {"scenario", "scenario_file", "stack", "measure"}
+TOP_KEYS = {"scenario", "scenario_file", "model", "stack", "measure"}
 
 
 @dataclass(frozen=True)
@@ -176,7 +201,11 @@ def measure_config_from_dict(d: Any, source: str = "", base_dir: str = "") -> Me
             scenario = scenario_from_dict(raw_sc, base_dir=sc_dir)
         except ConfigError as e:
             raise ConfigError(f"scenario.{e}" if "scenario" in d else f"scenario_file: {e}") from None
-        stack = parse_stack(d.get("stack"))
+        stack = parse_stack(d.get("stack"), base_dir=base_dir)
+        stack = dataclasses.replace(stack, model=parse_model(d.get("model"), "model", base_dir))
+        if scenario.batching.device == "gpu" and not stack.tritonserver and stack.backend == "local":
+            fail("batching.device", "gpu needs a GPU build of tritonserver: the bundled one is CPU only "
+                 "(set stack.tritonserver: PATH, e.g. the binary of NVIDIA's Triton container)")
         m = d.get("measure") or {}
         check_keys(m, {"runs", "sweep", "startup"}, "measure")
         runs_raw = m.get("runs")

@@ -114,7 +114,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -132,16 +131,16 @@ import numpy as np
 
 from simulator.io import OutputFolder, json_format_is
 
-from .stack import model as mdl
 from .stack import procs
 from .stack.deploy import make_backend
 from .config import MeasureConfig, RunSpec, load_measure_config
 from .stack.lb import haproxy_version
 from .stack.loadgen import run_load
 from .stack.scrape import Scraper, latency_summary, observation_from_window
-from .stack.triton import MODEL_NAME
+from .stack.served import ServedModel, served_for
 
 FORMAT = "servesim-measurements/1"
+BATCH_COLUMNS = ("t_s", "replica", "batch_size", "batches", "compute_infer_ns")
 PHASES = ("runs", "sweep", "startup")
 # the seed study (GPU cluster, 10 closed-loop users), for the headline comparison
 SEED_STUDY = {"avg_ms": 72.0, "p95_ms": 74.0, "p99_ms": 81.0, "throughput_rps": 13.0, "success_rate": 1.0}
@@ -182,10 +181,10 @@ def _rel(t, t0):
 # --------------------------------------------------------------------------- one run
 
 
-def build_plan(run: RunSpec, url: str, stack, start_at: float) -> dict:
+def build_plan(run: RunSpec, url: str, stack, start_at: float, served: ServedModel, workdir: Path) -> dict:
     sc = run.scenario
     w = sc.workload
-    plan = {"url": url, "model": MODEL_NAME, "duration_s": sc.duration_s, "seed": sc.seed,
+    plan = {"url": url, **served.load_plan(workdir, sc.seed), "duration_s": sc.duration_s, "seed": sc.seed,
             "timeout_s": stack.request_timeout_s, "max_inflight": stack.max_inflight,
             "start_at_epoch": start_at}
     if w.kind == "closed_loop":
@@ -198,6 +197,7 @@ def build_plan(run: RunSpec, url: str, stack, start_at: float) -> dict:
 
 def run_one(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet: bool = False) -> dict:
     sc, stack = run.scenario, cfg.stack
+    served = served_for(stack)
     rdir = out / "runs" / run.name
     rdir.mkdir(parents=True, exist_ok=True)
     wdir = work / "runs" / run.name
@@ -210,10 +210,13 @@ def run_one(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet: bool
             print(f"[{run.name}] deploying {sc.cluster.replicas} replica(s) ({stack.backend} backend) ...",
                   file=sys.stderr)
         be.deploy()
-        scraper = Scraper(be, MODEL_NAME, stack.scrape_interval_s).start()
         url = be.endpoints["lb"]
+        if not served.inputs:            # a repository model on a backend measure could not probe first
+            from .stack.triton import server_model_config
+            served.learn_from_server(server_model_config(url, served.name))
+        scraper = Scraper(be, served.name, stack.scrape_interval_s).start()
         start_at = time.time() + 3.0
-        plan = build_plan(run, url, stack, start_at)
+        plan = build_plan(run, url, stack, start_at, served, wdir / "loadgen")
         stop_evt = threading.Event()
 
         def _events():
@@ -281,6 +284,9 @@ def run_one(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet: bool
                ((round(t - t0, 4), d, rd, p) for t, d, rd, p in scraper.states))
     _write_csv(rdir / "events.csv", ("t_s", "kind", "value", "detail"),
                ((round(t - t0, 4), k, v, d) for t, k, v, d in applied))
+    _write_csv(rdir / "batches.csv", BATCH_COLUMNS,
+               ((round(t - t0, 4), rep, b, n, ns) for t, rep, b, n, ns in scraper.batch_rows))
+    (rdir / "config.pbtxt").write_text(served.config_pbtxt(sc.batching, stack.onnx_threads))
     # --- observations per scrape interval
     obs_rows = []
     header = None
@@ -431,14 +437,13 @@ def _version(mod: str) -> str:
         return "not installed"
 
 
-def versions() -> dict:
-    from .stack.triton import server_version
+def versions(tritonserver: str = "") -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent.parent).stdout.strip()
     except Exception:
         commit = ""
-    return {"python": sys.version.split()[0], "tritonserver": server_version(),
+    return {"python": sys.version.split()[0], "tritonserver": tritonserver or "unknown",
             "nvidia-pytriton": _version("nvidia-pytriton"), "onnxruntime": _version("onnxruntime"),
             "torch": _version("torch"), "onnx": _version("onnx"), "locust": _version("locust"),
             "tritonclient": _version("tritonclient"), "numpy": _version("numpy"),
@@ -465,16 +470,6 @@ def machine() -> dict:
             "cores": os.cpu_count(), "memory_gib": round(mem / 2 ** 30, 1)}
 
 
-def model_info() -> dict:
-    p = mdl.export_onnx()
-    h = hashlib.sha256(p.read_bytes()).hexdigest()
-    return {"name": MODEL_NAME, "architecture": "MobileNetV4-Conv-Small (random weights)",
-            "parameters": mdl.PARAMETERS, "onnx_sha256": h, "onnx_file": p.name,
-            "input": {"name": mdl.INPUT_NAME, "dtype": "UINT8", "shape": ["batch", *mdl.IMAGE_SHAPE]},
-            "output": {"name": mdl.OUTPUT_NAME, "dtype": "FP32", "shape": ["batch", mdl.NUM_CLASSES]},
-            "serving": "Triton Python backend running onnxruntime (CPU)"}
-
-
 FILES = {
     "manifest.json": "this file: config, versions, machine, seed, wall times, headline summaries",
     "config.yaml": "copy of the measurement configuration",
@@ -486,6 +481,9 @@ FILES = {
     "runs/<run>/events.csv": "scale / kill events applied during the run",
     "runs/<run>/observations.csv": "per-interval policy Observations built from scrapes + request log",
     "runs/<run>/logs/": "Triton, HAProxy and Locust logs",
+    "runs/<run>/batches.csv": "batches executed per batch size, per replica, cumulative at each scrape",
+    "runs/<run>/config.pbtxt": "the served model's Triton configuration in this run (batching merged in)",
+    "model/config.pbtxt": "the served model's Triton configuration with the base scenario's batching",
     "sweep/compute.csv": "per-batch compute time samples for each batch size",
     "sweep/concurrency.csv": "throughput and latency percentiles vs closed-loop concurrency",
     "sweep/interference.csv": "compute time per batch vs replicas loaded at once on the node (interference)",
@@ -511,18 +509,57 @@ def headline_table(summ: dict, name: str) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def preflight(cfg: MeasureConfig, quiet: bool) -> None:
-    from .stack.triton import backend_dir, tritonserver_bin
-    tritonserver_bin()
-    backend_dir()
-    if cfg.stack.backend == "local":
+def preflight(cfg: MeasureConfig, quiet: bool, phases=PHASES, work: Path | None = None) -> dict:
+    """Check the stack before anything is measured; returns what it learnt (``tritonserver`` version).
+
+    The model is resolved (a built-in exported to ONNX once, an ONNX graph read: batch axis and input types
+    checked); the server binary must start (``stack.tritonserver``: else one line naming it); a GPU must be
+    visible for ``batching.device: gpu``; HAProxy must be there (local backend). When this machine runs
+    servers (local backend, or the sweep), one server is started with the model: it must load, and a
+    repository model's inputs are read from it (``/v2/models/NAME/config``)."""
+    from .stack.triton import TritonServer, backend_dir, server_version, tritonserver_bin, visible_gpus
+    from simulator.config import ConfigError
+    st = cfg.stack
+    if cfg.scenario.batching.device == "gpu" and st.backend == "local" and not visible_gpus():
+        raise ConfigError("batching.device: gpu, but no GPU is visible on this machine (nvidia-smi -L lists "
+                          "none); use device: cpu, or measure on a machine with a GPU")
+    if not st.tritonserver:
+        tritonserver_bin()
+        backend_dir()
+    if st.backend == "local":
         from .stack.lb import haproxy_bin
         haproxy_bin()
-    p = mdl.onnx_path()
-    if not p.exists():
-        if not quiet:
-            print(f"exporting {MODEL_NAME} to ONNX (once; cached in {p.parent}) ...", file=sys.stderr)
-        mdl.export_onnx()
+    if not quiet and cfg.stack.model.kind == "builtin":
+        print(f"model: built-in {cfg.stack.model.builtin} (exported to ONNX once, cached)", file=sys.stderr)
+    local = st.backend == "local" or "sweep" in phases
+    served = served_for(st, local=True)
+    out = {"tritonserver": ""}
+    if not local:
+        return out
+    try:
+        out["tritonserver"] = server_version(st.tritonserver, strict=True)
+    except procs.STACK_ERRORS as e:
+        if st.tritonserver:
+            raise ConfigError(f"stack.tritonserver: {e}") from None
+        raise
+    d = Path(tempfile.mkdtemp(prefix="servesim-probe-", dir=work))
+    try:
+        repo = served.write_repository(d / "repo", cfg.scenario.batching, st.onnx_threads)
+        srv = TritonServer(repo, "probe", d / "probe.log", model=served.name, binary=st.tritonserver,
+                           gpu_metrics=cfg.scenario.batching.device == "gpu").start()
+        try:
+            srv.wait_ready(st.ready_timeout_s)
+            if not served.inputs:
+                from .stack.triton import server_model_config
+                served.learn_from_server(server_model_config(srv.url, served.name))
+        finally:
+            srv.stop(5)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    if not quiet:
+        print(f"model: {served.name} loads on tritonserver {out['tritonserver']} ({served.backend} backend); inputs "
+              + ", ".join(f"{t.name} {t.datatype} {list(t.dims)}" for t in served.inputs), file=sys.stderr)
+    return out
 
 
 def measure(cfg: MeasureConfig, out: Path, phases=PHASES, force: bool = False, quiet: bool = False,
@@ -531,9 +568,14 @@ def measure(cfg: MeasureConfig, out: Path, phases=PHASES, force: bool = False, q
     before anything starts if it cannot or must not be written; atomic at the end)."""
     t_all = time.time()
     with OutputFolder(out, "cluster.measure", force=force, legacy=json_format_is("manifest.json", FORMAT)) as of:
-        preflight(cfg, quiet)
         tmp = of.path
         work = Path(tempfile.mkdtemp(prefix="servesim-work-"))
+        try:
+            learnt = preflight(cfg, quiet, phases, work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        served = served_for(cfg.stack)
         phase_wall: dict[str, dict] = {}
         summaries: dict[str, dict] = {}
         extra: dict = {}
@@ -555,15 +597,19 @@ def measure(cfg: MeasureConfig, out: Path, phases=PHASES, force: bool = False, q
             shutil.rmtree(work, ignore_errors=True)
         if cfg.source and os.path.exists(cfg.source):
             shutil.copyfile(cfg.source, tmp / "config.yaml")
+        (tmp / "model").mkdir(exist_ok=True)
+        (tmp / "model" / "config.pbtxt").write_text(served.config_pbtxt(cfg.scenario.batching,
+                                                                        cfg.stack.onnx_threads))
         manifest = {
             "format": FORMAT, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "command": command or [], "config_file": cfg.source, "config": cfg.raw,
             "scenario": cfg.scenario.to_dict(), "seed": cfg.scenario.seed, "backend": cfg.stack.backend,
             "stack": {"onnx_threads": cfg.stack.onnx_threads, "health_check_ms": cfg.stack.health_check_ms,
+                      "tritonserver": cfg.stack.tritonserver or "bundled (nvidia-pytriton)",
                       "scrape_interval_s": cfg.stack.scrape_interval_s,
                       "request_timeout_s": cfg.stack.request_timeout_s},
             "phases_run": [p for p in PHASES if p in phases],
-            "versions": versions(), "machine": machine(), "model": model_info(),
+            "versions": versions(learnt.get("tritonserver", "")), "machine": machine(), "model": served.describe(),
             "phases": phase_wall, "wall_s": round(time.time() - t_all, 2), "runs": summaries,
             "sweep": extra.get("sweep", {}).get("compute_summary", {}), "startup": extra.get("startup", {}),
             "files": FILES}

@@ -2,8 +2,8 @@
 
 1. HAProxy (the local backend's load balancer): installed with ``apt-get`` if
    missing (as root, or through ``sudo``); otherwise prints the command to run.
-2. The model: MobileNetV4-Conv-Small exported to ONNX into the cache
-   (``.cache/servesim/``), once.
+2. The models: the built-ins (MobileNetV4-Conv-Small, the small text encoder) exported to ONNX into
+   the cache (``.cache/servesim/``), once.
 3. Triton: the bundled ``tritonserver`` of nvidia-pytriton is found, the
    Python-backend stub for this interpreter is prepared, and a real server is
    started once with the model to check it loads (``--skip-check`` skips this).
@@ -68,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     def body() -> int:
-        from .stack import model as mdl
+        from .stack.builtins import builtin_export
+        from .stack.config import BUILTIN_MODELS
         from .stack.triton import backend_dir, tritonserver_bin
         print(f"haproxy: {ensure_haproxy(not a.no_install)}")
-        t = time.time()
-        p = mdl.export_onnx(verbose=not mdl.onnx_path().exists())
-        print(f"model: {p} ({time.time() - t:.1f} s)")
+        for name in BUILTIN_MODELS:
+            t = time.time()
+            p, _ = builtin_export(name, verbose=True)
+            print(f"model: {p} ({time.time() - t:.1f} s)")
         print(f"tritonserver: {tritonserver_bin()} (python backend stub in {backend_dir()})")
         if not a.skip_check:
             print(f"triton check: model ready {check_triton():.1f} s after server start")

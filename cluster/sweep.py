@@ -3,7 +3,7 @@
 - :func:`compute_sweep`: one replica with batching set to pass batches through
   untouched (``max_batch_size`` = the largest swept size, no queue delay, no
   preferred sizes, the scenario's instance count). For each batch size ``b``,
-  ``warmup`` then up to ``samples`` back-to-back requests holding ``b`` images,
+  ``warmup`` then up to ``samples`` back-to-back requests holding ``b`` items,
   one at a time (at most ``max_seconds_per_size`` seconds). After every request
   Triton's statistics extension (``/v2/models/<m>/stats``) is read: the change of
   ``batch_stats[b].compute_infer`` is exactly that batch's compute time (also
@@ -11,8 +11,9 @@
   latency. This is the per-batch service-time distribution calibration fits.
 - :func:`concurrency_sweep`: a replica with the scenario's own batching, ``c``
   closed-loop users with no think time (batch-1 requests) for each ``c``:
-  throughput and latency percentiles vs concurrency, and the mean executed
-  batch size / queue time from Triton's counters.
+  throughput and latency percentiles vs concurrency, the mean executed
+  batch size / queue time from Triton's counters, and on a GPU server its
+  ``nv_gpu_utilization`` / ``nv_gpu_memory_used_bytes`` at the end of each level.
 - :func:`interference_sweep`: for each replica count ``N`` (e.g. 1, 2, 3),
   ``N`` replicas on this node, each driven by its own client thread sending
   batch-1 requests back to back (so up to ``N`` batches execute at once), for
@@ -40,21 +41,40 @@ from pathlib import Path
 
 import numpy as np
 
-from .stack import model as mdl
 from .stack.scrape import model_counters, parse_prometheus
-from .stack.triton import MODEL_NAME, TritonServer, http_get, write_model_repository
+from .stack.served import ServedModel, served_for
+from .stack.triton import TritonServer, http_get
 
 COMPUTE_COLUMNS = ("batch_size", "sample", "compute_infer_ms", "compute_input_ms", "compute_output_ms",
                    "queue_ms", "client_ms")
 CONCURRENCY_COLUMNS = ("concurrency", "requests", "failures", "duration_s", "throughput_rps", "avg_ms", "p50_ms",
-                       "p90_ms", "p95_ms", "p99_ms", "mean_batch_size", "mean_queue_ms", "mean_compute_ms_per_request")
+                       "p90_ms", "p95_ms", "p99_ms", "mean_batch_size", "mean_queue_ms", "mean_compute_ms_per_request",
+                       "gpu_utilization", "gpu_memory_used_bytes")
 INTERFERENCE_COLUMNS = ("replicas", "replica", "batches", "duration_s", "compute_ms", "compute_infer_ms",
                         "busy_fraction", "concurrency", "client_ms")
 STARTUP_COLUMNS = ("sample", "t_start", "process_to_live_s", "live_to_ready_s", "process_to_ready_s")
 
 
-def _stats(url: str) -> dict:
-    st, body = http_get(f"{url}/v2/models/{MODEL_NAME}/stats", 2.0)
+def _server(repo, name: str, log, stack, scenario, served: ServedModel) -> TritonServer:
+    """A started local server for the sweep (the stack's binary; GPU metrics on a GPU device)."""
+    return TritonServer(repo, name, log, model=served.name, binary=stack.tritonserver,
+                        gpu_metrics=scenario.batching.device == "gpu").start()
+
+
+def _inputs(served: ServedModel, batch: int, seed: int):
+    """One request of ``batch`` items of the served model as ``tritonclient.http`` inputs."""
+    import tritonclient.http as th
+    from tritonclient.utils import np_to_triton_dtype
+    out = []
+    for name, a in served.items(batch, seed).items():
+        inp = th.InferInput(name, list(a.shape), np_to_triton_dtype(a.dtype))
+        inp.set_data_from_numpy(a, binary_data=True)
+        out.append(inp)
+    return out
+
+
+def _stats(url: str, model: str) -> dict:
+    st, body = http_get(f"{url}/v2/models/{model}/stats", 2.0)
     if st != 200:
         raise RuntimeError(f"statistics request failed (HTTP {st}) at {url}")
     return json.loads(body)["model_stats"][0]
@@ -79,32 +99,32 @@ def compute_sweep(scenario, stack, workdir: str | Path, batch_sizes, samples: in
                   warmup: int = 5, seed: int = 0, progress=None) -> list[tuple]:
     import tritonclient.http as th
     workdir = Path(workdir)
+    served = served_for(stack, local=True)
+    m = served.name
     b = replace(scenario.batching, max_batch_size=max(max(batch_sizes), 1), preferred_batch_sizes=(),
                 max_queue_delay_us=0, max_queue_size=0, queue_timeout_us=0)
-    repo = write_model_repository(workdir / "repo_compute", b, stack.onnx_threads)
-    srv = TritonServer(repo, "sweep", workdir / "sweep_compute.log").start()
+    repo = served.write_repository(workdir / "repo_compute", b, stack.onnx_threads)
+    srv = _server(repo, "sweep", workdir / "sweep_compute.log", stack, scenario, served)
     rows: list[tuple] = []
     try:
         srv.wait_ready(stack.ready_timeout_s)
         cl = th.InferenceServerClient(srv.url[len("http://"):], network_timeout=stack.request_timeout_s)
-        outs = [th.InferRequestedOutput("logits", binary_data=True)]
+        outs = [th.InferRequestedOutput(served.client_outputs[0], binary_data=True)]
         for bsz in batch_sizes:
-            x = mdl.synthetic_images(bsz, seed + bsz)
-            inp = th.InferInput("image", list(x.shape), "UINT8")
-            inp.set_data_from_numpy(x, binary_data=True)
+            inp = _inputs(served, bsz, seed + bsz)
             for _ in range(warmup):
-                cl.infer(MODEL_NAME, [inp], outputs=outs)
-            prev = _stats(srv.url)
+                cl.infer(m, inp, outputs=outs)
+            prev = _stats(srv.url, m)
             t_end = time.monotonic() + max_seconds
             for k in range(samples):
                 t0 = time.perf_counter()
-                cl.infer(MODEL_NAME, [inp], outputs=outs)
+                cl.infer(m, inp, outputs=outs)
                 client_ms = (time.perf_counter() - t0) * 1000
-                cur = _stats(srv.url)
+                cur = _stats(srv.url, m)
                 t_wait = time.monotonic() + 0.5
                 while _batch_count(cur, bsz) <= _batch_count(prev, bsz) and time.monotonic() < t_wait:
                     time.sleep(0.002)     # statistics not yet updated for this request
-                    cur = _stats(srv.url)
+                    cur = _stats(srv.url, m)
                 c1, i1, o1 = _batch_ns(cur, bsz)
                 c0, i0, o0 = _batch_ns(prev, bsz)
                 q = cur["inference_stats"]["queue"]["ns"] - prev["inference_stats"]["queue"]["ns"]
@@ -125,17 +145,18 @@ def concurrency_sweep(scenario, stack, workdir: str | Path, levels, duration_s: 
                       progress=None) -> list[tuple]:
     from .stack.loadgen import run_load
     workdir = Path(workdir)
-    repo = write_model_repository(workdir / "repo_concurrency", scenario.batching, stack.onnx_threads)
-    srv = TritonServer(repo, "sweep", workdir / "sweep_concurrency.log").start()
+    served = served_for(stack, local=True)
+    repo = served.write_repository(workdir / "repo_concurrency", scenario.batching, stack.onnx_threads)
+    srv = _server(repo, "sweep", workdir / "sweep_concurrency.log", stack, scenario, served)
     rows = []
     try:
         srv.wait_ready(stack.ready_timeout_s)
         for c in levels:
-            before = model_counters(parse_prometheus(http_get(srv.metrics_url, 2.0)[1].decode()), MODEL_NAME)
-            res = run_load({"url": srv.url, "model": MODEL_NAME, "mode": "closed", "duration_s": duration_s,
-                            "seed": seed + c, "users": c, "think": 0.0, "timeout_s": stack.request_timeout_s},
-                           workdir / f"concurrency_{c}")
-            after = model_counters(parse_prometheus(http_get(srv.metrics_url, 2.0)[1].decode()), MODEL_NAME)
+            before = model_counters(parse_prometheus(http_get(srv.metrics_url, 2.0)[1].decode()), served.name)
+            res = run_load({"url": srv.url, **served.load_plan(workdir / f"concurrency_{c}", seed + c),
+                            "mode": "closed", "duration_s": duration_s, "seed": seed + c, "users": c, "think": 0.0,
+                            "timeout_s": stack.request_timeout_s}, workdir / f"concurrency_{c}")
+            after = model_counters(parse_prometheus(http_get(srv.metrics_url, 2.0)[1].decode()), served.name)
             d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
             import csv
             with open(res.requests_path) as f:
@@ -150,7 +171,10 @@ def concurrency_sweep(scenario, stack, workdir: str | Path, levels, duration_s: 
                          float(lat.mean()) if len(lat) else float("nan"), pct(50), pct(90), pct(95), pct(99),
                          d.get("nv_inference_count", 0.0) / ex if ex else float("nan"),
                          d.get("nv_inference_queue_duration_us", 0.0) / succ / 1000 if succ else float("nan"),
-                         d.get("nv_inference_compute_infer_duration_us", 0.0) / succ / 1000 if succ else float("nan")))
+                         d.get("nv_inference_compute_infer_duration_us", 0.0) / succ / 1000 if succ else float("nan"),
+                         # gauges (GPU servers only): the value at the end of the level
+                         after.get("nv_gpu_utilization", float("nan")),
+                         after.get("nv_gpu_memory_used_bytes", float("nan"))))
             if progress:
                 progress(1)
     finally:
@@ -172,13 +196,14 @@ def interference_sweep(scenario, stack, workdir: str | Path, replica_counts, dur
 
     import tritonclient.http as th
     workdir = Path(workdir)
+    served = served_for(stack, local=True)
+    m = served.name
     b = replace(scenario.batching, max_batch_size=max(1, scenario.batching.max_batch_size),
                 preferred_batch_sizes=(), max_queue_delay_us=0, max_queue_size=0, queue_timeout_us=0)
-    repo = write_model_repository(workdir / "repo_interference", b, stack.onnx_threads)
+    repo = served.write_repository(workdir / "repo_interference", b, stack.onnx_threads)
     rows: list[tuple] = []
-    x = mdl.synthetic_images(1, seed)
     for n in replica_counts:
-        servers = [TritonServer(repo, f"intf{n}_{i}", workdir / f"interference_{n}_{i}.log").start()
+        servers = [_server(repo, f"intf{n}_{i}", workdir / f"interference_{n}_{i}.log", stack, scenario, served)
                    for i in range(n)]
         try:
             for srv in servers:
@@ -191,15 +216,14 @@ def interference_sweep(scenario, stack, workdir: str | Path, replica_counts, dur
                 try:
                     cl = th.InferenceServerClient(servers[i].url[len("http://"):],
                                                   network_timeout=stack.request_timeout_s)
-                    inp = th.InferInput("image", list(x.shape), "UINT8")
-                    inp.set_data_from_numpy(x, binary_data=True)
-                    outs = [th.InferRequestedOutput("logits", binary_data=True)]
+                    inp = _inputs(served, 1, seed)
+                    outs = [th.InferRequestedOutput(served.client_outputs[0], binary_data=True)]
                     for _ in range(3):          # warm-up
-                        cl.infer(MODEL_NAME, [inp], outputs=outs)
+                        cl.infer(m, inp, outputs=outs)
                     barrier.wait()
                     while not stop.is_set():
                         t0 = time.perf_counter()
-                        cl.infer(MODEL_NAME, [inp], outputs=outs)
+                        cl.infer(m, inp, outputs=outs)
                         lat[i].append((time.perf_counter() - t0) * 1000)
                 except Exception as e:  # reported below
                     errors.append(f"replica {i}: {e}")
@@ -213,10 +237,10 @@ def interference_sweep(scenario, stack, workdir: str | Path, replica_counts, dur
             for t in threads:
                 t.start()
             barrier.wait(timeout=60)
-            before = [_exec_totals(_stats(s.url)) for s in servers]
+            before = [_exec_totals(_stats(s.url, m)) for s in servers]
             t0 = time.monotonic()
             time.sleep(duration_s)
-            after = [_exec_totals(_stats(s.url)) for s in servers]
+            after = [_exec_totals(_stats(s.url, m)) for s in servers]
             wall = time.monotonic() - t0
             stop.set()
             for t in threads:
@@ -241,10 +265,11 @@ def interference_sweep(scenario, stack, workdir: str | Path, replica_counts, dur
 
 def startup_samples(scenario, stack, workdir: str | Path, n: int, progress=None) -> list[tuple]:
     workdir = Path(workdir)
-    repo = write_model_repository(workdir / "repo_startup", scenario.batching, stack.onnx_threads)
+    served = served_for(stack, local=True)
+    repo = served.write_repository(workdir / "repo_startup", scenario.batching, stack.onnx_threads)
     rows = []
     for k in range(n):
-        srv = TritonServer(repo, f"startup{k}", workdir / f"startup_{k}.log").start()
+        srv = _server(repo, f"startup{k}", workdir / f"startup_{k}.log", stack, scenario, served)
         try:
             srv.wait_ready(stack.ready_timeout_s)
             rows.append((k, srv.t_start, srv.t_live - srv.t_start, srv.t_ready - srv.t_live,

@@ -27,7 +27,7 @@ import yaml
 
 from simulator.policy import REGISTRY as POLICIES
 from simulator.policy import AutoscalerSpec  # noqa: F401  (re-exported: part of a Scenario)
-from simulator.schema import ConfigError, boolean, check_keys, choice, fail, number, string
+from simulator.schema import ConfigError, boolean, check_keys, choice, fail, int_list, number, string
 
 
 # --------------------------------------------------------------------------- distributions
@@ -310,6 +310,9 @@ class BatchingSpec:
 
     ``max_batch_size: 1`` with ``max_queue_delay_us: 0`` is batching off.
     ``max_queue_size: 0`` means unbounded; ``queue_timeout_us: 0`` means no timeout.
+    ``device`` (``cpu`` | ``gpu``) and ``gpus`` (GPU ids the instances run on; empty: all visible) only
+    configure the real server (``instance_group`` kind ``KIND_CPU`` / ``KIND_GPU``); the simulator reads the
+    device's behaviour from the calibrated service times and ignores them beyond validation.
     """
 
     max_batch_size: int = 1
@@ -318,11 +321,17 @@ class BatchingSpec:
     instances: int = 1
     max_queue_size: int = 0
     queue_timeout_us: int = 0
+    device: str = "cpu"
+    gpus: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["preferred_batch_sizes"] = list(self.preferred_batch_sizes)
+        d["gpus"] = list(self.gpus)
         return d
+
+
+DEVICES = ("cpu", "gpu")
 
 
 def parse_batching(d: Any, path: str) -> BatchingSpec:
@@ -334,11 +343,16 @@ def parse_batching(d: Any, path: str) -> BatchingSpec:
     for i, p in enumerate(pref):
         if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= mbs:
             fail(f"{path}.preferred_batch_sizes[{i}]", f"must be a whole number in 1..max_batch_size={mbs} (got {p!r})")
+    device = choice(d, "device", path, DEVICES, "cpu")
+    gpus = int_list(d, "gpus", path, (), lo=0) if d.get("gpus") not in (None, []) else ()
+    if gpus and device != "gpu":
+        fail(f"{path}.gpus", f"only with device: gpu (device is {device!r})")
     return BatchingSpec(max_batch_size=mbs, preferred_batch_sizes=tuple(sorted(set(int(p) for p in pref))),
                         max_queue_delay_us=number(d, "max_queue_delay_us", path, 0, lo=0, integer=True),
                         instances=number(d, "instances", path, 1, lo=1, hi=64, integer=True),
                         max_queue_size=number(d, "max_queue_size", path, 0, lo=0, integer=True),
-                        queue_timeout_us=number(d, "queue_timeout_us", path, 0, lo=0, integer=True))
+                        queue_timeout_us=number(d, "queue_timeout_us", path, 0, lo=0, integer=True),
+                        device=device, gpus=gpus)
 
 
 # --------------------------------------------------------------------------- cluster

@@ -109,7 +109,7 @@ stack:
   kubernetes: {{api_url: "http://127.0.0.1:{free_port()}", request_timeout_s: 1}}
 measure: {{sweep: {{enabled: false}}, startup: {{enabled: false}}}}
 """)
-    monkeypatch.setattr(measure, "preflight", lambda cfg, quiet: None)
+    monkeypatch.setattr(measure, "preflight", lambda cfg, quiet, phases, work: {})
     rc = measure.main([str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
     assert rc == 1
     assert "no Kubernetes cluster reachable" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from simulator.workload import schedule_rate
 from cluster.stack.lb import render_config
 from cluster.stack.loadgen import classify
 from cluster.stack.scrape import latency_summary, model_counters, observation_from_window, parse_prometheus
-from cluster.stack.triton import model_config_pbtxt
+from cluster.stack.triton import default_model
 from simulator.config import BatchingSpec, ConfigError, Dist, parse_workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +84,7 @@ def test_merge_replaces_mappings_with_kind():
 
 
 def test_config_pbtxt_from_batching():
+    model_config_pbtxt = default_model().config_pbtxt
     pb = model_config_pbtxt(BatchingSpec(max_batch_size=16, preferred_batch_sizes=(4, 8), max_queue_delay_us=2500,
                                          instances=2, max_queue_size=32, queue_timeout_us=100000), onnx_threads=3)
     assert "max_batch_size: 16" in pb

@@ -7,6 +7,8 @@ A backend runs N replicas of the Triton server behind a load balancer:
 - ``ready_replicas``     replicas that are ready and in the load balancer's rotation
 - ``endpoints``          ``{"lb": url, "replicas": {name: url}}`` (ready replicas)
 - ``metrics()``          ``{replica name: Prometheus text}`` scraped from each replica now
+- ``model_stats()``      ``{replica name: JSON text}``: each replica's statistics of the served model
+                         (``/v2/models/<m>/stats``: per batch size, the batches executed); optional
 - ``teardown()``         stop everything (idempotent)
 - ``replica_log()``      one :class:`ReplicaRecord` per replica ever requested
 
@@ -87,6 +89,10 @@ class Backend(abc.ABC):
     @property
     def pending_replicas(self) -> int:
         return sum(1 for r in self.replica_log() if r.state == "starting")
+
+    def model_stats(self) -> dict[str, str]:
+        """Each ready or draining replica's statistics of the served model (JSON text); {} if not supported."""
+        return {}
 
     def kill(self, index: int = 0) -> str:
         """Fault injection: crash the ``index``-th ready replica; returns its name."""

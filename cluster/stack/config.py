@@ -1,14 +1,113 @@
-"""How the real stack runs: the ``stack:`` block of a measurement file (backend, ports, threads, timeouts,
-the Kubernetes settings). Parsed with :mod:`simulator.schema`; errors name the key path and the allowed
-values, e.g. ``stack.backend: must be one of local, kubernetes (got 'docker')``."""
+"""How the real stack runs: the ``stack:`` block of a measurement file (backend, server binary, ports,
+threads, timeouts, the Kubernetes settings) and the ``model:`` block (what is served). Parsed with
+:mod:`simulator.schema`; errors name the key path and the allowed values, e.g. ``stack.backend: must be
+one of local, kubernetes (got 'docker')``.
+
+``model:`` (:class:`ModelSpec`), exactly one of:
+
+- ``{builtin: NAME}`` (default ``mobilenetv4_conv_small``; also ``text_encoder_small``): a model of
+  servesim's, exported to ONNX once into the cache;
+- ``{onnx: path/to/model.onnx}``: the user's ONNX file, served like the built-ins (inputs and outputs read
+  from the graph; the first axis of every input and output must be a dynamic batch axis);
+- ``{repository: DIR, name: NAME}``: model ``NAME`` of the user's Triton model repository ``DIR``, served
+  with its own ``config.pbtxt``, only the batcher keys of the scenario's ``batching:`` block overridden
+  (see :mod:`cluster.stack.served`).
+
+plus, for any of them, ``inputs: sample.npz`` (request payloads to send instead of generated ones: one array
+per input name, first axis = items) and, for ``onnx`` / ``builtin``, ``name`` (the Triton model name) and
+``backend`` (``auto`` | ``python`` | ``onnxruntime``: the Python backend running onnxruntime, which the
+bundled server has, or Triton's native onnxruntime backend, which the official server images have; ``auto``
+picks ``python`` on the bundled server and ``onnxruntime`` on any other). Relative paths are relative to the
+measurement file.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.schema import boolean, check_keys, choice, number, string
+from simulator.schema import boolean, check_keys, choice, fail, number, string
 
 BACKENDS = ("local", "kubernetes")
+BUILTIN_MODELS = ("mobilenetv4_conv_small", "text_encoder_small")
+MODEL_BACKENDS = ("auto", "python", "onnxruntime")
+K8S_IMAGE_KINDS = ("official", "pytriton")
+# NVIDIA's Triton container release whose server matches the bundled one (tritonserver 2.51.0 = 24.10)
+OFFICIAL_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+PYTRITON_IMAGE = "localhost:32000/servesim-triton:0.1"
+MODELS_IMAGE = "localhost:32000/servesim-models:0.1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the replicas serve (the ``model:`` block; see the module docstring)."""
+
+    builtin: str = "mobilenetv4_conv_small"
+    onnx: str = ""
+    repository: str = ""
+    name: str = ""
+    inputs: str = ""
+    backend: str = "auto"
+
+    @property
+    def kind(self) -> str:
+        return "onnx" if self.onnx else "repository" if self.repository else "builtin"
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {self.kind: {"builtin": self.builtin, "onnx": self.onnx,
+                                         "repository": self.repository}[self.kind]}
+        if self.name:
+            d["name"] = self.name
+        if self.inputs:
+            d["inputs"] = self.inputs
+        if self.backend != "auto":
+            d["backend"] = self.backend
+        return d
+
+
+def _existing(d: dict, key: str, path: str, base_dir: str, what: str, is_dir: bool = False) -> str:
+    """The path of ``d[key]`` (relative to ``base_dir``), which must exist (a file, or a folder)."""
+    v = string(d, key, path, required=True)
+    p = v if os.path.isabs(v) or not base_dir else os.path.normpath(os.path.join(base_dir, v))
+    if not os.path.exists(p):
+        fail(f"{path}.{key}", f"{what} not found: {p}")
+    if is_dir and not os.path.isdir(p):
+        fail(f"{path}.{key}", f"must be a folder (a Triton model repository), got the file {p}")
+    if not is_dir and os.path.isdir(p):
+        fail(f"{path}.{key}", f"must be a file ({what}), got the folder {p}")
+    return p
+
+
+def parse_model(d: Any, path: str = "model", base_dir: str = "") -> ModelSpec:
+    if d is None:
+        return ModelSpec()
+    check_keys(d, {"builtin", "onnx", "repository", "name", "inputs", "backend"}, path)
+    kinds = [k for k in ("builtin", "onnx", "repository") if k in d]
+    if len(kinds) > 1:
+        fail(path, f"give one of builtin, onnx or repository (got {', '.join(kinds)})")
+    kind = kinds[0] if kinds else "builtin"
+    inputs = _existing(d, "inputs", path, base_dir, "sample input file (.npz)") if "inputs" in d else ""
+    if inputs and not inputs.endswith(".npz"):
+        fail(f"{path}.inputs", f"must be a .npz file (numpy.savez: one array per input name), got {inputs}")
+    name = string(d, "name", path, "") or ""
+    if name and not all(c.isalnum() or c in "-_." for c in name):
+        fail(f"{path}.name", f"must be letters, digits, '-', '_' or '.' (got {name!r})")
+    backend = choice(d, "backend", path, MODEL_BACKENDS, "auto")
+    if kind == "builtin":
+        return ModelSpec(builtin=choice(d, "builtin", path, BUILTIN_MODELS, "mobilenetv4_conv_small"), name=name,
+                         inputs=inputs, backend=backend)
+    if kind == "onnx":
+        return ModelSpec(onnx=_existing(d, "onnx", path, base_dir, "ONNX model file"), name=name, inputs=inputs,
+                         backend=backend)
+    if "backend" in d:
+        fail(f"{path}.backend", "not used with repository (the repository's config.pbtxt names its backend)")
+    repo = _existing(d, "repository", path, base_dir, "model repository", is_dir=True)
+    if not name:
+        fail(f"{path}.name", f"is required with repository: the model to serve from {repo}")
+    if not os.path.isdir(os.path.join(repo, name)):
+        held = sorted(e for e in os.listdir(repo) if os.path.isdir(os.path.join(repo, e)))
+        fail(f"{path}.name", f"no model {name!r} in repository {repo} (it holds: {', '.join(held) or 'nothing'})")
+    return ModelSpec(builtin="", repository=repo, name=name, inputs=inputs)
 
 
 @dataclass(frozen=True)
@@ -21,14 +120,23 @@ class KubernetesSettings:
     context: str = ""
     api_url: str = ""                   # talk to this API server directly (tests, kubectl proxy)
     service_url: str = "http://127.0.0.1:30800"   # where the load generator reaches the Service (NodePort)
-    image: str = ""                     # override the Triton image of the Deployment
+    image: str = ""                     # the Triton server image (default: OFFICIAL_IMAGE or PYTRITON_IMAGE)
+    image_kind: str = "official"        # official: NVIDIA's tritonserver image serving the model repository
+    #                                     that the init container lays out; pytriton: servesim's own image
+    #                                     (configs/k8s/Dockerfile: bundled CPU server, built-in models only)
+    models_image: str = MODELS_IMAGE    # the init container's image: holds the model repository in /models
     hpa: bool = False                   # also apply the HorizontalPodAutoscaler manifest
     request_timeout_s: float = 5.0
+
+    @property
+    def server_image(self) -> str:
+        return self.image or (OFFICIAL_IMAGE if self.image_kind == "official" else PYTRITON_IMAGE)
 
 
 @dataclass(frozen=True)
 class StackSettings:
     backend: str = "local"
+    tritonserver: str = ""              # a tritonserver binary to run (default: the one bundled in nvidia-pytriton)
     onnx_threads: int = 1               # onnxruntime intra-op threads per model instance
     lb_port: int = 0                    # 0: pick a free port
     base_port: int = 0                  # replica i uses base_port + 2i (HTTP) and +2i+1 (metrics); 0: free ports
@@ -39,28 +147,32 @@ class StackSettings:
     request_timeout_s: float = 30.0     # client-side timeout per request
     max_inflight: int = 512             # open-loop: concurrent requests the load generator can hold
     kubernetes: KubernetesSettings = KubernetesSettings()
+    model: ModelSpec = field(default_factory=ModelSpec)   # the measurement file's top-level model: block
 
 
 def parse_kubernetes(d: Any, path: str) -> KubernetesSettings:
     d = d or {}
     check_keys(d, {"namespace", "manifests", "kubeconfig", "context", "api_url", "service_url", "image",
-                    "hpa", "request_timeout_s"}, path)
+                    "image_kind", "models_image", "hpa", "request_timeout_s"}, path)
     return KubernetesSettings(
         namespace=string(d, "namespace", path, "servesim"), manifests=string(d, "manifests", path, ""),
         kubeconfig=string(d, "kubeconfig", path, ""), context=string(d, "context", path, ""),
         api_url=string(d, "api_url", path, ""),
         service_url=string(d, "service_url", path, "http://127.0.0.1:30800"),
-        image=string(d, "image", path, ""), hpa=boolean(d, "hpa", path, False),
+        image=string(d, "image", path, ""), image_kind=choice(d, "image_kind", path, K8S_IMAGE_KINDS, "official"),
+        models_image=string(d, "models_image", path, MODELS_IMAGE), hpa=boolean(d, "hpa", path, False),
         request_timeout_s=number(d, "request_timeout_s", path, 5.0, lo=0, lo_open=True))
 
 
-def parse_stack(d: Any, path: str = "stack") -> StackSettings:
+def parse_stack(d: Any, path: str = "stack", base_dir: str = "") -> StackSettings:
     d = d or {}
-    check_keys(d, {"backend", "onnx_threads", "lb_port", "base_port", "ready_timeout_s", "drain_timeout_s",
+    check_keys(d, {"backend", "tritonserver", "onnx_threads", "lb_port", "base_port", "ready_timeout_s", "drain_timeout_s",
                     "scrape_interval_s", "health_check_ms", "request_timeout_s", "max_inflight",
                     "kubernetes"}, path)
     return StackSettings(
         backend=choice(d, "backend", path, BACKENDS, "local"),
+        tritonserver=_existing(d, "tritonserver", path, base_dir, "tritonserver binary")
+        if d.get("tritonserver") else "",
         onnx_threads=number(d, "onnx_threads", path, 1, lo=1, hi=64, integer=True),
         lb_port=number(d, "lb_port", path, 0, lo=0, hi=65535, integer=True),
         base_port=number(d, "base_port", path, 0, lo=0, hi=65000, integer=True),

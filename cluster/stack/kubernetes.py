@@ -3,16 +3,19 @@
 Uses the official ``kubernetes`` client only:
 
 - ``deploy()`` ensures the namespace, writes the model configuration ConfigMap
-  (``config.pbtxt`` generated from the scenario's ``batching:`` block), applies
-  the Deployment (replicas, image, onnxruntime threads from the config), the
-  Service and, if ``stack.kubernetes.hpa``, the HorizontalPodAutoscaler
-  (create, or patch when it exists), then waits for ``cluster.replicas`` ready pods;
+  (the served model's ``config.pbtxt`` with the scenario's ``batching:`` block,
+  :mod:`cluster.stack.served`), applies the Deployment (replicas, images, model
+  name, onnxruntime threads, an ``nvidia.com/gpu`` limit for ``device: gpu``;
+  :meth:`KubernetesBackend.rendered`), the Service and, if
+  ``stack.kubernetes.hpa``, the HorizontalPodAutoscaler (create, or patch when it
+  exists), then waits for ``cluster.replicas`` ready pods;
 - ``scale(n)`` patches the Deployment's **scale subresource**;
 - readiness comes from pod conditions (``Ready`` = the readiness probe on
   ``/v2/health/ready`` passes), counting pods that are not being deleted;
 - ``metrics()`` reads each ready pod's Triton metrics port through the API
   server's pod proxy (``/api/v1/namespaces/<ns>/pods/<pod>:8002/proxy/metrics``),
-  so it works from anywhere the kubeconfig works;
+  so it works from anywhere the kubeconfig works; ``model_stats()`` the model's
+  statistics the same way (``<pod>:8000/proxy/v2/models/<m>/stats``);
 - a poller thread (every 0.25 s) records each pod's lifecycle: ``t_start`` =
   creation, ``t_ready`` = first seen Ready, ``t_drain`` = deletion requested,
   ``t_gone`` = no longer listed; a container restart is recorded as ``crashed``;
@@ -33,10 +36,12 @@ from pathlib import Path
 
 import yaml
 
+from simulator.config import ConfigError
+
 from .backends import Backend, ReplicaRecord
 from .errors import KubernetesError
 from .model import repo_root
-from .triton import model_config_pbtxt
+from .served import served_for
 
 APP = "servesim-triton"
 CONFIGMAP = "servesim-model-config"
@@ -112,6 +117,11 @@ class KubernetesBackend(Backend):
         self.ns = self.k.namespace
         self.workdir = Path(workdir)
         self.manifests = load_manifests(manifests_dir(self.k))
+        self.served = served_for(stack)
+        if self.k.image_kind == "pytriton" and self.served.kind != "builtin":
+            raise ConfigError(f"stack.kubernetes.image_kind: pytriton serves servesim's built-in models only (model: "
+                              f"{self.served.spec.to_dict()}); use image_kind: official with a models image holding "
+                              f"your repository (stack.kubernetes.models_image)")
         self.api = api or connect(self.k)
         from kubernetes import client
         self.core = client.CoreV1Api(self.api)
@@ -143,15 +153,10 @@ class KubernetesBackend(Backend):
             r = copy.deepcopy(res)
             r["metadata"]["namespace"] = self.ns
             if kind == "ConfigMap" and name == CONFIGMAP:
-                r["data"] = {"config.pbtxt": model_config_pbtxt(b, self.stack.onnx_threads)}
+                r["data"] = {"config.pbtxt": self.served.config_pbtxt(b, self.stack.onnx_threads)}
             if kind == "Deployment" and name == APP:
                 r["spec"]["replicas"] = sc.cluster.replicas
-                c = r["spec"]["template"]["spec"]["containers"][0]
-                if self.k.image:
-                    c["image"] = self.k.image
-                for e in c.get("env", []):
-                    if e["name"] == "SERVESIM_ONNX_THREADS":
-                        e["value"] = str(self.stack.onnx_threads)
+                self._render_pod(r["spec"]["template"]["spec"], b)
                 # the config checksum forces a rollout when batching changes
                 r["spec"]["template"]["metadata"].setdefault("annotations", {})["servesim/batching"] = \
                     yaml.safe_dump(b.to_dict(), default_flow_style=True).strip()
@@ -161,6 +166,51 @@ class KubernetesBackend(Backend):
             out.append(r)
         order = {"ConfigMap": 0, "Deployment": 1, "Service": 2, "HorizontalPodAutoscaler": 3}
         return sorted(out, key=lambda r: order.get(r["kind"], 9))
+
+    def _render_pod(self, pod: dict, b) -> None:
+        """The pod template for the served model: the server image and command (official: ``tritonserver``
+        on the repository the init container lays out; pytriton: servesim's image, no init container),
+        threads, and for ``device: gpu`` an ``nvidia.com/gpu`` limit (one per listed GPU, at least one) and
+        GPU metrics."""
+        c = pod["containers"][0]
+        c["image"] = self.k.server_image
+        for e in c.get("env", []):
+            if e["name"] == "SERVESIM_ONNX_THREADS":
+                e["value"] = str(self.stack.onnx_threads)
+        gpu = b.device == "gpu"
+        if self.k.image_kind == "pytriton":
+            pod.pop("initContainers", None)
+            pod["volumes"] = [v for v in pod.get("volumes", []) if v["name"] != "repository"]
+            c["command"] = ["python", "-m", "cluster.stack.triton", "serve", "--builtin", self.served.spec.builtin,
+                            "--config-pbtxt", "/config/config.pbtxt", "--host", "0.0.0.0", "--http-port", "8000",
+                            "--metrics-port", "8002"]
+            c["volumeMounts"] = [{"name": "model-config", "mountPath": "/config", "readOnly": True}]
+        else:
+            init = pod["initContainers"][0]
+            init["image"] = self.k.models_image
+            for e in init.get("env", []):
+                if e["name"] == "SERVESIM_MODEL":
+                    e["value"] = self.served.name
+            c["command"] = [a if not a.startswith("--allow-gpu-metrics=") else
+                            f"--allow-gpu-metrics={'true' if gpu else 'false'}" for a in c["command"]]
+        if gpu:
+            n = str(max(1, len(b.gpus)))
+            res = c.setdefault("resources", {})
+            res.setdefault("limits", {})["nvidia.com/gpu"] = n
+            res.setdefault("requests", {})["nvidia.com/gpu"] = n
+
+    def model_stats(self) -> dict[str, str]:
+        with self._lock:
+            names = [r.name for r in self._records.values() if r.state in ("ready", "draining")]
+        out = {}
+        for n in names:
+            try:
+                txt = self.core.connect_get_namespaced_pod_proxy_with_path(
+                    f"{n}:8000", self.ns, f"v2/models/{self.served.name}/stats", _request_timeout=self.t)
+                out[n] = txt if isinstance(txt, str) else str(txt)
+            except Exception:
+                continue
+        return out
 
     # ------------------------------------------------------------------ apply helpers
     def _ops(self, kind: str):
@@ -289,8 +339,10 @@ class KubernetesBackend(Backend):
         return name
 
     def _not_ready(self, n: int, timeout: float) -> Exception:
+        gpu = (" (device: gpu: does a node offer free nvidia.com/gpu? the NVIDIA device plugin must run)"
+               if self.scenario.batching.device == "gpu" else "")
         return KubernetesError(f"{self.ready_replicas}/{n} pods of {self.ns}/{APP} ready after "
-                               f"{timeout:.0f} s (kubectl -n {self.ns} describe pods -l {LABEL})")
+                               f"{timeout:.0f} s{gpu} (kubectl -n {self.ns} describe pods -l {LABEL})")
 
     def teardown(self) -> None:
         if self._torn_down:

@@ -4,7 +4,10 @@ Runs in its own process (``python -m cluster.stack.loadgen PLAN.json``, started 
 :func:`run_load`): Locust monkey-patches the standard library with gevent at
 import, which must not leak into the measuring process. Requests go to
 Triton's HTTP/KServe-v2 endpoint with ``tritonclient.http`` (itself gevent
-based), UINT8 224x224x3 synthetic images (seeded), binary tensors.
+based), binary tensors: the payloads of ``plan["inputs_file"]`` (an ``.npz`` written by
+:meth:`cluster.stack.served.ServedModel.request_file`: per input, ``[requests, batch, *dims]``; request
+``k`` sends payload ``k mod requests``), asking for ``plan["outputs"]``; without an inputs file, the
+built-in MobileNetV4's synthetic images.
 
 Two load shapes, both :class:`locust.LoadTestShape` s built from a
 :class:`~simulator.config.WorkloadSpec`:
@@ -184,6 +187,30 @@ class LocustLoad:
     sends: list = field(default_factory=list)
 
 
+def request_inputs(plan: dict) -> list[list]:
+    """The plan's request payloads as ``tritonclient.http.InferInput`` lists (one list per payload)."""
+    import numpy as np
+    import tritonclient.http as th
+    from tritonclient.utils import np_to_triton_dtype
+    if plan.get("inputs_file"):
+        with np.load(plan["inputs_file"]) as z:
+            arrays = {k: z[k] for k in z.files}
+    else:
+        from .model import INPUT_NAME, synthetic_images
+        n, b = int(plan.get("n_images", 8)), int(plan.get("batch_size", 1))
+        arrays = {INPUT_NAME: synthetic_images(n * b, int(plan.get("seed", 0))).reshape(n, b, 224, 224, 3)}
+    n = next(iter(arrays.values())).shape[0]
+    out = []
+    for k in range(n):
+        req = []
+        for name, a in arrays.items():
+            inp = th.InferInput(name, list(a[k].shape), np_to_triton_dtype(a.dtype))
+            inp.set_data_from_numpy(a[k], binary_data=True)
+            req.append(inp)
+        out.append(req)
+    return out
+
+
 def build_load(plan: dict) -> LocustLoad:
     """Locust users + :class:`LoadTestShape` for ``plan`` (imports Locust: gevent world only).
 
@@ -199,7 +226,6 @@ def build_load(plan: dict) -> LocustLoad:
     from simulator.config import parse_dist
 
     from .arrivals import sample_dist
-    from .model import synthetic_images
 
     mode = plan["mode"]
     if mode not in ("closed", "open"):
@@ -209,16 +235,9 @@ def build_load(plan: dict) -> LocustLoad:
     duration = float(plan["duration_s"])
     seed = int(plan.get("seed", 0))
     timeout_s = float(plan.get("timeout_s", 30.0))
-    batch = int(plan.get("batch_size", 1))
-    n_img = int(plan.get("n_images", 8))
-    imgs = synthetic_images(n_img * batch, seed).reshape(n_img, batch, 224, 224, 3)
-    inputs = []
-    for k in range(n_img):
-        inp = th.InferInput("image", [batch, 224, 224, 3], "UINT8")
-        inp.set_data_from_numpy(imgs[k], binary_data=True)
-        inputs.append(inp)
-    outputs = [th.InferRequestedOutput("logits", binary_data=True),
-               th.InferRequestedOutput("replica", binary_data=True)]
+    inputs = request_inputs(plan)
+    n_img = len(inputs)
+    outputs = [th.InferRequestedOutput(o, binary_data=True) for o in plan.get("outputs", ["logits", "replica"])]
     records: list[tuple] = []
     sends: list[tuple] = []                 # (seq, t_send) in send order; only with plan["stream"]
     stream = bool(plan.get("stream", False))
@@ -239,7 +258,7 @@ def build_load(plan: dict) -> LocustLoad:
         exc = None
         replica = ""
         try:
-            r = cl.infer(model, [inputs[seq % n_img]], outputs=outputs)
+            r = cl.infer(model, inputs[seq % n_img], outputs=outputs)
             rep = r.as_numpy("replica")
             replica = rep.reshape(-1)[0].decode() if rep is not None and rep.size else ""
         except gevent.GreenletExit:

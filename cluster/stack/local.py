@@ -27,7 +27,8 @@ from pathlib import Path
 from . import procs
 from .backends import Backend, ReplicaRecord
 from .lb import HAProxy
-from .triton import TritonError, TritonServer, http_get, write_model_repository
+from .served import served_for
+from .triton import TritonError, TritonServer, http_get
 
 
 class LocalBackend(Backend):
@@ -40,6 +41,7 @@ class LocalBackend(Backend):
         self.stack = stack
         self.workdir = Path(workdir)
         self.repo = self.workdir / "model_repository"
+        self.served = served_for(stack)
         self.lb: HAProxy | None = None
         self._lock = threading.RLock()
         self._servers: dict[str, TritonServer] = {}
@@ -56,7 +58,7 @@ class LocalBackend(Backend):
     # ------------------------------------------------------------------ interface
     def deploy(self, wait: bool = True) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        write_model_repository(self.repo, self.batching, self.stack.onnx_threads)
+        self.served.write_repository(self.repo, self.batching, self.stack.onnx_threads)
         slots = max(self.cluster.max_replicas, self.cluster.replicas, 1) + 4
         self.lb = HAProxy(self.workdir, self.stack.lb_port, slots, self.cluster.load_balancer,
                           self.stack.health_check_ms).start()
@@ -114,6 +116,16 @@ class LocalBackend(Backend):
         with self._lock:
             targets = {r.name: r.metrics_endpoint for r in self._records.values()
                        if r.state in ("ready", "draining") and r.metrics_endpoint}
+        return self._get_all(targets)
+
+    def model_stats(self) -> dict[str, str]:
+        with self._lock:
+            targets = {r.name: f"{r.endpoint}/v2/models/{self.served.name}/stats" for r in self._records.values()
+                       if r.state in ("ready", "draining") and r.endpoint}
+        return self._get_all(targets)
+
+    @staticmethod
+    def _get_all(targets: dict[str, str]) -> dict[str, str]:
         out: dict[str, str] = {}
         if not targets:
             return out
@@ -182,7 +194,8 @@ class LocalBackend(Backend):
             hp, mp = self.stack.base_port + 2 * i, self.stack.base_port + 2 * i + 1
         rec = ReplicaRecord(name=name, t_request=time.time())
         srv = TritonServer(self.repo, name, self.workdir / f"{name}.log", hp, mp,
-                           exit_timeout_s=max(1, int(self.stack.drain_timeout_s)))
+                           exit_timeout_s=max(1, int(self.stack.drain_timeout_s)), model=self.served.name,
+                           binary=self.stack.tritonserver, gpu_metrics=self.batching.device == "gpu")
         try:
             srv.start()
         except Exception as e:

@@ -157,36 +157,42 @@ def onnx_path(seed: int = 0) -> Path:
 
 
 def export_onnx(seed: int = 0, force: bool = False, verbose: bool = False) -> Path:
-    """Export the model to ONNX (dynamic batch axis) once; return the cached path.
+    """Export MobileNetV4-Conv-Small to ONNX (dynamic batch axis) once; return the cached path."""
+    import torch
+    return export_cached(onnx_path(seed), lambda: build_model(seed), torch.zeros((2, *IMAGE_SHAPE), dtype=torch.uint8),
+                         [INPUT_NAME], [OUTPUT_NAME], _check_onnx, OPSET, force,
+                         f"{MODEL_NAME} ({PARAMETERS / 1e6:.2f} M parameters)" if verbose else "")
 
-    Written to a temporary file and renamed, so an interrupted export never
-    leaves a truncated model in the cache.
+
+def export_cached(out: Path, build, dummy, input_names, output_names, check, opset: int, force: bool = False,
+                  announce: str = "") -> Path:
+    """Export the torch module ``build()`` to ONNX at ``out`` once (every input and output with a dynamic
+    batch axis), checked by ``check(path, module)``; return ``out``.
+
+    Written to a temporary file and renamed, so an interrupted export never leaves a truncated model in the
+    cache. ``announce``: print what was exported (when it was).
     """
-    out = onnx_path(seed)
     if out.exists() and not force:
         return out
     import torch
 
-    model = build_model(seed)
-    dummy = torch.zeros((2, *IMAGE_SHAPE), dtype=torch.uint8)
+    model = build()
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
     os.close(fd)
     try:
-        kw = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                  opset_version=OPSET)
+        kw = dict(input_names=list(input_names), output_names=list(output_names),
+                  dynamic_axes={n: {0: "batch"} for n in (*input_names, *output_names)}, opset_version=opset)
         try:
             torch.onnx.export(model, (dummy,), tmp, dynamo=False, **kw)
         except TypeError:  # older torch without the dynamo switch
             torch.onnx.export(model, (dummy,), tmp, **kw)
-        _check_onnx(tmp, model)
+        check(tmp, model)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        # the legacy exporter may write external-data side files next to tmp
-    if verbose:
-        print(f"exported {MODEL_NAME} ({count_parameters(model) / 1e6:.2f} M parameters) to {out}")
+    if announce:
+        print(f"exported {announce} to {out}")
     return out
 
 

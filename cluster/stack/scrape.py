@@ -10,7 +10,14 @@ downstream (per model, cumulative since the replica started):
 ``nv_inference_request_duration_us``, ``nv_inference_queue_duration_us``,
 ``nv_inference_compute_input/infer/output_duration_us`` (summed over requests:
 a request in a batch records the whole batch's compute time), and the gauge
-``nv_inference_pending_request_count`` (queued requests).
+``nv_inference_pending_request_count`` (queued requests). Server-wide gauges kept with them:
+``nv_cpu_utilization``, ``nv_cpu_memory_used_bytes`` and, on a GPU server (when present),
+``nv_gpu_utilization`` and ``nv_gpu_memory_used_bytes`` (summed over the server's GPUs).
+
+The scraper also reads each replica's statistics of the model (``/v2/models/<m>/stats``,
+:meth:`Backend.model_stats`): per batch size, the batches executed so far (:func:`batch_counts`) -- the
+exact distribution of the batch sizes Triton's dynamic batcher formed, which the Prometheus counters only
+give as a mean (``nv_inference_count / nv_inference_exec_count``).
 
 :func:`observation_from_window` turns two scrapes and the client request log
 into the :class:`simulator.policy.Observation` a live controller would hand to
@@ -18,6 +25,7 @@ a policy, with the metric definitions of that module's docstring.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -34,6 +42,7 @@ COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_
             "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
             "nv_inference_compute_output_duration_us")
 GAUGES = ("nv_inference_pending_request_count",)
+SERVER_GAUGES = ("nv_cpu_utilization", "nv_cpu_memory_used_bytes", "nv_gpu_utilization", "nv_gpu_memory_used_bytes")
 
 
 def parse_prometheus(text: str) -> list[tuple[str, dict, float]]:
@@ -64,7 +73,7 @@ def model_counters(samples: Iterable[tuple[str, dict, float]], model: str) -> di
     also per reason as ``nv_inference_request_failure:<REASON>``)."""
     out: dict[str, float] = {}
     for name, labels, v in samples:
-        if labels.get("model") != model and name not in ("nv_cpu_utilization", "nv_cpu_memory_used_bytes"):
+        if labels.get("model") != model and name not in SERVER_GAUGES:
             continue
         out[name] = out.get(name, 0.0) + v
         if name == "nv_inference_request_failure" and "reason" in labels:
@@ -72,16 +81,32 @@ def model_counters(samples: Iterable[tuple[str, dict, float]], model: str) -> di
     return out
 
 
+def batch_counts(stats_json: str) -> dict[int, tuple[int, int]]:
+    """``{batch size: (batches executed, their compute_infer ns)}`` from one replica's model statistics
+    (``/v2/models/<m>/stats``: ``batch_stats[].compute_infer.count`` counts the batches of that size)."""
+    try:
+        st = json.loads(stats_json)["model_stats"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return {}
+    out = {}
+    for bs in st.get("batch_stats") or []:
+        ci = bs.get("compute_infer") or {}
+        out[int(bs["batch_size"])] = (int(ci.get("count", 0)), int(ci.get("ns", 0)))
+    return out
+
+
 class Scraper:
     """Background thread: every ``interval_s`` scrape all replicas of ``backend``; keep every sample.
 
     ``rows``: ``(t_epoch, replica, metric, labels, value)``; ``snapshots``:
-    ``(t_epoch, {replica: counters})`` for :func:`observation_from_window`.
+    ``(t_epoch, {replica: counters})`` for :func:`observation_from_window`; ``batch_rows``:
+    ``(t_epoch, replica, batch_size, batches, compute_infer_ns)``, cumulative (:func:`batch_counts`).
     """
 
     def __init__(self, backend, model: str, interval_s: float = 1.0):
         self.backend, self.model, self.interval_s = backend, model, interval_s
         self.rows: list[tuple[float, str, str, str, float]] = []
+        self.batch_rows: list[tuple[float, str, int, int, int]] = []
         self.snapshots: list[tuple[float, dict[str, dict[str, float]]]] = []
         self.states: list[tuple[float, int, int, int]] = []      # (t, desired, ready, pending)
         self.errors = 0
@@ -103,6 +128,13 @@ class Scraper:
                     self.rows.append((t, rep, name, labels_str(labels), v))
             snap[rep] = model_counters(samples, self.model)
         self.snapshots.append((t, snap))
+        try:
+            stats = self.backend.model_stats()
+        except Exception:
+            stats = {}
+        for rep, text in stats.items():
+            for b, (n, ns) in sorted(batch_counts(text).items()):
+                self.batch_rows.append((t, rep, b, n, ns))
         try:
             self.states.append((t, int(self.backend.desired), int(self.backend.ready_replicas),
                                 int(self.backend.pending_replicas)))

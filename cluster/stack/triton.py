@@ -1,9 +1,11 @@
 """Real Triton Inference Server: model repository from a ``batching:`` block, and server processes.
 
 The server is the ``tritonserver`` binary bundled in the ``nvidia-pytriton``
-wheel (CPU build, Python backend only). Onnxruntime does the compute inside a
-Python-backend model (:mod:`cluster.stack.triton_model`); Triton's dynamic batcher,
-instance group and queue policy are generated from the scenario's
+wheel (CPU build, Python backend only), or the one ``stack.tritonserver`` names (e.g. from NVIDIA's
+container, with native backends). For ONNX models (the built-ins, ``model: {onnx: ...}``) onnxruntime does
+the compute inside a Python-backend model (:mod:`cluster.stack.triton_model`) or in Triton's native
+onnxruntime backend; a repository model brings its own backend (:mod:`cluster.stack.served`). Triton's
+dynamic batcher, instance group and queue policy are generated from the scenario's
 :class:`~simulator.config.BatchingSpec`:
 
 =======================  ===============================================================
@@ -12,12 +14,12 @@ instance group and queue policy are generated from the scenario's
 max_batch_size           ``max_batch_size``
 preferred_batch_sizes    ``dynamic_batching.preferred_batch_size``
 max_queue_delay_us       ``dynamic_batching.max_queue_delay_microseconds``
-instances                ``instance_group [{count, kind: KIND_CPU}]``
+instances, device, gpus  ``instance_group [{count, kind: KIND_CPU | KIND_GPU, gpus}]``
 max_queue_size           ``dynamic_batching.default_queue_policy.max_queue_size``
 queue_timeout_us         ``default_queue_policy {timeout_action: REJECT, default_timeout_microseconds}``
 =======================  ===============================================================
 
-Two traps of the bundled server are handled here: the Python-backend stub
+Two traps of the bundled server are handled here (a user's server runs with its own defaults): the Python-backend stub
 links ``libpython3.X.so`` and must find *this* interpreter's one first
 (``LD_LIBRARY_PATH`` starts with ``sysconfig LIBDIR``), and the stub matching
 this Python version is put into a prepared backend directory in the cache.
@@ -48,7 +50,7 @@ from . import model as mdl
 from . import procs
 from .errors import PortInUseError, TritonError
 
-MODEL_NAME = mdl.MODEL_NAME
+MODEL_NAME = mdl.MODEL_NAME        # the default model (model: block absent)
 
 
 # --------------------------------------------------------------------------- locating the server
@@ -96,12 +98,15 @@ def backend_dir() -> Path:
     return dst
 
 
-def server_env(replica: str = "", extra: dict | None = None) -> dict:
+def server_env(replica: str = "", extra: dict | None = None, bundled: bool = True) -> dict:
+    """The server's environment: for the bundled server, this interpreter's libpython and nvidia-pytriton's
+    libraries first on ``LD_LIBRARY_PATH`` and this Python on ``PATH``; a user's server keeps its own."""
     env = dict(os.environ)
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    libs = str(pytriton_dir().parent / "nvidia_pytriton.libs")
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, libs, env.get("LD_LIBRARY_PATH", "")) if p)
-    env["PATH"] = os.path.dirname(sys.executable) + ":" + env.get("PATH", "")
+    if bundled:
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        libs = str(pytriton_dir().parent / "nvidia_pytriton.libs")
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, libs, env.get("LD_LIBRARY_PATH", "")) if p)
+        env["PATH"] = os.path.dirname(sys.executable) + ":" + env.get("PATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     if replica:
         env["SERVESIM_REPLICA"] = replica
@@ -109,19 +114,32 @@ def server_env(replica: str = "", extra: dict | None = None) -> dict:
     return env
 
 
-def server_version() -> str:
-    """Triton's version as reported by a running server (``GET /v2``); starts one with an empty repository."""
+def server_version(binary: str = "", timeout: float = 30.0, strict: bool = False) -> str:
+    """Triton's version as reported by a running server (``GET /v2``); starts one with an empty repository.
+    ``strict``: a binary that does not start a Triton server within ``timeout`` is a :class:`TritonError`
+    (one line: the binary, its exit code, its last output line), else ``"unknown"``."""
     import tempfile
     with tempfile.TemporaryDirectory(prefix="ss-ver-") as d:
-        srv = TritonServer(d, "version", os.path.join(d, "server.log"))
+        log = os.path.join(d, "server.log")
+        srv = TritonServer(d, "version", log, binary=binary)
+        what = binary or str(tritonserver_bin())
         try:
             srv.start()
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and srv.alive():
                 st, body = http_get(f"{srv.url}/v2", 0.5)
                 if st == 200:
                     return json.loads(body).get("version", "unknown")
                 time.sleep(0.1)
+            if strict:
+                last = [ln for ln in procs.tail(log, 20).splitlines() if ln.strip()]
+                how = (f"exited with code {srv.proc.returncode}" if not srv.alive() else
+                       f"did not answer GET /v2 within {timeout:.0f} s")
+                raise TritonError(f"tritonserver {what} {how} (is it a Triton server?); "
+                                  f"its last output: {last[-1][:200] if last else 'none'}")
+        except TritonError:
+            if strict:
+                raise
         except Exception:
             pass
         finally:
@@ -129,60 +147,45 @@ def server_version() -> str:
     return "unknown"
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this machine shows (``nvidia-smi -L`` lines); [] when none (or no NVIDIA driver)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        r = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [ln for ln in r.stdout.splitlines() if ln.startswith("GPU ")] if r.returncode == 0 else []
+
+
 # --------------------------------------------------------------------------- model repository
 
 
-def model_config_pbtxt(b: BatchingSpec, onnx_threads: int = 1, name: str = MODEL_NAME) -> str:
-    """``config.pbtxt`` for the Python-backend MobileNetV4 model with batching from ``b``."""
-    lines = [f'name: "{name}"', 'backend: "python"', f"max_batch_size: {b.max_batch_size}",
-             "input [", "  {", f'    name: "{mdl.INPUT_NAME}"', "    data_type: TYPE_UINT8",
-             f"    dims: [ {', '.join(str(d) for d in mdl.IMAGE_SHAPE)} ]", "  }", "]",
-             "output [", "  {", f'    name: "{mdl.OUTPUT_NAME}"', "    data_type: TYPE_FP32",
-             f"    dims: [ {mdl.NUM_CLASSES} ]", "  },", "  {", '    name: "replica"',
-             "    data_type: TYPE_STRING", "    dims: [ 1 ]", "  }", "]",
-             "instance_group [", "  {", f"    count: {b.instances}", "    kind: KIND_CPU", "  }", "]",
-             "dynamic_batching {"]
-    if b.preferred_batch_sizes:
-        lines.append(f"  preferred_batch_size: [ {', '.join(str(p) for p in b.preferred_batch_sizes)} ]")
-    lines.append(f"  max_queue_delay_microseconds: {b.max_queue_delay_us}")
-    if b.max_queue_size or b.queue_timeout_us:
-        lines.append("  default_queue_policy {")
-        if b.queue_timeout_us:
-            lines += ["    timeout_action: REJECT",
-                      f"    default_timeout_microseconds: {b.queue_timeout_us}",
-                      "    allow_timeout_override: false"]
-        if b.max_queue_size:
-            lines.append(f"    max_queue_size: {b.max_queue_size}")
-        lines.append("  }")
-    lines.append("}")
-    lines += ["parameters [",
-              '  { key: "onnx_file", value: { string_value: "model.onnx" } },',
-              f'  {{ key: "intra_op_threads", value: {{ string_value: "{int(onnx_threads)}" }} }}',
-              "]"]
-    return "\n".join(lines) + "\n"
+def default_model():
+    """The served model of an absent ``model:`` block (the built-in MobileNetV4, Python backend)."""
+    from .config import ModelSpec
+    from .served import resolve
+    return resolve(ModelSpec())
 
 
-def write_model_repository(repo: str | Path, batching: BatchingSpec, onnx_threads: int = 1,
-                           onnx_file: str | Path | None = None, seed: int = 0) -> Path:
-    """Create ``repo/<model>/{config.pbtxt, 1/model.py, 1/model.onnx}``; returns ``repo``.
-
-    ``model.onnx`` is a symlink to the cached export (exported now if missing).
-    """
-    repo = Path(repo)
-    mdir = repo / MODEL_NAME
-    vdir = mdir / "1"
-    vdir.mkdir(parents=True, exist_ok=True)
-    (mdir / "config.pbtxt").write_text(model_config_pbtxt(batching, onnx_threads))
-    shutil.copyfile(Path(__file__).with_name("triton_model.py"), vdir / "model.py")
-    src = Path(onnx_file) if onnx_file else mdl.export_onnx(seed)
-    dst = vdir / "model.onnx"
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
-    os.symlink(Path(src).resolve(), dst)
-    return repo
+def write_model_repository(repo: str | Path, batching: BatchingSpec, onnx_threads: int = 1, served=None) -> Path:
+    """Lay out ``repo/<model>/`` for ``batching`` (:meth:`cluster.stack.served.ServedModel.write_repository`;
+    default: the built-in MobileNetV4); returns ``repo``."""
+    return (served or default_model()).write_repository(repo, batching, onnx_threads)
 
 
 # --------------------------------------------------------------------------- one server process
+
+
+def server_model_config(url: str, name: str, timeout: float = 5.0) -> dict:
+    """``GET <url>/v2/models/<name>/config`` (JSON), raising :class:`TritonError` when the server does not
+    know the model."""
+    st, body = http_get(f"{url}/v2/models/{name}/config", timeout)
+    if st != 200:
+        raise TritonError(f"server at {url}: no configuration for model {name!r} (HTTP {st}: "
+                          f"{body[:200].decode('utf-8', 'replace')})")
+    return json.loads(body)
 
 
 def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
@@ -214,12 +217,14 @@ class TritonServer:
 
     def __init__(self, repo: str | Path, name: str, log_path: str | Path, http_port: int = 0,
                  metrics_port: int = 0, host: str = "127.0.0.1", exit_timeout_s: int = 10,
-                 model: str = MODEL_NAME):
+                 model: str = MODEL_NAME, binary: str = "", gpu_metrics: bool = False):
         self.repo, self.name, self.log_path, self.host = Path(repo), name, str(log_path), host
         self._fixed = (http_port, metrics_port)
         self.ports = ServerPorts(http_port, metrics_port)
         self.exit_timeout_s = exit_timeout_s
         self.model = model
+        self.binary = binary              # "" = the bundled server
+        self.gpu_metrics = gpu_metrics
         self.proc: subprocess.Popen | None = None
         self.t_start = self.t_live = self.t_ready = self.t_exit = None
         self._log = None
@@ -234,10 +239,12 @@ class TritonServer:
         return f"http://{self.host}:{self.ports.metrics}/metrics"
 
     def command(self) -> list[str]:
-        return [str(tritonserver_bin()), f"--model-repository={self.repo}",
-                f"--backend-directory={backend_dir()}", f"--id={self.name}",
+        bundled = [] if self.binary else [f"--backend-directory={backend_dir()}"]
+        return [self.binary or str(tritonserver_bin()), f"--model-repository={self.repo}", *bundled,
+                f"--id={self.name}",
                 "--allow-grpc=false", "--allow-http=true", f"--http-address={self.host}",
-                f"--http-port={self.ports.http}", "--allow-metrics=true", "--allow-gpu-metrics=false",
+                f"--http-port={self.ports.http}", "--allow-metrics=true",
+                f"--allow-gpu-metrics={'true' if self.gpu_metrics else 'false'}",
                 "--allow-cpu-metrics=true", f"--metrics-address={self.host}",
                 f"--metrics-port={self.ports.metrics}", "--metrics-interval-ms=1000",
                 "--http-thread-count=4", f"--exit-timeout-secs={self.exit_timeout_s}",
@@ -251,8 +258,13 @@ class TritonServer:
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.t_start = time.time()
-        self.proc = procs.spawn(self.command(), env=server_env(self.name), stdout=self._log,
-                                stderr=subprocess.STDOUT)
+        try:
+            self.proc = procs.spawn(self.command(), env=server_env(self.name, bundled=not self.binary),
+                                    stdout=self._log, stderr=subprocess.STDOUT)
+        except OSError as e:        # not executable, wrong architecture, missing interpreter ...
+            self._close_log()
+            raise TritonError(f"replica {self.name}: cannot start tritonserver {self.command()[0]}: "
+                              f"{e.strerror or e}") from None
         return self
 
     def alive(self) -> bool:
@@ -330,10 +342,11 @@ class TritonServer:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cluster.stack.triton",
-                                 description="Run one Triton server for MobileNetV4-Conv-Small (foreground).")
+                                 description="Run one Triton server for a built-in model (foreground).")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="write a model repository and exec tritonserver")
     s.add_argument("--repo", default="/tmp/servesim-model-repo")
+    s.add_argument("--builtin", default=MODEL_NAME, help="the built-in model to serve")
     s.add_argument("--config-pbtxt", help="use this config.pbtxt (e.g. a mounted ConfigMap) instead of "
                    "generating one from --batching-json")
     s.add_argument("--batching-json", default="{}", help="BatchingSpec as JSON (batching: block keys)")
@@ -341,18 +354,36 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", default="0.0.0.0", help="bind address (0.0.0.0 inside a pod)")
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
+    r = sub.add_parser("repository", help="write the model repository of a built-in model (for the "
+                       "Kubernetes init container's image, configs/k8s/Dockerfile.models)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--builtin", default=MODEL_NAME)
+    r.add_argument("--backend", default="onnxruntime", choices=("python", "onnxruntime"))
     a = ap.parse_args(argv)
     from simulator.config import ConfigError, parse_batching
+
+    from .config import ModelSpec
+    from .served import resolve
+    if a.cmd == "repository":
+        served = resolve(ModelSpec(builtin=a.builtin, backend=a.backend))
+        repo = served.write_repository(a.out, BatchingSpec(max_batch_size=8))
+        onnx = repo / served.name / "1" / "model.onnx"
+        target = onnx.resolve()
+        onnx.unlink()
+        shutil.copyfile(target, onnx)        # a real file: the image must not point into the cache
+        print(f"wrote {repo / served.name}")
+        return 0
     try:
         b = parse_batching(json.loads(a.batching_json), "batching")
     except (ConfigError, ValueError) as e:
         print(f"error: --batching-json: {e}", file=sys.stderr)
         return 2
-    repo = write_model_repository(a.repo, b, a.onnx_threads)
+    served = resolve(ModelSpec(builtin=a.builtin, backend="python"))
+    repo = served.write_repository(a.repo, b, a.onnx_threads)
     if a.config_pbtxt:
-        shutil.copyfile(a.config_pbtxt, repo / MODEL_NAME / "config.pbtxt")
+        shutil.copyfile(a.config_pbtxt, repo / served.name / "config.pbtxt")
     srv = TritonServer(repo, os.environ.get("HOSTNAME", "triton"), "/dev/null", a.http_port, a.metrics_port,
-                       host=a.host)
+                       host=a.host, model=served.name)
     os.execve(str(tritonserver_bin()), srv.command(), server_env(os.environ.get("SERVESIM_REPLICA", "")))
     return 0  # pragma: no cover
 

@@ -42,11 +42,12 @@ def run_real(c: Contender, policy, sc: Scenario, stack, wl: WorkloadSpec, durati
     from ..stack.deploy import make_backend
     from ..controller import Controller, LiveRequests
     from ..stack.loadgen import run_load
-    from ..stack.triton import MODEL_NAME
+    from ..stack.served import served_for
     odir.mkdir(parents=True, exist_ok=True)
     wdir = work / c.name
     run_sc = sc.replace(cluster=dataclasses.replace(sc.cluster, replicas=c.initial), workload=wl, duration_s=duration)
     be = make_backend(stack, run_sc, wdir / "server")
+    served = served_for(stack)
     feed = LiveRequests()
     logf = open(odir / "controller.log", "w")
     lock = threading.Lock()
@@ -59,7 +60,7 @@ def run_real(c: Contender, policy, sc: Scenario, stack, wl: WorkloadSpec, durati
             say(quiet, m)
 
     ctl = Controller(be, policy, interval_s=c.interval_s, slo_ms=sc.slo_ms, min_replicas=sc.cluster.min_replicas,
-                     max_replicas=sc.cluster.max_replicas, instances=sc.batching.instances, model=MODEL_NAME,
+                     max_replicas=sc.cluster.max_replicas, instances=sc.batching.instances, model=served.name,
                      requests=feed, name=c.name, log=log)
     stop = threading.Event()
     bar = None
@@ -70,7 +71,10 @@ def run_real(c: Contender, policy, sc: Scenario, stack, wl: WorkloadSpec, durati
         be.deploy()
         url = be.endpoints["lb"]
         t0 = t_plan = time.time() + 4.0
-        plan = {"url": url, "model": MODEL_NAME, "duration_s": duration, "seed": sc.seed,
+        if not served.inputs:            # a repository model: its inputs from the running server
+            from ..stack.triton import server_model_config
+            served.learn_from_server(server_model_config(url, served.name))
+        plan = {"url": url, **served.load_plan(wdir / "loadgen", sc.seed), "duration_s": duration, "seed": sc.seed,
                 "timeout_s": stack.request_timeout_s, "max_inflight": stack.max_inflight, "start_at_epoch": t0,
                 "stream": True, "stream_interval_s": 0.25}
         if wl.kind == "closed_loop":

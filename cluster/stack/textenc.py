@@ -1,0 +1,106 @@
+"""A small transformer text encoder in plain torch (random weights): the built-in model where batching matters.
+
+Chosen because its cost per item falls strongly with batch size on a CPU: short inputs (``SEQ_LEN`` = 16
+tokens, a search query or a short sentence) through ``LAYERS`` pre-norm encoder layers of width ``WIDTH``.
+At batch 1 each layer's matrix products are ``[16, W] x [W, k]``: the weights (~``PARAMETERS`` x 4 bytes,
+larger than the caches) are streamed from memory for 16 rows of work, so the model is memory-bound; a batch
+of ``b`` requests reuses every weight for ``16 b`` rows. The measured per-batch curve is in the README
+(``python -m cluster.stack.builtins curve text_encoder_small``).
+
+Input ``input_ids``: INT64 ``[batch, SEQ_LEN]`` token ids in ``[0, VOCAB)``; output ``embedding``: FP32
+``[batch, WIDTH]`` (mean-pooled last hidden state). The batch axis is dynamic. Exported to ONNX once into the
+cache (``.cache/servesim/``), never committed; weights from seed 0.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+MODEL_NAME = "text_encoder_small"
+INPUT_NAME = "input_ids"
+OUTPUT_NAME = "embedding"
+VOCAB = 8192
+SEQ_LEN = 16
+WIDTH = 512
+HEADS = 8
+FFN = 2048
+LAYERS = 4
+EXPORT_VERSION = 1
+OPSET = 17
+PARAMETERS = 16_813_056   # count_parameters(build_model()); checked by the tests
+
+
+def build_model(seed: int = 0):
+    import torch
+    from torch import nn
+
+    class Layer(nn.Module):
+        """Pre-norm encoder layer: x + attn(ln(x)); x + ffn(ln(x)) (GELU)."""
+
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+            self.qkv = nn.Linear(WIDTH, 3 * WIDTH)
+            self.proj = nn.Linear(WIDTH, WIDTH)
+            self.up, self.down = nn.Linear(WIDTH, FFN), nn.Linear(FFN, WIDTH)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, HEADS, WIDTH // HEADS).permute(2, 0, 3, 1, 4)
+            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(WIDTH // HEADS), dim=-1)
+            x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, WIDTH))
+            return x + self.down(torch.nn.functional.gelu(self.up(self.ln2(x))))
+
+    class TextEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Embedding(VOCAB, WIDTH)
+            self.pos = nn.Parameter(torch.zeros(1, SEQ_LEN, WIDTH))
+            self.layers = nn.ModuleList([Layer() for _ in range(LAYERS)])
+            self.ln = nn.LayerNorm(WIDTH)
+
+        def forward(self, input_ids):
+            x = self.tok(input_ids) + self.pos
+            for layer in self.layers:
+                x = layer(x)
+            return self.ln(x).mean(dim=1)
+
+    torch.manual_seed(seed)
+    m = TextEncoder()
+    with torch.no_grad():
+        m.pos.normal_(0.0, 0.02)
+    return m.eval()
+
+
+def onnx_key(seed: int = 0) -> str:
+    spec = json.dumps({"v": EXPORT_VERSION, "opset": OPSET, "seed": seed, "vocab": VOCAB, "seq": SEQ_LEN,
+                       "width": WIDTH, "heads": HEADS, "ffn": FFN, "layers": LAYERS}, sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+def example_input(batch: int, seed: int = 0):
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (batch, SEQ_LEN), generator=g, dtype=torch.int64)
+
+
+def token_ids(n: int, seed: int = 0):
+    """``n`` seeded random token-id sequences ``[n, SEQ_LEN]`` (the load's request payloads)."""
+    import numpy as np
+    return np.random.default_rng([seed, 11]).integers(0, VOCAB, size=(n, SEQ_LEN), dtype=np.int64)
+
+
+def check_onnx(path: str | Path, model) -> None:
+    """The exported graph must match torch on a random batch of 3 (the dynamic axis works)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    x = token_ids(3, 1)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    if got.shape != (3, WIDTH) or not np.allclose(got, want, rtol=1e-3, atol=1e-3):
+        raise RuntimeError(f"ONNX export check failed: shape {got.shape}, max abs diff "
+                           f"{float(np.abs(got - want).max()):.3g}")
