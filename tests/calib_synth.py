@@ -129,6 +129,14 @@ def write_run(root: Path, name: str, over: dict, events, seed: int, contention: 
         for k, v in vals.items():
             mrows.append((t, "r0", k, "\"model=m,version=1\"", v * f))
     _csv(rdir / "metrics.csv", ("t_s", "replica", "metric", "labels", "value"), mrows)
+    # Triton's per-batch-size statistics (batches.csv): the batches of the requests arriving in the window
+    win = (rec["arrival_s"] >= sc.warmup_s) & (rec["arrival_s"] < sc.duration_s) & (rec["batch_size"] >= 1)
+    bs = rec["batch_size"][win]
+    brows = []
+    for b in sorted(set(bs.tolist())):
+        n = round(float((bs == b).sum()) / b)
+        brows += [(sc.warmup_s - 0.01, "r0", b, 0, 0), (sc.duration_s + 0.5, "r0", b, n, 0)]
+    _csv(rdir / "batches.csv", ("t_s", "replica", "batch_size", "batches", "compute_infer_ns"), brows)
     # what cluster.measure records of the same rows: the counts of its summary, over the requests sent in
     # [warmup, duration) (unrounded send times, as measure selects them), and the length of the load generator's
     # log (loadgen.n_requests)

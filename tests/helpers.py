@@ -331,3 +331,67 @@ class FakeBackend:
     def scale(self, n):
         self.scaled.append(n)
         self.desired = n
+
+
+# --------------------------------------------------------------------------- a user's models (made in the test)
+
+
+def tiny_onnx(path, batch=None, in_dims=(3,), out_dims=None, elem="float"):
+    """A tiny ONNX model ``y = x * 2`` (or ``x @ W`` when ``out_dims`` differs, or ``Identity`` for strings)
+    with input ``x`` ``[batch, *in_dims]``; ``batch=None``: a dynamic batch axis; a str dim is symbolic."""
+    import onnx
+    from onnx import TensorProto, helper
+    et = {"float": TensorProto.FLOAT, "string": TensorProto.STRING}[elem]
+    b = "batch" if batch is None else batch
+    x = helper.make_tensor_value_info("x", et, [b, *in_dims])
+    inits = []
+    if elem == "string":
+        node = helper.make_node("Identity", ["x"], ["y"])
+        y = helper.make_tensor_value_info("y", et, [b, *in_dims])
+    elif out_dims is not None and tuple(out_dims) != tuple(in_dims):
+        w = np.arange(in_dims[0] * out_dims[0], dtype=np.float32).reshape(in_dims[0], out_dims[0]) / 10
+        inits.append(helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.flatten().tolist()))
+        node = helper.make_node("MatMul", ["x", "W"], ["y"])
+        y = helper.make_tensor_value_info("y", et, [b, *out_dims])
+    else:
+        inits.append(helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]))
+        node = helper.make_node("Mul", ["x", "two"], ["y"])
+        y = helper.make_tensor_value_info("y", et, [b, *in_dims])
+    g = helper.make_graph([node], "tiny", [x], [y], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return Path(path)
+
+
+TINY_MODEL_PY = '''
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """y = 2 x, taking 2 ms + 0.5 ms per item of the batch (a model where batching pays)."""
+
+    def execute(self, requests):
+        xs = [pb_utils.get_input_tensor_by_name(r, "x").as_numpy() for r in requests]
+        time.sleep(0.002 + 0.0005 * sum(len(x) for x in xs))
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("y", (2 * x).astype(np.float32))])
+                for x in xs]
+'''
+
+
+def tiny_repository(root, name="tiny", max_batch_size=4):
+    """A Triton model repository holding one Python-backend model ``name`` (``y = 2 x``, x FP32 [3])."""
+    root = Path(root)
+    v = root / name / "1"
+    v.mkdir(parents=True, exist_ok=True)
+    (v / "model.py").write_text(TINY_MODEL_PY)
+    (root / name / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+        'instance_group [ { count: 1 kind: KIND_CPU } ]\ndynamic_batching { }\n')
+    return root

@@ -65,6 +65,11 @@ def test_held_out_fidelity_within_targets(fitted):
         assert abs(e["p99_ms"]["rel_err"]) < 0.15, (run, e["p99_ms"])
         assert abs(e["throughput_rps"]["rel_err"]) < 0.03, (run, e["throughput_rps"])
         assert abs(e["slo_attainment"]["abs_err"]) < 0.02, (run, e["slo_attainment"])
+        # batching: the synthetic runs' batches come from the same batcher the replay runs
+        assert abs(e["mean_batch_size"]["rel_err"]) < 0.10, (run, e["mean_batch_size"])
+        assert e["batch_distance"]["abs_err"] < 0.10, (run, e["batch_distance"])
+        assert abs(e["queue_ms"]["rel_err"]) < 0.25, (run, e["queue_ms"])
+        assert e["mean_batch_size"]["real"] > 1.0 and sum(e["batch_distance"]["real"].values()) == pytest.approx(1)
     # the repeat pair is held out together and forms the noise floor
     folds = {tuple(f["test"]): f for f in fid["held_out"]["folds"]}
     assert ("baseline", "baseline_repeat") in folds
