@@ -35,8 +35,12 @@ All times are seconds. Per run, ``t = 0`` is the start of the load
     (the resolved base scenario, simulator schema), ``seed``, ``backend``,
     ``versions`` (python, tritonserver, nvidia-pytriton, onnxruntime, torch,
     locust, tritonclient, haproxy, numpy, servesim git commit), ``machine``
-    (hostname, platform, cpu model, cores, memory), ``model`` (name, parameters,
-    ONNX sha256, input / output), ``phases`` (wall time of each phase),
+    (hostname, platform, cpu model, cores, memory), ``model`` (the served model:
+    ``name`` (Triton's), ``kind`` (builtin / onnx / repository), ``backend``, ``spec`` (the
+    ``model:`` block), ``inputs`` / ``outputs`` (name, datatype, dims without the batch
+    axis), and per kind the architecture and parameters, the ONNX file and its
+    sha256, or the repository and the server's reported configuration),
+    ``stack`` (onnx threads, the tritonserver binary, ...), ``phases`` (wall time of each phase),
     ``wall_s`` (total), ``runs`` (each run's headline summary), ``files``
     (every file with a one-line description).
 ``config.yaml``
@@ -60,10 +64,22 @@ All times are seconds. Per run, ``t = 0`` is the start of the load
     ``client_overload``, ``error``), ``http_status``, ``replica`` (the replica
     that served it, reported by the model itself), ``error`` (message).
 ``runs/<run>/metrics.csv``
-    Every ``nv_*`` Prometheus sample of every replica, scraped each
+    Every ``nv_*`` Prometheus sample of every replica (GPU servers: ``nv_gpu_utilization``,
+    ``nv_gpu_memory_used_bytes`` too), scraped each
     ``stack.scrape_interval_s``: ``t_s, replica, metric, labels, value``
     (``labels`` as ``k=v,k=v``). Counters are cumulative since the replica
     started; see :mod:`cluster.stack.scrape` for their meaning.
+``runs/<run>/batches.csv``
+    ``t_s, replica, batch_size, batches, compute_infer_ns``: every replica's statistics of the
+    served model (``/v2/models/<m>/stats``, ``batch_stats``), read with each metrics scrape: for
+    each batch size the dynamic batcher formed, the batches executed so far (cumulative since
+    the replica started) and their summed compute time. The difference between two scrapes is
+    the exact distribution of executed batch sizes in between (the Prometheus counters give
+    only its mean). Optional for readers (added in the same format version).
+``runs/<run>/config.pbtxt``, ``model/config.pbtxt``
+    The served model's Triton configuration in that run (the run's ``batching:`` block merged
+    in: generated for ONNX models, the user's own with the batcher keys overridden for a
+    repository model), and with the base scenario's batching.
 ``runs/<run>/replicas.csv``
     One row per replica: ``name, t_request_s`` (scale decision), ``t_start_s``
     (process/pod start), ``t_live_s``, ``t_ready_s`` (model ready and in the
@@ -91,8 +107,9 @@ All times are seconds. Per run, ``t = 0`` is the start of the load
 ``sweep/concurrency.csv``
     ``concurrency, requests, failures, duration_s, throughput_rps, avg_ms,
     p50_ms, p90_ms, p95_ms, p99_ms, mean_batch_size, mean_queue_ms,
-    mean_compute_ms_per_request`` for closed-loop batch-1 load with no think
-    time against one replica with the scenario's batching.
+    mean_compute_ms_per_request, gpu_utilization, gpu_memory_used_bytes`` for closed-loop
+    batch-1 load with no think time against one replica with the scenario's batching (the GPU
+    gauges at the end of each level; empty on a server without GPU metrics).
 ``sweep/interference.csv``
     ``replicas, replica, batches, duration_s, compute_ms, compute_infer_ms,
     busy_fraction, concurrency, client_ms``: for each replica count ``N`` of

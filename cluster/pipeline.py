@@ -1,11 +1,14 @@
-"""The whole job in one command: ``python -m cluster.pipeline [--out DIR] [--quick]``.
+"""The whole job in one command: ``python -m cluster.pipeline [--config FILE] [--out DIR] [--quick]``.
 
-On the embedded default (local Triton replicas on this machine), in order:
+On the deployment of the measurement file ``--config`` (default ``configs/baseline.yaml``: the built-in
+MobileNetV4 on local Triton replicas; any ``model:`` block -- a built-in, your ONNX file, your Triton model
+repository -- any ``stack.tritonserver``, either backend), with ``NAME`` the file's name without
+``.yaml``, in order:
 
 1. ``setup``     ``python -m cluster.setup`` (HAProxy, ONNX model, a Triton check; idempotent)
-2. ``measure``   ``python -m cluster.measure configs/baseline.yaml --out DIR/results/baseline``
-3. ``fit``       ``python -m calibration.fit DIR/results/baseline --config-out DIR/calibrated/baseline.yaml
-                 --report DIR/report/baseline``
+2. ``measure``   ``python -m cluster.measure FILE --out DIR/results/NAME``
+3. ``fit``       ``python -m calibration.fit DIR/results/NAME --config-out DIR/calibrated/NAME.yaml
+                 --report DIR/report/NAME``
 4. ``study``     the study design, derived from the calibration by the rules of :mod:`rl.study`: SLO (2 x
                  the calibrated unloaded p99), replica range (what the node holds), control interval,
                  trace scale and validation load, each printed with its rule and inputs; ``--slo-ms``,
@@ -19,7 +22,7 @@ On the embedded default (local Triton replicas on this machine), in order:
 7. ``evaluate``  ``python -m rl.evaluate DIR/train/policy.pt --config DIR/study/rl.yaml --tuned DIR/tuned.json
                  --out DIR/eval``
 8. ``validate``  ``python -m cluster.validate DIR/train/policy.pt --scenario DIR/study/deployment.yaml
-                 --tuned DIR/tuned.json --out DIR/validate`` (the policy, the tuned HPA and the best static
+                 --stack FILE --tuned DIR/tuned.json --out DIR/validate`` (the policy, the tuned HPA and the best static
                  count on the real stack, each replayed in the calibrated simulator)
 
 and prints the real-vs-simulated table, a "sanity" section (:mod:`rl.sanity`: the evaluation's and the
@@ -90,22 +93,22 @@ class Step:
 
 def plan(out: Path, a) -> list[Step]:
     py = sys.executable
-    res = out / "results" / "baseline"
-    cal = out / "calibrated" / "baseline.yaml"
+    res = out / "results" / a.name
+    cal = out / "calibrated" / f"{a.name}.yaml"
     dep = out / "study" / "deployment.yaml"
     rlc = out / "study" / "rl.yaml"
     pol = out / "train" / "policy.pt"
     tuned = out / "tuned.json"
     rel = (lambda p: os.path.relpath(p, ROOT) if str(p).startswith(str(ROOT)) else str(p))
-    cfg = ROOT / "configs" / "baseline.yaml"
+    cfg = Path(a.config).resolve()
     steps = [
         Step("setup", "check / install HAProxy, export the model, start one Triton server",
              [py, "-m", "cluster.setup"], out / "logs" / "setup.ok"),
         Step("measure", "measure the real stack (runs, sweep, start-ups)",
              [py, "-m", "cluster.measure", rel(cfg), "--out", rel(res), "--force"], res / "manifest.json", [cfg]),
         Step("fit", "calibrate the simulator to the measurements",
-             [py, "-m", "calibration.fit", rel(res), "--name", "baseline", "--config-out", rel(cal),
-              "--report", rel(out / "report" / "baseline"), "--force"], cal, [res / "manifest.json"]),
+             [py, "-m", "calibration.fit", rel(res), "--name", a.name, "--config-out", rel(cal),
+              "--report", rel(out / "report" / a.name), "--force"], cal, [res / "manifest.json"]),
         Step("study", "the study design: SLO, replica range, control interval, trace scale, validation load",
              None, out / "study" / "study.json", [cal]),
         Step("train", f"train PPO in the calibrated simulator ({a.iterations} iterations)",
@@ -120,7 +123,8 @@ def plan(out: Path, a) -> list[Step]:
              + (["--allow-degenerate"] if a.allow_degenerate else []),
              out / "eval" / "results.json", [pol, tuned, rlc]),
         Step("validate", "the policy, tuned HPA and static on the real stack vs the simulator",
-             [py, "-m", "cluster.validate", rel(pol), "--scenario", rel(dep), "--tuned", rel(tuned), "--compare",
+             [py, "-m", "cluster.validate", rel(pol), "--scenario", rel(dep), "--stack", rel(cfg), "--tuned",
+              rel(tuned), "--compare",
               a.compare, "--duration", f"{a.duration:g}", "--out", rel(out / "validate"), "--force"]
              + (["--backend", a.backend] if a.backend else []) + (["--allow-degenerate"] if a.allow_degenerate else []),
              out / "validate" / "summary.json", [pol, tuned, dep]),
@@ -245,7 +249,7 @@ def pipeline_checks(out: Path) -> list:
     return checks
 
 
-def final_table(out: Path) -> list[str]:
+def final_table(out: Path, name: str = "baseline") -> list[str]:
     from .validate.report import table_lines
     lines = []
     vs = out / "validate" / "summary.json"
@@ -275,12 +279,12 @@ def final_table(out: Path) -> list[str]:
     rel = (lambda p: os.path.relpath(p))
     paths = [("validation report", out / "validate" / "report.md"), ("real vs simulated plot", out / "validate" / "overlay.png"),
              ("validation data", out / "validate" / "summary.json"),
-             ("calibration fidelity", out / "report" / "baseline" / "fidelity.md"),
-             ("calibrated scenario", out / "calibrated" / "baseline.yaml"),
+             ("calibration fidelity", out / "report" / name / "fidelity.md"),
+             ("calibrated scenario", out / "calibrated" / f"{name}.yaml"),
              ("study (rules, values)", out / "study" / "study.json"),
              ("deployment scenario", out / "study" / "deployment.yaml"),
              ("policy", out / "train" / "policy.pt"), ("simulated evaluation", out / "eval" / "summary.csv"),
-             ("evaluation plot", out / "eval" / "cost_violation.png"), ("measurements", out / "results" / "baseline")]
+             ("evaluation plot", out / "eval" / "cost_violation.png"), ("measurements", out / "results" / name)]
     lines += ["", "Reports and plots:"] + [f"  {k:<24} {rel(p)}" for k, p in paths if p.exists()]
     return lines
 
@@ -288,6 +292,9 @@ def final_table(out: Path) -> list[str]:
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m cluster.pipeline", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "baseline.yaml"),
+                    help="measurement file of the deployment (scenario, model, stack, runs; default "
+                         "configs/baseline.yaml)")
     ap.add_argument("--out", default="pipeline", help="output folder (default pipeline/)")
     ap.add_argument("--quick", action="store_true",
                     help="shorter: 6 training iterations, 60 s of real load per policy, HPA only")
@@ -317,11 +324,15 @@ def parse_args(argv):
     a.compare = a.compare or ("hpa" if a.quick else "hpa,static")
     a.eval_seeds = 1
     a.eval_baselines = "hpa_default,hpa_tuned,static_tuned,oracle" if a.quick else "all"
+    a.name = Path(a.config).name.removesuffix(".yaml").removesuffix(".yml")
     return a
 
 
 def check_args(a) -> tuple[Path, list[str]]:
     import math
+
+    from .config import load_measure_config
+    load_measure_config(a.config)          # bad input (a missing model file ...) stops here, before any step
     for flag, v in (("--slo-ms", a.slo_ms), ("--interval", a.interval), ("--scale", a.scale)):
         if v is not None and not (math.isfinite(v) and v > 0):
             raise BadInput(f"{flag}: must be > 0 (got {v:g})")
@@ -402,7 +413,7 @@ def _run_steps(a, out: Path, only: list[str]) -> int:
                                                            ("--target-util", a.target_util)) if v is not None)
                 print(f"\n[{k}/{n}] {s.name}: {s.what}\n    (python -m cluster.pipeline --out {os.path.relpath(out)} "
                       f"--only study{flags})", file=sys.stderr, flush=True)
-                cal = out / "calibrated" / "baseline.yaml"
+                cal = out / "calibrated" / f"{a.name}.yaml"
                 if not cal.exists():
                     raise PipelineError(f"step study: {os.path.relpath(cal)} missing (run the fit step first)")
                 t = time.time()
@@ -458,7 +469,7 @@ def _run_steps(a, out: Path, only: list[str]) -> int:
     record["sanity"] = sanity.record(checks, a.allow_degenerate)
     save_record()
     ran = ", ".join(f"{n_} {v['wall_s']:.0f} s" for n_, v in record["steps"].items() if "wall_s" in v)
-    print("\n".join(final_table(out)))
+    print("\n".join(final_table(out, a.name)))
     print("\n" + "\n".join(sanity.section(checks) if checks else ["sanity: nothing to check (no evaluation or "
                                                                     "validation in this run)"]))
     print(f"\npipeline finished in {record['wall_s'] / 60:.1f} min ({ran}); record: {os.path.relpath(out / 'pipeline.json')}")
