@@ -8,16 +8,22 @@ src/dynamic_batch_scheduler.cc of triton-inference-server/core):
 1. Requests are taken from the queue in arrival order (FIFO, one priority level).
 2. A batch is formed only when a model instance is free; while all
    ``instances`` are busy, arrivals wait in the queue.
-3. With ``q`` requests pending and a free instance: if ``q >= max_batch_size`` a
-   batch of ``max_batch_size`` is sent at once; otherwise, if some preferred
-   batch size ``p <= q`` exists, the largest such ``p`` is sent at once.
-   Without ``preferred_batch_sizes``, ``max_batch_size`` is the only preferred
-   size (Triton: "the dynamic batcher ... will create batches as large as
-   possible up to max_batch_size").
+3. With ``q`` requests pending and a free instance, while the oldest has waited
+   less than ``max_queue_delay_us`` (or the delay is 0): if some preferred batch
+   size ``p <= q`` exists, the largest such ``p`` is sent at once -- never more,
+   even when more are queued: ``GetDynamicBatch`` marks the cursor at the last
+   preferred size it reaches and stops growing the batch past the largest
+   preferred size (``max_preferred_batch_size_``), then sends the marked batch
+   "if we found a preferred batch size and the queue delay hasn't been
+   exceeded". Without ``preferred_batch_sizes``, ``max_batch_size`` is the only
+   preferred size (``NormalizeModelConfig`` in common/src/model_config_utils.cc:
+   "If preferred batch size is not specified set it to max-batch-size").
+   Otherwise, if ``q >= max_batch_size``, a batch of ``max_batch_size`` is sent.
 4. Otherwise the batcher waits: the delay timer is measured from the *oldest
    pending* request's arrival (``queue_.OldestEnqueueTime()``); when
    ``now - oldest_arrival >= max_queue_delay_us`` the largest batch possible,
-   ``min(q, max_batch_size)``, is sent even though it is not a preferred size.
+   ``min(q, max_batch_size)``, is sent, preferred size or not (so a batch past
+   the largest preferred size forms only from requests that waited the delay).
    With ``max_queue_delay_us = 0`` that is immediately.
 5. An arrival that completes a ``max_batch_size`` or preferred size, while an
    instance is free, dispatches at once (rule 3 re-evaluated on every arrival).
@@ -56,15 +62,19 @@ def batch_decision(q, oldest_s, now_s, max_batch, preferred, delay_us):
     """
     if q <= 0:
         return 0, -1.0
+    deadline = oldest_s + delay_us * 1e-6
+    expired = delay_us > 0 and now_s >= deadline
+    best = 0
+    if len(preferred) == 0:
+        best = max_batch if q >= max_batch else 0
+    else:
+        for p in preferred:
+            if p <= q and p > best:
+                best = p
+    if best > 0 and not expired:
+        return best, now_s
     if q >= max_batch:
         return max_batch, now_s
-    best = 0
-    for p in preferred:
-        if p <= q and p > best:
-            best = p
-    if best > 0:
-        return best, now_s
-    deadline = oldest_s + delay_us * 1e-6
     if now_s >= deadline:
         return q, now_s
     return 0, deadline

@@ -23,6 +23,9 @@ import math
 import numpy as np
 from numba import njit
 
+# numba's on-disk cache of this module keys on this file only: the batcher rules compiled into it come from
+# simulator.batching, so a change there must touch this file too (rules as of: the batch is capped at the
+# largest preferred size until the oldest request's delay expires).
 from simulator.batching import DROPPED, OK, REJECTED, TIMEOUT, batch_decision
 from simulator.metrics import (A_ARRIVALS, A_BUSY_S, A_COMPUTE_S, A_DROPPED, A_EXEC, A_FAIL, A_INFER,
                                A_LAT2_S, A_LAT_S, A_OK, A_QUEUE_S, A_REJECTED, A_SLO_VIOL, A_TIMEOUT,

@@ -347,12 +347,35 @@ def _pipeline(*args, cwd=ROOT):
                           text=True, timeout=60)
 
 
+def _bad_model_config(tmp_path):
+    p = tmp_path / "bad_model.yaml"
+    p.write_text("scenario: {workload: {kind: poisson, rate_rps: 5}, service: {mean_ms: 5}}\n"
+                 "model: {onnx: gone.onnx}\n")
+    return p
+
+
+def test_pipeline_runs_any_deployment(tmp_path):
+    from cluster import pipeline as pl
+    out = (tmp_path / "p").resolve()
+    a = pl.parse_args(["--out", str(out), "--config", str(ROOT / "configs" / "text_encoder.yaml")])
+    steps = {s.name: s for s in pl.plan(out, a)}
+    assert a.name == "text_encoder"
+    assert steps["measure"].cmd[3:6] == ["configs/text_encoder.yaml", "--out", str(out / "results" / "text_encoder")]
+    assert steps["fit"].output == out / "calibrated" / "text_encoder.yaml"
+    v = steps["validate"].cmd
+    assert v[v.index("--stack") + 1] == "configs/text_encoder.yaml"      # the real runs serve the same model
+    d = {s.name: s for s in pl.plan(out, pl.parse_args(["--out", str(out)]))}
+    assert d["measure"].cmd[3] == "configs/baseline.yaml" and d["fit"].output == out / "calibrated" / "baseline.yaml"
+
+
 def test_pipeline_bad_input(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     for args, msg in ((["--out", str(f)], "is not a folder"), (["--only", "bogus"], "unknown step 'bogus'"),
                       (["--slo-ms", "0"], "--slo-ms"), (["--duration", "5"], "at least 4 control intervals"),
-                      (["--compare", "magic"], "--compare"), (["--only", "fit", "--from", "fit"], "one of them")):
+                      (["--compare", "magic"], "--compare"), (["--only", "fit", "--from", "fit"], "one of them"),
+                      (["--config", str(tmp_path / "none.yaml")], "none.yaml: file not found"),
+                      (["--config", str(_bad_model_config(tmp_path))], "model.onnx: ONNX model file not found")):
         r = _pipeline(*args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], (args, r.stderr)

@@ -74,12 +74,40 @@ def test_largest_preferred_size_when_instance_frees(tmp_path, engine):
     check(simulate(sc, engine=engine), [
         # r0 at 0: q = 1, wait (timer 3); r1 at 1: q = 2 = preferred -> batch [r0 r1] at 1, done 1+12 = 13.
         (1, 13, 2, OK), (1, 13, 2, OK),
-        # r2..r6 queue (2..6) while busy; at 13: q = 5 < 8, largest preferred <= 5 is 4 -> [r2..r5]
-        # at 13, done 13+16 = 29.
-        (13, 29, 4, OK), (13, 29, 4, OK), (13, 29, 4, OK), (13, 29, 4, OK),
-        # r6 (arrived 6) is left alone; the instance is busy until 29; then it has waited 23 >= 3
-        # -> batch of 1 at 29, done 29+10 = 39.
-        (29, 39, 1, OK),
+        # r2..r6 queue (2..6) while busy; at 13: q = 5 < 8, and the oldest (r2) has waited 11 >= 3:
+        # the delay is exceeded, so the largest batch possible, not the largest preferred size (4),
+        # goes: [r2..r6] at 13, done 13+18 = 31.
+        (13, 31, 5, OK), (13, 31, 5, OK), (13, 31, 5, OK), (13, 31, 5, OK), (13, 31, 5, OK),
+    ])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_batch_capped_at_largest_preferred_size_until_the_delay_expires(tmp_path, engine):
+    sc = scenario(tmp_path, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+                  {"max_batch_size": 8, "preferred_batch_sizes": [2], "max_queue_delay_us": 50000},
+                  {1: 10, 2: 12, 3: 14, 4: 16, 5: 18, 6: 20, 7: 22, 8: 24})
+    check(simulate(sc, engine=engine), [
+        # r0 at 0 waits (timer 50); r1 at 1: q = 2 = preferred -> [r0 r1] at 1, done 13.
+        (1, 13, 2, OK), (1, 13, 2, OK),
+        # r2..r11 (2..11) queue while busy: at 13 q = 10 >= max_batch_size 8, but the oldest has waited
+        # 11 < 50: only the largest preferred size goes -> [r2 r3] at 13, done 25; then at 25 [r4 r5]
+        # (oldest 4, waited 21 < 50), done 37; at 37 [r6 r7], done 49; at 49 [r8 r9], done 61.
+        (13, 25, 2, OK), (13, 25, 2, OK), (25, 37, 2, OK), (25, 37, 2, OK), (37, 49, 2, OK), (37, 49, 2, OK),
+        (49, 61, 2, OK), (49, 61, 2, OK),
+        # at 61 q = 2 (r10 at 10: waited 51 >= 50, expired): min(q, 8) = 2 -> [r10 r11], done 73.
+        (61, 73, 2, OK), (61, 73, 2, OK),
+    ])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_expired_delay_sends_past_the_largest_preferred_size(tmp_path, engine):
+    sc = scenario(tmp_path, [0, 1, 2, 3, 4, 5, 6, 7],
+                  {"max_batch_size": 8, "preferred_batch_sizes": [2], "max_queue_delay_us": 5000},
+                  {1: 10, 2: 12, 3: 14, 4: 16, 5: 18, 6: 20, 7: 22, 8: 24})
+    check(simulate(sc, engine=engine), [
+        (1, 13, 2, OK), (1, 13, 2, OK),
+        # at 13 the oldest pending (r2, 2) has waited 11 >= 5: all six pending go at once, done 13+20 = 33.
+        (13, 33, 6, OK), (13, 33, 6, OK), (13, 33, 6, OK), (13, 33, 6, OK), (13, 33, 6, OK), (13, 33, 6, OK),
     ])
 
 
