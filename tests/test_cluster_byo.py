@@ -140,3 +140,17 @@ def test_server_binary_that_does_not_start_is_one_line(tmp_path, capsys):
     assert "unsupported CPU" in err
     assert not (tmp_path / "out").exists()
     _no_strays(tmp_path)
+
+
+def test_repository_input_that_cannot_be_synthesised_is_one_line(tmp_path, capsys):
+    from cluster import measure
+    repo = tiny_repository(tmp_path / "r", "texty")
+    cfg = repo / "texty" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace('name: "x" data_type: TYPE_FP32', 'name: "x" data_type: TYPE_STRING'))
+    rc = measure.main([str(_config(tmp_path, f"{{repository: {repo}, name: texty}}")), "--out", str(tmp_path / "out"),
+                       "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert "input 'x' has data type BYTES, which servesim cannot synthesise" in err and "sample.npz" in err
+    assert "\n" not in err and not (tmp_path / "out").exists()
+    _no_strays(tmp_path)

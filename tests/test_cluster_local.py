@@ -118,14 +118,15 @@ def test_local_backend_balances_survives_a_crash_and_scales(tmp_path):
 
 
 def test_model_load_failure_is_clear_and_leaves_nothing(tmp_path, monkeypatch):
+    import dataclasses
+
     from cluster.stack import local
-    from cluster.stack.triton import TritonError, write_model_repository
+    from cluster.stack.served import served_for
+    from cluster.stack.triton import TritonError
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not an onnx model")
-
-    def _broken_repo(repo, batching, onnx_threads=1, **kw):
-        return write_model_repository(repo, batching, onnx_threads, onnx_file=bad)
-    monkeypatch.setattr(local, "write_model_repository", _broken_repo)
+    broken = dataclasses.replace(served_for(StackSettings()), onnx_file=bad)
+    monkeypatch.setattr(local, "served_for", lambda stack: broken)
     be = local.LocalBackend(_scenario(replicas=1), StackSettings(ready_timeout_s=60), tmp_path / "srv")
     with pytest.raises(TritonError, match=rf"replica r0: Triton failed to load model '{MODEL}'"):
         try:

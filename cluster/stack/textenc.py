@@ -1,11 +1,15 @@
 """A small transformer text encoder in plain torch (random weights): the built-in model where batching matters.
 
-Chosen because its cost per item falls strongly with batch size on a CPU: short inputs (``SEQ_LEN`` = 16
-tokens, a search query or a short sentence) through ``LAYERS`` pre-norm encoder layers of width ``WIDTH``.
-At batch 1 each layer's matrix products are ``[16, W] x [W, k]``: the weights (~``PARAMETERS`` x 4 bytes,
-larger than the caches) are streamed from memory for 16 rows of work, so the model is memory-bound; a batch
-of ``b`` requests reuses every weight for ``16 b`` rows. The measured per-batch curve is in the README
-(``python -m cluster.stack.builtins curve text_encoder_small``).
+Chosen because its cost per item falls strongly with batch size on a CPU: short inputs (``SEQ_LEN`` = 8
+tokens, a search query or a short sentence) through ``LAYERS`` pre-norm encoder layers of width ``WIDTH``
+(BERT-base's width, 12 heads). At batch 1 each layer's matrix products are ``[8, W] x [W, k]``: the weights
+(~``PARAMETERS`` x 4 bytes, larger than the caches) are streamed from memory for 8 rows of work and the
+matrix kernels run far below their peak on so few rows; a batch of ``b`` requests reuses every weight for
+``8 b`` rows. Sized by measuring candidates with onnxruntime on one thread of this 2-core VM (median ms per
+batch at b = 1 / 16, per item at 16): 16 tokens x 512 wide x 4 layers 10.6 / 104.6 (6.5 per item, only 1.6x
+cheaper per item); 8 x 768 x 2 layers 10.4 / 57.6 (3.6, 2.9x cheaper: this one); 4 x 1024 x 2 12.8 / 57.5
+(3.6); 4 x 768 x 3 11.3 / 53.6 (3.4). Its curve: ``python -m cluster.stack.builtins curve text_encoder_small``
+(README).
 
 Input ``input_ids``: INT64 ``[batch, SEQ_LEN]`` token ids in ``[0, VOCAB)``; output ``embedding``: FP32
 ``[batch, WIDTH]`` (mean-pooled last hidden state). The batch axis is dynamic. Exported to ONNX once into the
@@ -22,14 +26,14 @@ MODEL_NAME = "text_encoder_small"
 INPUT_NAME = "input_ids"
 OUTPUT_NAME = "embedding"
 VOCAB = 8192
-SEQ_LEN = 16
-WIDTH = 512
-HEADS = 8
-FFN = 2048
-LAYERS = 4
+SEQ_LEN = 8
+WIDTH = 768
+HEADS = 12
+FFN = 3072
+LAYERS = 2
 EXPORT_VERSION = 1
 OPSET = 17
-PARAMETERS = 16_813_056   # count_parameters(build_model()); checked by the tests
+PARAMETERS = 20_474_880   # count_parameters(build_model()); checked by the tests
 
 
 def build_model(seed: int = 0):
