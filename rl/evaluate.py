@@ -21,6 +21,16 @@ the whole trace if it is shorter). ``--scale auto`` sizes the trace so its p99
 rate needs ``target_util * max_replicas`` replicas (the factor is recorded).
 Baselines are tuned on the config's ``trace.tune_days`` (``--tuned FILE`` reuses
 a tuning written by ``python -m rl.baselines`` or an earlier evaluation).
+
+``--perturb service=1.3,startup=2`` evaluates everything on a drifted deployment
+(:mod:`rl.drift`; keys ``service`` -- per-batch service times, ``startup`` --
+replica start-up delays, ``overhead`` -- per-request time outside the server,
+``contention`` -- the node's interference / rate-contention terms; each a factor
+> 0): the learned policies and the baselines keep what they were trained or tuned
+with on the nominal deployment (a tuning is never redone on the perturbed one),
+the same load is replayed, and the oracle and the best static count know the
+perturbed deployment (its capacity is simulated again), so they stay bounds.
+The factors are recorded in ``results.json`` (``perturb``).
 """
 from __future__ import annotations
 
@@ -39,6 +49,7 @@ import numpy as np
 
 from rl.baselines import baseline_specs, make, run_one, summarize, tune
 from rl import sanity
+from rl.drift import PERTURB_KEYS, parse_perturb, perturb_label, perturb_scenario
 from rl.common import (DAY_S, DEFAULT_CONFIG, auto_trace_scale, base_scenario, jsonable, load_rl_config, load_trace,
                        select_windows, trace_scenario, window_stats, write_json)
 from simulator.io import run_cli
@@ -113,6 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=DEFAULT_CONFIG)
     ap.add_argument("--scenario", default=None, help="scenario YAML (default: the config's)")
     ap.add_argument("--tuned", default=None, help="reuse a baseline tuning (JSON from rl.baselines / an earlier run)")
+    ap.add_argument("--perturb", default=None, metavar="KEY=F,...",
+                    help=f"evaluate on a drifted deployment, e.g. service=1.3,startup=2 (keys: {', '.join(PERTURB_KEYS)})")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--allow-degenerate", action="store_true",
@@ -129,6 +142,7 @@ def _run(a) -> int:
     if not (a.speedup > 0 and math.isfinite(a.speedup)):
         raise ConfigError(f"--speedup: must be > 0 (got {a.speedup})")
     base_names = _parse_baselines(a.baselines)
+    factors = parse_perturb(a.perturb)
     from simulator.learned import LearnedPolicy
     pols = {}
     for p in a.policies:
@@ -158,7 +172,7 @@ def _run(a) -> int:
         scale_rule = "given (--scale)"
     a.trace = trace
     wins = _windows(a, rates, cfg)
-    base = base_scenario(cfg)
+    base = perturb_scenario(base_scenario(cfg), factors)
     for name, p in pols.items():
         ps = p.meta.get("scenario", {})
         if ps.get("hash") and ps["hash"] != cfg["scenario_hash"]:
@@ -166,6 +180,12 @@ def _run(a) -> int:
                   f"{cfg['scenario_name']} ({cfg['scenario_hash']})", file=sys.stderr)
     cap = cfg["capacity_rps_per_replica"]
     slo_t = float(cfg["slo_target"])
+    cap_oracle = cap
+    if factors:
+        from simulator.capacity import per_replica_capacity
+        cap_oracle = float(per_replica_capacity(base, violation_target=slo_t))
+        print(f"perturbed deployment: {perturb_label(factors)} (one replica serves {cap_oracle:.1f} req/s at the "
+              f"SLO, nominal {cap:.1f}; policies and baselines keep their nominal training / tuning)", flush=True)
     from simulator.service import build_service_model
     model = build_service_model(base.service, base.batching.max_batch_size)
 
@@ -229,7 +249,7 @@ def _run(a) -> int:
                 print(f"  oracle: replicas share the node's cores; fleet capacity by replica count "
                       f"{', '.join(f'{n + 1}: {c:.1f}' for n, c in enumerate(node_caps))} rps", flush=True)
             for sc, (_, runs) in zip(scs, sweeps):
-                r, choice, _ = oracle_run(sc, cap, slo_t, model=model, caps=node_caps, statics=runs)
+                r, choice, _ = oracle_run(sc, cap_oracle, slo_t, model=model, caps=node_caps, statics=runs)
                 res.append(r)
                 ch.append(choice)
             per["oracle"] = res
@@ -277,6 +297,8 @@ def _run(a) -> int:
             checks.append(sanity.costs_differ(name, by_pol[name]["replica_seconds"], "hpa_tuned",
                                               by_pol["hpa_tuned"]["replica_seconds"]))
     result = {"trace": trace, "scale": scale, "scale_rule": scale_rule, "speedup": a.speedup, "seeds": seeds,
+              "perturb": {k: factors.get(k, 1.0) for k in PERTURB_KEYS}, "perturb_label": perturb_label(factors),
+              "capacity_oracle_rps_per_replica": cap_oracle,
               "windows": wins, "study": (base.provenance or {}).get("study"),
               "sanity": sanity.record(checks, a.allow_degenerate),
               "slo_target": slo_t, "capacity_rps_per_replica": cap, "scenario": cfg["scenario_dict"],
