@@ -95,6 +95,22 @@ def _windows(a, rates: np.ndarray, cfg: dict) -> list[dict]:
     return list(w.values())
 
 
+def policy_names(paths: list[str]) -> list[str]:
+    """A short distinct name per policy file: its name without ``.pt``, with as many parent folders as it
+    takes to tell it from the others and from the baselines (``runs/a/trials/seed0/policy.pt`` ->
+    ``seed0/policy`` next to ``runs/b/policy.pt`` -> ``b/policy``)."""
+    parts = [os.path.normpath(os.path.abspath(p))[:-3 if p.endswith(".pt") else None].split(os.sep) for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(q[-d:]) for q, d in zip(parts, depth)]
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1 or n in BASELINES]
+        grow = [i for i in clash if depth[i] < len(parts[i])]
+        if not grow:
+            return names
+        for i in grow:
+            depth[i] += 1
+
+
 def static_sweep(sc, lo: int, hi: int, slo_target: float, model) -> tuple[int, dict]:
     """Best static count in hindsight for this very run: ``lo`` upward until a count meets the target
     (violations fall with the count); ``(count, {count: result})``, the count with the fewest violations
@@ -144,12 +160,7 @@ def _run(a) -> int:
     base_names = _parse_baselines(a.baselines)
     factors = parse_perturb(a.perturb)
     from simulator.learned import LearnedPolicy
-    pols = {}
-    for p in a.policies:
-        name = os.path.splitext(os.path.basename(p))[0]
-        if name in pols or name in BASELINES:
-            name = os.path.basename(os.path.dirname(os.path.abspath(p))) + "/" + name
-        pols[name] = LearnedPolicy.load(p)
+    pols = {name: LearnedPolicy.load(p) for name, p in zip(policy_names(a.policies), a.policies)}
     if not pols and not base_names:
         raise ConfigError("nothing to evaluate: give policy files and/or --baselines")
     cfg = load_rl_config(a.config, scenario=a.scenario)
