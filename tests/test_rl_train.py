@@ -82,3 +82,13 @@ def test_bad_arguments_are_one_line(tmp_path):
         assert p.returncode == 2, p.stderr
         assert p.stderr.strip().splitlines()[-1].startswith("error: ") and msg in p.stderr
         assert "Traceback" not in p.stderr
+
+
+def test_pipeline_train_step_is_a_population(tmp_path):
+    """The pipeline's train step is this command: the config's population (5 seeds) by default, 2 seeds x 6
+    iterations under --quick."""
+    from cluster import pipeline as pl
+    full = {s.name: s for s in pl.plan(tmp_path, pl.parse_args(["--out", str(tmp_path)]))}["train"].cmd
+    quick = {s.name: s for s in pl.plan(tmp_path, pl.parse_args(["--out", str(tmp_path), "--quick"]))}["train"].cmd
+    assert full[1:3] == ["-m", "rl.train"] and "--seeds" not in full
+    assert quick[quick.index("--seeds") + 1] == "2" and quick[quick.index("--iterations") + 1] == "6"
