@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from simulator.config import ConfigError, Dist, Scenario
+from simulator.config import ConfigError, Scenario
 
 PERTURB_KEYS = {
     "service": "per-batch service times",
@@ -42,12 +42,6 @@ RANDOMIZE_DEFAULTS: dict[str, Any] = {"enabled": "auto", "service": [0.8, 1.3], 
                                       "overhead": [0.7, 1.5], "contention": [0.7, 1.3]}
 
 
-def scale_dist(d: Dist, s: float) -> Dist:
-    """The variable ``s x X`` (the calibration's public helper: one definition of scaling a duration)."""
-    from calibration.calibrate import scale_dist as _scale
-    return _scale(d, s)
-
-
 def perturb_scenario(sc: Scenario, factors: Mapping[str, float]) -> Scenario:
     """``sc`` with each term of :data:`PERTURB_KEYS` multiplied by its factor (missing keys: 1)."""
     bad = sorted(set(factors) - set(PERTURB_KEYS))
@@ -56,11 +50,11 @@ def perturb_scenario(sc: Scenario, factors: Mapping[str, float]) -> Scenario:
     f = {k: float(factors.get(k, 1.0)) for k in PERTURB_KEYS}
     svc = sc.service
     if f["service"] != 1.0 or f["overhead"] != 1.0:
-        svc = dataclasses.replace(svc, per_batch=tuple((b, scale_dist(d, f["service"])) for b, d in svc.per_batch),
-                                  overhead=scale_dist(svc.overhead, f["overhead"]))
+        svc = dataclasses.replace(svc, per_batch=tuple((b, d.scaled(f["service"])) for b, d in svc.per_batch),
+                                  overhead=svc.overhead.scaled(f["overhead"]))
     cl = sc.cluster
     if f["startup"] != 1.0:
-        cl = dataclasses.replace(cl, startup=scale_dist(cl.startup, f["startup"]))
+        cl = dataclasses.replace(cl, startup=cl.startup.scaled(f["startup"]))
     if f["contention"] != 1.0:
         c = f["contention"]
         cl = dataclasses.replace(cl, interference=cl.interference * c, rate_contention=cl.rate_contention * c,

@@ -63,6 +63,12 @@ class Dist:
                 d[f"shift_{unit}"] = self.shift
         return d
 
+    def scaled(self, s: float) -> "Dist":
+        """The variable ``s * X`` (every quantile times ``s``; the coefficient of variation kept)."""
+        if self.kind == "empirical":
+            return Dist("empirical", quantiles=tuple(q * s for q in self.quantiles))
+        return Dist(self.kind, mean=self.mean * s, cv=self.cv, shift=self.shift * s)
+
     @property
     def mean_value(self) -> float:
         if self.kind == "empirical":

@@ -195,7 +195,7 @@ def test_population_picks_the_best_finished_trial(tmp_path, capsys):
     """The population's last step on hand-written trial folders: the cheapest trial meeting the target on the
     tuning windows is exported, every finished trial is in the table, a failed one is reported."""
     pytest.importorskip("torch")
-    from test_rl_policies import _tiny_policy_file
+    from helpers import tiny_policy_file as _tiny_policy_file
     from rl.train import finish_population
     figures = {"seed0": (2000.0, 0.008), "seed1": (1800.0, 0.012), "seed2": (1900.0, 0.009)}
     specs = []
