@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit
 
 from simulator.batching import DROPPED, OK, REJECTED, TIMEOUT, batch_decision
+from simulator.contention import contention_factor, new_rate_window, node_rate, note_arrival
 from simulator.metrics import (A_ARRIVALS, A_BUSY_S, A_COMPUTE_S, A_DROPPED, A_EXEC, A_FAIL, A_INFER,
                                A_LAT2_S, A_LAT_S, A_OK, A_QUEUE_S, A_REJECTED, A_SLO_VIOL, A_TIMEOUT,
                                H_BINS, N_ACC, hist_bin)
@@ -38,8 +39,7 @@ LB_CODES = {"round_robin": LB_RR, "random": LB_RANDOM, "least_outstanding": LB_L
 # int state vector
 S_NSLOTS, S_RR, S_NEXT_ID, S_NREADY, S_PTR, S_HEAP, S_NBUSY, S_REC_CAP, S_NGONE = range(9)
 # float params
-F_WARMUP, F_SLO, F_STOP, F_DELAY_US, F_TIMEOUT, F_ISTART, F_INTERF, F_CORES, F_RCONT, F_RWIN, F_RBIN, F_RCUR, \
-    F_RPREV, F_RCORES = range(14)
+F_WARMUP, F_SLO, F_STOP, F_DELAY_US, F_TIMEOUT, F_ISTART, F_INTERF, F_CORES, F_RCONT, F_RWIN, F_RCORES = range(11)
 # int params
 P_SEED, P_MAXB, P_INST, P_MAXQ, P_LB, P_REC, P_CLOSED, P_OVZERO = range(8)
 
@@ -144,30 +144,7 @@ def _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, 
 
 
 @njit(cache=True)
-def _note_arrival(fs, t):
-    """Count an arrival in its ``rate_window_s`` bin (see simulator.config.ClusterSpec)."""
-    b = math.floor(t / fs[F_RWIN])
-    if b == fs[F_RBIN]:
-        fs[F_RCUR] += 1.0
-    else:
-        fs[F_RPREV] = fs[F_RCUR] if b == fs[F_RBIN] + 1.0 else 0.0
-        fs[F_RCUR] = 1.0
-        fs[F_RBIN] = b
-
-
-@njit(cache=True)
-def _node_rate(fs, t):
-    """Node arrival rate (req/s) over the last complete ``rate_window_s`` bin before ``t``."""
-    b = math.floor(t / fs[F_RWIN])
-    if b == fs[F_RBIN]:
-        return fs[F_RPREV] / fs[F_RWIN]
-    if b == fs[F_RBIN] + 1.0:
-        return fs[F_RCUR] / fs[F_RWIN]
-    return 0.0
-
-
-@njit(cache=True)
-def _try_dispatch(s, t, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head, q_len,
+def _try_dispatch(s, t, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head, q_len,
                   i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer):
     """Run the batcher of slot ``s`` at time ``t`` while it has a free instance."""
     ninst = ip[P_INST]
@@ -194,14 +171,9 @@ def _try_dispatch(s, t, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_use
         s_nb[s] = k + 1
         svc = draw(table[n - 1], uniform(ip[P_SEED], SERVICE, s_uid[s], k)) * 1e-3
         st[S_NBUSY] += 1
-        if fs[F_INTERF] > 0.0:
-            extra = st[S_NBUSY] - fs[F_CORES]
-            if fs[F_RCORES] > 0.0:
-                extra += fs[F_RCORES] * _node_rate(fs, t)
-            if extra > 0:
-                svc *= 1.0 + fs[F_INTERF] * extra
-        if fs[F_RCONT] > 0.0:
-            svc *= 1.0 + fs[F_RCONT] * _node_rate(fs, t)
+        if fs[F_INTERF] > 0.0 or fs[F_RCONT] > 0.0:
+            svc *= contention_factor(st[S_NBUSY], fs[F_CORES], fs[F_INTERF], fs[F_RCORES], fs[F_RCONT],
+                                     node_rate(rw, t, fs[F_RWIN]))
         h = q_head[s]
         for j in range(n):
             b_arr[s, free, j] = q_arr[s, h]
@@ -229,7 +201,7 @@ def _slot_empty(s, ninst, q_len, i_busy):
 
 
 @njit(cache=True)
-def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
+def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
             s_state, s_uid, s_nb, ready, q_arr, q_id, q_user, q_head, q_len,
             i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer,
             ht, hu, ukount, ia, ga, ih, gh, rec_f, rec_i, gone_uid, gone_t):
@@ -296,7 +268,7 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
                 _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                                 b_id[s, i, j], b_user[s, i, j], a, tc, OK, start, n, s_uid[s],
                                 start - a, svc)
-            _try_dispatch(s, tc, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
+            _try_dispatch(s, tc, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
                           q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
             if s_state[s] == DRAINING and _slot_empty(s, ninst, q_len, i_busy):
                 s_state[s] = FREE
@@ -315,7 +287,7 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
             q_len[s] -= 1
             _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                             rid, u, a, tt, TIMEOUT, tt, 0, s_uid[s], 0.0, 0.0)
-            _try_dispatch(s, tt, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
+            _try_dispatch(s, tt, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
                           q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
             if s_state[s] == DRAINING and _slot_empty(s, ninst, q_len, i_busy):
                 s_state[s] = FREE
@@ -325,7 +297,7 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
         elif tm == tmin:
             # ---- batcher delay timer
             timer[ms] = INF
-            _try_dispatch(ms, tm, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
+            _try_dispatch(ms, tm, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
                           q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
         else:
             # ---- arrival
@@ -362,7 +334,7 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
                 st[S_PTR] += 1
             st[S_NEXT_ID] = rid + 1
             if fs[F_RCONT] > 0.0 or fs[F_RCORES] > 0.0:
-                _note_arrival(fs, ta)
+                note_arrival(rw, ta, fs[F_RWIN])
             ia[A_ARRIVALS] += 1.0
             if ta >= warm:
                 ga[A_ARRIVALS] += 1.0
@@ -382,7 +354,7 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
                 q_id[s, p] = rid
                 q_user[s, p] = user
                 q_len[s] += 1
-                _try_dispatch(s, ta, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
+                _try_dispatch(s, ta, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
                               q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
 
 
@@ -419,7 +391,8 @@ class FastPlane:
         self.fs = np.array([sc.warmup_s, sc.slo_ms * 1e-3, stop, float(b.max_queue_delay_us),
                             b.queue_timeout_us * 1e-6, 0.0, sc.cluster.interference,
                             float(sc.cluster.node_cores), sc.cluster.rate_contention,
-                            sc.cluster.rate_window_s, -1.0, 0.0, 0.0, sc.cluster.rate_cores], dtype=np.float64)
+                            sc.cluster.rate_window_s, sc.cluster.rate_cores], dtype=np.float64)
+        self.rw = new_rate_window()
         self.pref = np.array(b.preferred_batch_sizes, dtype=np.int64)
         self.table, self.ovt, self.tht = model.table, model.overhead, think_table
         self.st = np.zeros(9, dtype=np.int64)
@@ -496,7 +469,7 @@ class FastPlane:
             self.arr = np.concatenate([rest, new]) if len(rest) else new
             self.st[S_PTR] = 0
         while True:
-            r = advance(t, self.arr, self.st, self.fs, self.ip, self.pref, self.table, self.ovt, self.tht,
+            r = advance(t, self.arr, self.st, self.fs, self.rw, self.ip, self.pref, self.table, self.ovt, self.tht,
                         self.s_state, self.s_uid, self.s_nb, self.ready, self.q_arr, self.q_id, self.q_user,
                         self.q_head, self.q_len, self.i_busy, self.i_start, self.b_arr, self.b_id,
                         self.b_user, self.b_n, self.b_svc, self.timer, self.ht, self.hu, self.ukount,
