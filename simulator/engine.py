@@ -86,15 +86,27 @@ def dist_table(d: Dist) -> np.ndarray:
     return quantile_function(d, GRID_U)
 
 
+StartupDelay = Callable[[int, float], "float | None"]
+
+
 class Simulation:
     """A run that can be stepped one control interval at a time (used by RL envs).
 
     ``obs = sim.start()``, then ``obs = sim.step(desired)`` until ``obs is None``;
     ``sim.result()`` afterwards. :func:`simulate` drives it with a :class:`Policy`.
+
+    ``startup_delay(uid, t)``, if given, decides the start-up delay of every replica a
+    scale-up adds (the ``cluster.replicas`` present at t=0 are ready at once): called
+    once per added replica, in the order they are added, with its id and the instant it
+    was requested; it returns the seconds until it is ready (``math.inf``: never ready),
+    or ``None`` for the scenario's own draw (:meth:`drawn_startup_delay`, from
+    ``cluster.startup_s``). Replaying a measured run uses it to make each replica ready
+    exactly when the real one was (:mod:`calibration.replay`).
     """
 
     def __init__(self, sc: Scenario, engine: str = "fast", model: ServiceModel | None = None,
-                 progress: Callable[[float], None] | None = None):
+                 progress: Callable[[float], None] | None = None,
+                 startup_delay: StartupDelay | None = None):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r})")
         self.sc = sc
@@ -111,6 +123,7 @@ class Simulation:
             from simulator.refplane import RefPlane
             self.dp = RefPlane(sc, self.model, think, arrivals, self.env)
         self.startup_table = dist_table(sc.cluster.startup)
+        self.startup_delay = startup_delay
         self.replicas: dict[int, Replica] = {}
         self.next_uid = 0
         self.interval = sc.autoscaler.interval_s
@@ -141,8 +154,15 @@ class Simulation:
             r.ready_s = t
             self.dp.set_ready(uid, t)
         else:
-            delay = float(draw(self.startup_table, uniform(self.sc.seed, STARTUP, uid, 0)))
-            self.env.process(self._startup(r, delay))
+            delay = self.startup_delay(uid, t) if self.startup_delay is not None else None
+            if delay is None:
+                delay = self.drawn_startup_delay(uid)
+            if not math.isinf(delay):
+                self.env.process(self._startup(r, delay))
+
+    def drawn_startup_delay(self, uid: int) -> float:
+        """Start-up delay (s) of replica ``uid`` drawn from the scenario's ``cluster.startup_s``."""
+        return float(draw(self.startup_table, uniform(self.sc.seed, STARTUP, uid, 0)))
 
     def _startup(self, r: Replica, delay: float):
         yield self.env.timeout(delay)
