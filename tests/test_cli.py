@@ -53,3 +53,19 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     p = run(str(bad), "--out", str(out))
     assert p.returncode == 2 and "nope.csv: file not found" in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()
+
+
+def test_bad_trace_files_are_one_line(tmp_path):
+    out = tmp_path / "o"
+    cases = [("trace", "rps\n", "column 'rps' has no values (an empty trace)"),
+             ("timestamps", "TIMESTAMP\n", "column 'TIMESTAMP' has no values (an empty timestamps file)"),
+             ("trace", "rps\n10\n12\nabc\n", "column 'rps' row 4: not a number ('abc')")]
+    for i, (kind, text, message) in enumerate(cases):
+        csv = tmp_path / f"t{i}.csv"
+        csv.write_text(text)
+        sc = tmp_path / f"s{i}.yaml"
+        sc.write_text(f"workload: {{kind: {kind}, path: {csv.name}}}\nservice: {{mean_ms: 5}}\nduration_s: 10\n")
+        p = run(str(sc), "--out", str(out), "--quiet")
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.strip() == f"error: {csv}: {message}"
+        assert not out.exists()
