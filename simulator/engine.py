@@ -33,6 +33,7 @@ import simpy
 
 from simulator.batching import STATUS_NAMES
 from simulator.config import Dist, Scenario
+from simulator.memory import check_memory
 from simulator.metrics import (A_ARRIVALS, A_BUSY_S, A_COMPUTE_S, A_DROPPED, A_EXEC, A_FAIL, A_INFER,
                                A_LAT_S, A_OK, A_QUEUE_S, A_REJECTED, A_SLO_VIOL, A_TIMEOUT,
                                exact_quantiles, hist_quantiles, safe_div)
@@ -95,6 +96,9 @@ class Simulation:
     ``obs = sim.start()``, then ``obs = sim.step(desired)`` until ``obs is None``;
     ``sim.result()`` afterwards. :func:`simulate` drives it with a :class:`Policy`.
 
+    The run's memory is estimated first and a run over ``memory_budget`` is refused
+    (:func:`simulator.memory.check_memory`; ``summary["memory"]`` records the estimate and budget).
+
     ``startup_delay(uid, t)``, if given, decides the start-up delay of every replica a
     scale-up adds (the ``cluster.replicas`` present at t=0 are ready at once): called
     once per added replica, in the order they are added, with its id and the instant it
@@ -106,22 +110,24 @@ class Simulation:
 
     def __init__(self, sc: Scenario, engine: str = "fast", model: ServiceModel | None = None,
                  progress: Callable[[float], None] | None = None,
-                 startup_delay: StartupDelay | None = None):
+                 startup_delay: StartupDelay | None = None, memory_budget: str | int | float | None = None):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r})")
         self.sc = sc
         self.engine = engine
         self.model = model or build_service_model(sc.service, sc.batching.max_batch_size)
+        # refused here (ConfigError), before anything is allocated, if it would not fit the budget
+        self.memory = check_memory(sc, engine, memory_budget, self.model)
         self.env = simpy.Environment()
         think = dist_table(sc.workload.think) if sc.workload.kind == "closed_loop" else np.zeros(2)
         arrivals = None if sc.workload.kind == "closed_loop" else \
             ArrivalSource(sc.workload, sc.duration_s, sc.seed)
         if engine == "fast":
             from simulator.fastplane import FastPlane
-            self.dp = FastPlane(sc, self.model, think, arrivals)
+            self.dp = FastPlane(sc, self.model, think, arrivals, memory=self.memory)
         else:
             from simulator.refplane import RefPlane
-            self.dp = RefPlane(sc, self.model, think, arrivals, self.env)
+            self.dp = RefPlane(sc, self.model, think, arrivals, self.env, memory=self.memory)
         self.startup_table = dist_table(sc.cluster.startup)
         self.startup_delay = startup_delay
         self.replicas: dict[int, Replica] = {}
@@ -310,6 +316,8 @@ class Simulation:
             "seed": sc.seed, "engine": self.engine,
             "wall_s": getattr(self, "_wall", math.nan),
             "sim_requests_per_wall_s": safe_div(self.dp.n_requests, getattr(self, "_wall", math.nan)),
+            "memory": {"estimate_bytes": self.memory.total, "expected_requests": self.memory.requests,
+                       "budget_bytes": self.memory.budget, "budget_from": self.memory.budget_source},
             "scenario": sc.to_dict(),
         }
         return Result(scenario=sc, summary=summary, timeline=self.timeline,
@@ -318,14 +326,18 @@ class Simulation:
 
 
 def simulate(sc: Scenario, engine: str = "fast", policy: Policy | None = None,
-             progress: Callable[[float], None] | None = None, model: ServiceModel | None = None) -> Result:
+             progress: Callable[[float], None] | None = None, model: ServiceModel | None = None,
+             memory_budget: str | int | float | None = None) -> Result:
     """Run one scenario to the end and return its :class:`Result` (no disk I/O).
 
     ``policy`` overrides the scenario's ``autoscaler`` block (its ``interval_s`` still applies).
+    A run whose estimated memory exceeds ``memory_budget`` (bytes or e.g. ``"8G"``; default
+    ``$SERVESIM_MEMORY_BUDGET``, else half the machine's memory) is refused with a
+    :class:`~simulator.config.ConfigError` before it starts (:mod:`simulator.memory`).
     """
     pol = policy if policy is not None else make_policy(sc.autoscaler)
     pol.reset()
-    sim = Simulation(sc, engine=engine, progress=progress, model=model)
+    sim = Simulation(sc, engine=engine, progress=progress, model=model, memory_budget=memory_budget)
     obs = sim.start()
     while obs is not None:
         obs = sim.step(pol.decide(obs))

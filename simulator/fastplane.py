@@ -379,7 +379,7 @@ class FastPlane:
 
     name = "fast"
 
-    def __init__(self, sc, model, think_table, arrivals, env=None):
+    def __init__(self, sc, model, think_table, arrivals, env=None, memory=None):
         b = sc.batching
         self.sc = sc
         self.arrivals = arrivals                     # ArrivalSource or None (closed loop)
@@ -413,7 +413,16 @@ class FastPlane:
         self.ga = np.zeros(N_ACC)
         self.ih = np.zeros(H_BINS, dtype=np.int64)
         self.gh = np.zeros(H_BINS, dtype=np.int64)
-        cap = 1024 if sc.record_requests else 0
+        self.memory = memory                         # simulator.memory.MemoryEstimate or None
+        self.max_records = memory.max_records(self.name) if memory is not None else None
+        cap = 0
+        if sc.record_requests:
+            cap = 1024
+            if memory is not None and not self.closed:
+                # room for the expected open-loop requests (+6 Poisson standard deviations): no regrowth
+                cap = int(max(cap, memory.requests + 6 * math.sqrt(memory.requests) + 1024))
+            if self.max_records is not None:
+                cap = min(cap, max(self.max_records, 1))
         self.rec_f = np.full((3, cap), np.nan)
         self.rec_i = np.full((3, cap), -1, dtype=np.int64)
         self.st[S_REC_CAP] = cap
@@ -478,10 +487,16 @@ class FastPlane:
             if r == RET_DONE:
                 return
             if r == RET_GROW_REC:
-                cap = max(1024, 2 * self.rec_f.shape[1])
+                k = self.rec_f.shape[1]
+                if self.max_records is not None and k >= self.max_records:
+                    from simulator.memory import records_overflow
+                    raise records_overflow(self.memory, self.name, float(self.arr[self.st[S_PTR]]) if
+                                           not self.closed else float(self.ht[0]))
+                cap = max(1024, 2 * k)
+                if self.max_records is not None:
+                    cap = min(cap, self.max_records)
                 f = np.full((3, cap), np.nan)
                 i = np.full((3, cap), -1, dtype=np.int64)
-                k = self.rec_f.shape[1]
                 f[:, :k], i[:, :k] = self.rec_f, self.rec_i
                 self.rec_f, self.rec_i = f, i
                 self.st[S_REC_CAP] = cap

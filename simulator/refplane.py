@@ -137,7 +137,7 @@ class RefPlane:
 
     name = "reference"
 
-    def __init__(self, sc, model, think_table, arrivals, env: simpy.Environment):
+    def __init__(self, sc, model, think_table, arrivals, env: simpy.Environment, memory=None):
         b = sc.batching
         self.sc, self.env = sc, env
         self.arrivals = arrivals
@@ -162,6 +162,8 @@ class RefPlane:
         self.model = model
         self.think_table = think_table
         self.record = sc.record_requests
+        self.memory = memory                       # simulator.memory.MemoryEstimate or None
+        self.max_records = memory.max_records(self.name) if memory is not None and self.record else None
 
         self.replicas: dict[int, Replica] = {}    # live replicas (starting, ready, draining)
         self.ready: list[Replica] = []             # in readiness order
@@ -229,6 +231,9 @@ class RefPlane:
         if t >= self.warmup:
             self.ga[A_ARRIVALS] += 1
         if self.record:
+            if self.max_records is not None and self.next_id > self.max_records:
+                from simulator.memory import records_overflow
+                raise records_overflow(self.memory, self.name, t)
             for k, v in (("arrival_s", t), ("dispatch_s", math.nan), ("completion_s", math.nan),
                          ("replica", -1), ("batch_size", -1), ("status", -1)):
                 self.rec[k].append(v)

@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-records", action="store_true", help="skip requests.parquet (long runs)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--memory-budget", metavar="SIZE", default=None,
+                    help="refuse a run whose estimated memory exceeds SIZE (e.g. 8G; default "
+                         "$SERVESIM_MEMORY_BUDGET, else half the machine's memory)")
     a = ap.parse_args(argv)
     try:
         overrides = list(a.set) + (["record_requests=false"] if a.no_records else [])
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
         def progress(t):
             bar.update(t - bar.n)
 
-        res = simulate(sc, engine=a.engine, progress=progress)
+        res = simulate(sc, engine=a.engine, progress=progress, memory_budget=a.memory_budget)
         bar.update(sc.duration_s - bar.n)
         bar.close()
         write_outputs(res, a.out, plots=not a.no_plots)

@@ -179,20 +179,51 @@ def _window_scale(t, offset, length, speedup, scale, seed):
     return t
 
 
-def mean_rate(spec: WorkloadSpec, duration_s: float) -> float:
-    """Average offered rate over the run (closed loop: NaN)."""
+def timestamp_arrivals(spec: WorkloadSpec, seed: int) -> np.ndarray:
+    """All arrival instants (s, sorted, read-only) of a ``timestamps`` workload's window."""
+    if spec.times:
+        return _window_scale(np.sort(np.asarray(spec.times, dtype=float)), spec.offset_s, spec.length_s,
+                             spec.speedup, spec.scale, seed)
+    if not os.path.exists(spec.path):
+        raise ConfigError(f"{spec.path}: file not found (workload.path)")
+    return _timestamps(spec.path, spec.column, spec.offset_s, spec.length_s, spec.speedup, spec.scale, seed,
+                       os.path.getmtime(spec.path))
+
+
+def expected_arrivals(spec: WorkloadSpec, duration_s: float, seed: int = 0) -> float:
+    """Expected number of open-loop arrivals in ``[0, duration_s)``, without generating them.
+
+    poisson: ``rate_rps * duration_s``; schedule: the integral of its rate (trapezoids on a
+    20001-point grid over the schedule, then its final rate for the rest of the run); trace:
+    the sum of the window's per-second rates over the trace seconds the run covers, divided by
+    ``speedup`` (no arrivals after the window's end, as :class:`ArrivalSource` generates them);
+    timestamps: the count of the window's instants before ``duration_s`` (exact). Closed loop:
+    NaN (arrivals depend on responses; see :mod:`simulator.memory`).
+    """
     if spec.kind == "poisson":
-        return spec.rate_rps
+        return spec.rate_rps * duration_s
     if spec.kind == "schedule":
-        t = np.linspace(0, duration_s, 20001)
-        return float(np.mean(schedule_rate(spec.segments, t)))
+        span = min(duration_s, schedule_duration(spec.segments))
+        t = np.linspace(0.0, span, 20001)
+        r = schedule_rate(spec.segments, t)
+        total = float(np.sum((r[1:] + r[:-1]) * 0.5) * (t[1] - t[0]))
+        if duration_s > span:
+            total += float(schedule_rate(spec.segments, np.array([span]))[0]) * (duration_s - span)
+        return total
     if spec.kind == "trace":
         r = trace_rates(spec)
-        idx = np.minimum((np.arange(0, duration_s, 0.01) * spec.speedup).astype(int), len(r) - 1)
-        return float(np.mean(r[idx]))
+        covered = duration_s * spec.speedup               # trace seconds the run covers
+        k = int(min(math.floor(covered), len(r)))
+        part = float(r[k]) * (covered - k) if k < len(r) else 0.0
+        return (float(np.sum(r[:k])) + part) / spec.speedup
     if spec.kind == "timestamps":
-        return len(arrival_times(spec, duration_s, 0)) / duration_s
+        return float(np.searchsorted(timestamp_arrivals(spec, seed), duration_s))
     return float("nan")
+
+
+def mean_rate(spec: WorkloadSpec, duration_s: float) -> float:
+    """Average offered rate over the run (closed loop: NaN)."""
+    return expected_arrivals(spec, duration_s) / duration_s
 
 
 # --------------------------------------------------------------------------- arrival generation
@@ -210,15 +241,8 @@ class ArrivalSource:
         self._t = 0.0
         if spec.kind == "trace":
             self._rates = trace_rates(spec)
-        if spec.kind == "timestamps" and spec.times:
-            self._ts = _window_scale(np.sort(np.asarray(spec.times, dtype=float)), spec.offset_s,
-                                     spec.length_s, spec.speedup, spec.scale, self.seed)
-        elif spec.kind == "timestamps":
-            self._ts = _timestamps(spec.path, spec.column, spec.offset_s, spec.length_s, spec.speedup,
-                                   spec.scale, self.seed, os.path.getmtime(spec.path) if
-                                   os.path.exists(spec.path) else 0.0)
-            if spec.scale == 1.0 and not os.path.exists(spec.path):
-                raise ConfigError(f"{spec.path}: file not found (workload.path)")
+        if spec.kind == "timestamps":
+            self._ts = timestamp_arrivals(spec, self.seed)
 
     def _gen_chunk(self, k: int) -> np.ndarray:
         a, b = k * CHUNK_S, min((k + 1) * CHUNK_S, self.duration)

@@ -69,3 +69,14 @@ def test_bad_trace_files_are_one_line(tmp_path):
         assert p.returncode == 2, p.stderr
         assert p.stderr.strip() == f"error: {csv}: {message}"
         assert not out.exists()
+
+
+def test_unbounded_run_refused_in_one_line(tmp_path):
+    out = tmp_path / "o"
+    p = run("configs/example.yaml", "--out", str(out), "--set", "duration_s=1.0e+12", "--quiet")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: this run would need about ")
+    assert "over the memory budget of" in p.stderr and "set record_requests: false" in p.stderr
+    assert not out.exists()
+    p = run("configs/example.yaml", "--out", str(out), "--set", "duration_s=600", "--memory-budget", "1M", "--quiet")
+    assert p.returncode == 2 and "over the memory budget of 1 MB (--memory-budget)" in p.stderr

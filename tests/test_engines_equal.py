@@ -20,7 +20,7 @@ from simulator import scenario_from_dict
 from simulator.engine import Simulation, simulate
 
 LBS = ("round_robin", "random", "least_outstanding")
-VOLATILE = {"wall_s", "sim_requests_per_wall_s", "engine"}
+VOLATILE = {"wall_s", "sim_requests_per_wall_s", "engine", "memory"}
 
 
 # --------------------------------------------------------------------------- comparison
