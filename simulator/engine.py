@@ -23,6 +23,7 @@ over requests that *arrived* in ``[warmup_s, duration_s)``.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ class Replica:
 
 @dataclass
 class Result:
-    """What one simulated run produced (nothing is written to disk)."""
+    """What one simulated run produced (nothing is written to disk until a ``write_*`` method is called)."""
 
     scenario: Scenario
     summary: dict[str, Any]
@@ -68,6 +69,8 @@ class Result:
     replicas: list[Replica]
     records: dict[str, np.ndarray] | None = None
     wall_s: float = 0.0
+    # client latencies of the successes that arrived after warm-up, binned as in simulator.metrics
+    latency_histogram: np.ndarray | None = None
 
     def timeline_frame(self):
         import pandas as pd
@@ -81,6 +84,40 @@ class Result:
         df["status"] = pd.Categorical.from_codes(np.clip(df["status"].to_numpy(), 0, 3),
                                                  categories=list(STATUS_NAMES))
         return df
+
+    def write_timeline_csv(self, path: str) -> None:
+        """One row per control interval (:attr:`timeline`) plus the seed; NaN as an empty cell."""
+        import csv
+        header = list(dict.fromkeys(k for row in self.timeline for k in row)) + ["seed"]
+        seed = self.scenario.seed
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for row in self.timeline:
+                w.writerow(["" if isinstance(v, float) and math.isnan(v) else v
+                            for v in (row.get(k, math.nan) for k in header[:-1])] + [seed])
+
+    def records_table(self):
+        """Per-request records as a ``pyarrow.Table`` built from the arrays themselves (no copy):
+        arrival, dispatch and completion seconds, replica, batch size, and the status as a dictionary
+        column of :data:`~simulator.batching.STATUS_NAMES`; the scenario and seed in its metadata."""
+        import pyarrow as pa
+        from simulator.io import jsonable
+        if self.records is None:
+            return None
+        r = self.records
+        cols = {k: r[k] for k in ("arrival_s", "dispatch_s", "completion_s", "replica", "batch_size")}
+        cols["status"] = pa.DictionaryArray.from_arrays(np.clip(r["status"], 0, len(STATUS_NAMES) - 1)
+                                                        .astype(np.int8), list(STATUS_NAMES))
+        meta = {b"servesim.scenario": json.dumps(jsonable(self.scenario.to_dict())).encode(),
+                b"servesim.seed": str(self.scenario.seed).encode()}
+        return pa.table(cols, metadata=meta)
+
+    def write_records_parquet(self, path: str) -> None:
+        """:meth:`records_table` as Parquet (snappy; only the status column dictionary-encoded: the
+        others are nearly all distinct, and trying to dictionary-encode them triples the writing time)."""
+        import pyarrow.parquet as pq
+        pq.write_table(self.records_table(), path, use_dictionary=["status"])
 
 
 def dist_table(d: Dist) -> np.ndarray:
@@ -322,7 +359,7 @@ class Simulation:
         }
         return Result(scenario=sc, summary=summary, timeline=self.timeline,
                       replicas=sorted(self.replicas.values(), key=lambda r: r.uid), records=recs,
-                      wall_s=summary["wall_s"])
+                      wall_s=summary["wall_s"], latency_histogram=self.dp.gh.copy())
 
 
 def simulate(sc: Scenario, engine: str = "fast", policy: Policy | None = None,

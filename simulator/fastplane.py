@@ -104,8 +104,8 @@ def _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, 
         ia[A_QUEUE_S] += queue_s
         ia[A_COMPUTE_S] += compute_s
         ia[A_LAT_S] += lat
-        ms = lat * 1e3
-        ih[hist_bin(ms)] += 1
+        hb = hist_bin(lat * 1e3)
+        ih[hb] += 1
         if lat > fs[F_SLO]:
             ia[A_SLO_VIOL] += 1.0
         if counted:
@@ -114,7 +114,7 @@ def _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, 
             ga[A_COMPUTE_S] += compute_s
             ga[A_LAT_S] += lat
             ga[A_LAT2_S] += lat * lat
-            gh[hist_bin(ms)] += 1
+            gh[hb] += 1
             if lat > fs[F_SLO]:
                 ga[A_SLO_VIOL] += 1.0
     else:
@@ -200,12 +200,15 @@ def _slot_empty(s, ninst, q_len, i_busy):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
             s_state, s_uid, s_nb, ready, q_arr, q_id, q_user, q_head, q_len,
             i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer,
             ht, hu, ukount, ia, ga, ih, gh, rec_f, rec_i, gone_uid, gone_t):
-    """Process every data-plane event with time < ``until``. Returns a RET_* code."""
+    """Process every data-plane event with time < ``until``. Returns a RET_* code.
+
+    Runs without the GIL: other Python threads (e.g. ``simulator.run`` importing its output
+    libraries) proceed meanwhile."""
     ninst = ip[P_INST]
     closed = ip[P_CLOSED] == 1
     timeout = fs[F_TIMEOUT]
@@ -369,6 +372,54 @@ def busy_snapshot(t, fs, s_state, i_busy, i_start, nslots):
             if i_busy[s, i] != INF:
                 tot += t - max(i_start[s, i], fs[F_ISTART])
     return tot
+
+
+# --------------------------------------------------------------------------- compiled-code cache
+
+
+def _drop_cache_if_callees_changed() -> None:
+    """Recompile this module's kernels when a module they compile in has changed.
+
+    Numba's on-disk cache (``cache=True``; files next to this module in ``__pycache__``, or
+    under ``NUMBA_CACHE_DIR``) is keyed by the source of the file a function is defined in
+    only: "changes in functions defined in other files are not detected" (numba docs, Notes on
+    caching). :func:`advance` compiles in :mod:`simulator.batching`, :mod:`simulator.contention`,
+    :mod:`simulator.metrics`, :mod:`simulator.rng` and :mod:`simulator.service`, so their digest
+    is kept beside the cache and the cache is flushed when it differs (after an edit or an
+    upgrade). Without a writable cache, or if numba's cache object changes shape, numba's own
+    rule applies.
+    """
+    import hashlib
+    import os
+    import sys
+    deps = [sys.modules[m].__file__ for m in ("simulator.batching", "simulator.contention", "simulator.metrics",
+                                              "simulator.rng", "simulator.service")]
+    kernels = [f for f in globals().values()
+               if hasattr(f, "_cache") and getattr(f, "py_func", None) is not None and f.py_func.__module__ == __name__]
+    try:
+        h = hashlib.sha256()
+        for path in deps:
+            with open(path, "rb") as f:
+                h.update(f.read())
+        digest = h.hexdigest()
+        stamp = os.path.join(advance._cache.cache_path, "fastplane.callees.sha256")
+        try:
+            with open(stamp) as f:
+                if f.read() == digest:
+                    return
+        except FileNotFoundError:
+            pass
+        for k in kernels:
+            k._cache.flush()
+        tmp = f"{stamp}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(digest)
+        os.replace(tmp, stamp)
+    except (AttributeError, OSError):
+        return
+
+
+_drop_cache_if_callees_changed()
 
 
 # --------------------------------------------------------------------------- owner object
@@ -578,10 +629,11 @@ class FastPlane:
         self.st[S_HEAP] = 0
 
     def records(self) -> dict[str, np.ndarray]:
+        """Per-request records so far: views of the record arrays (no copy; valid until the next advance)."""
         n = int(self.st[S_NEXT_ID])
-        return {"arrival_s": self.rec_f[0, :n].copy(), "dispatch_s": self.rec_f[1, :n].copy(),
-                "completion_s": self.rec_f[2, :n].copy(), "replica": self.rec_i[0, :n].copy(),
-                "batch_size": self.rec_i[1, :n].copy(), "status": self.rec_i[2, :n].copy()}
+        return {"arrival_s": self.rec_f[0, :n], "dispatch_s": self.rec_f[1, :n],
+                "completion_s": self.rec_f[2, :n], "replica": self.rec_i[0, :n],
+                "batch_size": self.rec_i[1, :n], "status": self.rec_i[2, :n]}
 
     @property
     def n_requests(self) -> int:

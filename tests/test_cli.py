@@ -80,3 +80,26 @@ def test_unbounded_run_refused_in_one_line(tmp_path):
     assert not out.exists()
     p = run("configs/example.yaml", "--out", str(out), "--set", "duration_s=600", "--memory-budget", "1M", "--quiet")
     assert p.returncode == 2 and "over the memory budget of 1 MB (--memory-budget)" in p.stderr
+
+
+def test_second_start_loads_the_compiled_engine_from_the_cache(tmp_path):
+    # numba's cache (cache=True on every compiled function; simulator/__pycache__ by default): once
+    # a run has written it, a second start loads the engine and compiles nothing
+    env = dict(os.environ, NUMBA_DEBUG_CACHE="1")
+    logs = []
+    for i in range(2):
+        p = subprocess.run([sys.executable, "-m", "simulator.run", "configs/example.yaml", "--out",
+                            str(tmp_path / f"o{i}"), "--set", "duration_s=200", "--no-plots", "--quiet"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr
+        logs.append(p.stdout + p.stderr)
+    assert "data loaded from" in logs[1] and "fastplane.advance" in logs[1], logs[1]
+    assert "data saved to" not in logs[1], [l for l in logs[1].splitlines() if "saved" in l]
+    # and every compiled function asks to be cached (one without would be compiled on every start)
+    import re
+    for name in sorted(os.listdir(os.path.join(ROOT, "simulator"))):
+        if name.endswith(".py"):
+            with open(os.path.join(ROOT, "simulator", name)) as f:
+                for line in f:
+                    if re.match(r"\s*@(numba\.)?(njit|jit|vectorize|guvectorize)\b", line):
+                        assert "cache=True" in line, f"simulator/{name}: {line.strip()} (no cache=True)"
