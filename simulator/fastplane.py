@@ -37,6 +37,7 @@ LB_RR, LB_RANDOM, LB_LEAST = 0, 1, 2
 LB_CODES = {"round_robin": LB_RR, "random": LB_RANDOM, "least_outstanding": LB_LEAST}
 
 # int state vector
+# S_NSLOTS: slots the kernel scans, 1 + the highest slot ever used (slots are taken lowest first)
 S_NSLOTS, S_RR, S_NEXT_ID, S_NREADY, S_PTR, S_HEAP, S_NBUSY, S_REC_CAP, S_NGONE = range(9)
 # float params
 F_WARMUP, F_SLO, F_STOP, F_DELAY_US, F_TIMEOUT, F_ISTART, F_INTERF, F_CORES, F_RCONT, F_RWIN, F_RCORES = range(11)
@@ -503,7 +504,6 @@ class FastPlane:
                 setattr(self, name, a)
         for name, a in new.items():
             setattr(self, name, a)
-        self.st[S_NSLOTS] = n
 
     def _alloc_queue(self, cap: int) -> None:
         n = len(self.s_state)
@@ -561,6 +561,7 @@ class FastPlane:
             self._alloc_slots(2 * len(self.s_state))
             free = np.flatnonzero(self.s_state == FREE)
         s = int(free[0])
+        self.st[S_NSLOTS] = max(self.st[S_NSLOTS], s + 1)
         self.s_state[s] = STARTING
         self.s_uid[s] = uid
         self.s_nb[s] = 0
