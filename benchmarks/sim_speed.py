@@ -14,7 +14,8 @@
    clone: everything compiled, the cache written) and second start (the cache loaded); against the
    obvious per-request SimPy model of the same scenario (:func:`obvious_simpy`: one process per
    request, a ``simpy.Resource`` of 2 instances per replica, round-robin, per-request records kept),
-   run in this process, and the fast engine alone (in process, compiled, no output written).
+   run in this process; and ``simulate()`` alone (no imports, no output) in a fresh process, first and
+   second start.
 
 Prints simulated requests per wall-second and the ratios (targets: fast >= 1e6 req/s,
 >= 8x reference, >= 15x ciw; the whole command, second start, >= 8x the obvious SimPy model).
@@ -127,8 +128,29 @@ def whole_command(scenario_yaml, out, cache_dir):
     return wall
 
 
+ENGINE_ALONE = """
+import sys, time
+from simulator import load_scenario, simulate
+sc = load_scenario(sys.argv[1])
+t = time.perf_counter()
+simulate(sc)
+print(time.perf_counter() - t)
+"""
+
+
+def engine_alone(scenario_yaml, cache_dir):
+    """Wall seconds of ``simulate()`` alone (compilation or cache loading included; imports and
+    output excluded) in a fresh process with its numba cache in ``cache_dir``."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    p = subprocess.run([sys.executable, "-c", ENGINE_ALONE, scenario_yaml], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"simulate() failed ({p.returncode}): {p.stderr.strip()}")
+    return float(p.stdout.split()[-1])
+
+
 def whole_process(duration_s):
-    """Rows for section 4 (see the module docstring)."""
+    """Rows for the whole-command section (see the module docstring)."""
     import json
     import shutil
 
@@ -139,35 +161,29 @@ def whole_process(duration_s):
         path = os.path.join(tmp, "whole.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(d, f)
-        cache = os.path.join(tmp, "numba-cache")          # empty: the first start compiles and writes it
-        first = whole_command(path, os.path.join(tmp, "o1"), cache)
-        second = whole_command(path, os.path.join(tmp, "o2"), cache)
-        third = whole_command(path, os.path.join(tmp, "o3"), cache)
-        with open(os.path.join(tmp, "o2", "summary.json")) as f:
+        rows = []
+        for what, run in (("whole command", lambda cache, k: whole_command(path, os.path.join(tmp, f"o{k}"), cache)),
+                          ("simulate() alone", lambda cache, k: engine_alone(path, cache))):
+            cache = os.path.join(tmp, f"numba-cache-{len(rows)}")  # empty: the first start compiles, writes it
+            for k, start in enumerate(("first start (empty numba cache)", "second start (cache loaded)")):
+                rows.append((f"{what}, {start}", run(cache, k)))
+        with open(os.path.join(tmp, "o1", "summary.json")) as f:
             s = json.load(f)
         n, mean_ms = s["requests"], s["latency_ms"]["mean"]
-        sc = scenario_from_dict(d)
-        simulate(sc.replace(duration_s=10.0))                               # compiled already: warm caches
-        t = time.perf_counter()
-        simulate(sc)
-        w_engine = time.perf_counter() - t
         t = time.perf_counter()
         n_obv, mean_obv = obvious_simpy(d["workload"]["rate_rps"], d["duration_s"], d["cluster"]["replicas"],
                                         d["batching"]["instances"], d["service"]["mean_ms"] * 1e-3, d["seed"])
         w_obv = time.perf_counter() - t
-        return [("whole command, first start (empty numba cache)", n, first),
-                ("whole command, second start (cache loaded)", n, second),
-                ("whole command, third start", n, third),
-                ("fast engine alone (in process, no output)", n, w_engine),
-                ("obvious per-request SimPy model", n_obv, w_obv)], (mean_ms, mean_obv)
+        return [(name, n, w) for name, w in rows] + [("obvious per-request SimPy model", n_obv, w_obv)], \
+            (mean_ms, mean_obv)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def print_rows(rows):
-    print(f"{'run':52s} {'requests':>10s} {'wall s':>8s} {'req/wall-s':>12s}")
+    print(f"{'run':60s} {'requests':>10s} {'wall s':>8s} {'req/wall-s':>12s}")
     for name, n, w in rows:
-        print(f"{name:52s} {n:10d} {w:8.2f} {n / w:12,.0f}")
+        print(f"{name:60s} {n:10d} {w:8.2f} {n / w:12,.0f}")
 
 
 def main():
@@ -191,8 +207,8 @@ def main():
         print_rows(rows)
         obv = rows[-1][1] / rows[-1][2]
         for name, n, w in rows[:-1]:
-            print(f"{name:52s} {(n / w) / obv:5.1f}x the obvious SimPy model"
-                  + ("  (target >= 8x)" if "second start" in name else ""))
+            print(f"{name:60s} {(n / w) / obv:5.1f}x the obvious SimPy model"
+                  + ("  (target >= 8x)" if name.startswith("whole command, second") else ""))
         print(f"mean latency: {mean_ms:.2f} ms (simulator.run) vs {mean_obv:.2f} ms (obvious SimPy model)")
 
 
