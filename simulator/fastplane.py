@@ -342,8 +342,13 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
             ia[A_ARRIVALS] += 1.0
             if ta >= warm:
                 ga[A_ARRIVALS] += 1.0
-            if ip[P_REC] == 1:
+            if ip[P_REC] == 1:          # finish fields stay NaN / -1 until the request finishes
                 rec_f[0, rid] = ta
+                rec_f[1, rid] = np.nan
+                rec_f[2, rid] = np.nan
+                rec_i[0, rid] = -1
+                rec_i[1, rid] = -1
+                rec_i[2, rid] = -1
             if s < 0:
                 _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                                 rid, user, ta, ta, DROPPED, ta, 0, -1, 0.0, 0.0)
@@ -475,8 +480,9 @@ class FastPlane:
                 cap = int(max(cap, memory.requests + 6 * math.sqrt(memory.requests) + 1024))
             if self.max_records is not None:
                 cap = min(cap, max(self.max_records, 1))
-        self.rec_f = np.full((3, cap), np.nan)
-        self.rec_i = np.full((3, cap), -1, dtype=np.int64)
+        # np.empty: pages are touched as requests arrive (each arrival initialises its record)
+        self.rec_f = np.empty((3, cap))
+        self.rec_i = np.empty((3, cap), dtype=np.int64)
         self.st[S_REC_CAP] = cap
         self.arr = np.zeros(0)
         self.uid_slot: dict[int, int] = {}
@@ -546,8 +552,8 @@ class FastPlane:
                 cap = max(1024, 2 * k)
                 if self.max_records is not None:
                     cap = min(cap, self.max_records)
-                f = np.full((3, cap), np.nan)
-                i = np.full((3, cap), -1, dtype=np.int64)
+                f = np.empty((3, cap))
+                i = np.empty((3, cap), dtype=np.int64)
                 f[:, :k], i[:, :k] = self.rec_f, self.rec_i
                 self.rec_f, self.rec_i = f, i
                 self.st[S_REC_CAP] = cap
