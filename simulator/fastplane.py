@@ -475,8 +475,9 @@ class FastPlane:
         cap = 0
         if sc.record_requests:
             cap = 1024
-            if memory is not None and not self.closed:
-                # room for the expected open-loop requests (+6 Poisson standard deviations): no regrowth
+            if memory is not None:
+                # room for the expected requests (+6 Poisson standard deviations; closed loop: an upper
+                # bound), so the arrays never regrow; allocated empty, only the pages used are touched
                 cap = int(max(cap, memory.requests + 6 * math.sqrt(memory.requests) + 1024))
             if self.max_records is not None:
                 cap = min(cap, max(self.max_records, 1))
