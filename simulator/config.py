@@ -374,6 +374,8 @@ class ClusterSpec:
     handling slows the model only when it and the batches together exceed the node's
     cores (a lone replica on a 2-core node has a core to spare; two busy replicas do
     not). Needs ``interference > 0``; 0 disables; fitted by calibration.
+    Both engines apply this rule through one function,
+    :func:`simulator.contention.contention_factor`.
     """
 
     replicas: int = 1
