@@ -90,13 +90,6 @@ def log(msg: str, quiet: bool = False) -> None:
 # --------------------------------------------------------------------------- distributions
 
 
-def scale_dist(d: Dist, s: float) -> Dist:
-    """The variable ``s * X``."""
-    if d.kind == "empirical":
-        return Dist("empirical", quantiles=tuple(q * s for q in d.quantiles))
-    return Dist(d.kind, mean=d.mean * s, cv=d.cv, shift=d.shift * s)
-
-
 def with_mean(d: Dist, target: float) -> Dist:
     """``d`` moved to mean ``target``: shifted up (spread kept) or scaled down."""
     m = d.mean_value
@@ -108,7 +101,7 @@ def with_mean(d: Dist, target: float) -> Dist:
         if d.kind == "empirical":
             return Dist("empirical", quantiles=tuple(q + target - m for q in d.quantiles))
         return Dist(d.kind, mean=target, cv=d.cv, shift=d.shift + target - m)
-    return scale_dist(d, target / m)
+    return d.scaled(target / m)
 
 
 def ks_distance(x: np.ndarray, d: Dist) -> float:
@@ -264,7 +257,7 @@ def run_counters(run: RunData) -> dict | None:
 def make_scenario(meas: Measurements, compute: dict, scale: float, rate_contention: float, overhead: Dist,
                   intf: dict, startup: Dist, provenance: dict, rate_cores: float = 0.0) -> Scenario:
     base = meas.base
-    pb = tuple((b, scale_dist(f.dist, scale)) for b, f in sorted(compute["fits"].items()))
+    pb = tuple((b, f.dist.scaled(scale)) for b, f in sorted(compute["fits"].items()))
     curve = compute["mean_curve"]
     slope = curve["per_item_ms"] / max(curve["intercept_ms"] + curve["per_item_ms"], 1e-9)
     svc = ServiceSpec(per_batch=pb, batch_slope=max(0.0, slope), overhead=overhead)

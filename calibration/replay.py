@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 
 from simulator.config import AutoscalerSpec, Scenario, WorkloadSpec
-from simulator.engine import Replica, Simulation
-from simulator.rng import STARTUP, uniform
-from simulator.service import ServiceModel, build_service_model, draw
+from simulator.engine import Simulation
+from simulator.service import ServiceModel, build_service_model
 
 from .compare import simulated_batching, summarize_side
 from .measurements import CalibrationError, RunData, measured_batching
@@ -106,29 +106,18 @@ def replica_schedule(run: RunData) -> Schedule:
     return Schedule(init, sorted(adds), sorted(removes))
 
 
-class _ReplaySim(Simulation):
-    """A :class:`Simulation` whose added replicas become ready at scripted times."""
+def scripted_startups(ready_at: list[float]) -> Callable[[int, float], float | None]:
+    """A :class:`Simulation` ``startup_delay`` hook: the k-th replica added becomes ready at
+    ``ready_at[k]`` (absolute seconds; ``inf``: never; NaN, or past the list: the calibrated
+    start-up delay)."""
+    pending = list(ready_at)
 
-    def __init__(self, sc, ready_at: list[float], model=None):
-        super().__init__(sc, engine="fast", model=model)
-        self._ready_at = list(ready_at)
-
-    def _add(self, t: float, ready_now: bool) -> None:
-        if ready_now or not self._ready_at:
-            return super()._add(t, ready_now)
-        at = self._ready_at.pop(0)
-        uid = self.next_uid
-        self.next_uid += 1
-        r = Replica(uid=uid, requested_s=t)
-        self.replicas[uid] = r
-        self.dp.add_replica(uid)
-        if math.isnan(at):       # no measured ready time: the calibrated start-up delay
-            delay = float(draw(self.startup_table, uniform(self.sc.seed, STARTUP, uid, 0)))
-        else:
-            delay = max(0.0, at - t)
-        if math.isinf(delay):
-            return
-        self.env.process(self._startup(r, delay))
+    def delay(uid: int, t: float) -> float | None:
+        if not pending:
+            return None
+        at = pending.pop(0)
+        return None if math.isnan(at) else max(0.0, at - t)
+    return delay
 
 
 def replay_scenario(calibrated: Scenario, run: RunData, seed: int) -> tuple[Scenario, Schedule]:
@@ -162,7 +151,8 @@ def simulate_run(calibrated: Scenario, run: RunData, seeds=(0,), model: ServiceM
     for s in seeds:
         sc, sched = replay_scenario(calibrated, run, calibrated.seed + s)
         mdl = model or build_service_model(sc.service, sc.batching.max_batch_size)
-        sim = _ReplaySim(sc, [r for _, r in sched.adds], model=mdl)
+        sim = Simulation(sc, engine="fast", model=mdl,
+                         startup_delay=scripted_startups([ready for _, ready in sched.adds]))
         obs = sim.start()
         while obs is not None:
             obs = sim.step(sched.desired(obs.time_s))

@@ -17,7 +17,9 @@ repository -- any ``stack.tritonserver``, either backend), with ``NAME`` the fil
                  at the study's SLO, interval and range; the study in its ``provenance.study``),
                  ``DIR/study/rl.yaml`` (the RL config: that scenario and the trace scale) and
                  ``DIR/study/study.json`` (``python -m cluster.pipeline --only study``)
-5. ``train``     ``python -m rl.train --config DIR/study/rl.yaml --iterations N --out DIR/train``
+5. ``train``     ``python -m rl.train --config DIR/study/rl.yaml --iterations N --out DIR/train [--seeds K]``
+                 (a population of training seeds on Ray Tune, the best on the tuning days exported as
+                 ``DIR/train/policy.pt``; ``--quick``: 2 seeds)
 6. ``tune``      ``python -m rl.baselines --config DIR/study/rl.yaml --out DIR/tuned.json``
 7. ``evaluate``  ``python -m rl.evaluate DIR/train/policy.pt --config DIR/study/rl.yaml --tuned DIR/tuned.json
                  --out DIR/eval``
@@ -111,9 +113,11 @@ def plan(out: Path, a) -> list[Step]:
               "--report", rel(out / "report" / a.name), "--force"], cal, [res / "manifest.json"]),
         Step("study", "the study design: SLO, replica range, control interval, trace scale, validation load",
              None, out / "study" / "study.json", [cal]),
-        Step("train", f"train PPO in the calibrated simulator ({a.iterations} iterations)",
+        Step("train", f"train a PPO population in the calibrated simulator ({a.iterations} iterations"
+                      f"{f', {a.seeds} seeds' if a.seeds else ''})",
              [py, "-m", "rl.train", "--config", rel(rlc), "--iterations", str(a.iterations), "--out",
-              rel(out / "train"), "--checkpoint-every", "0", "--seed", str(a.seed)], pol, [rlc, dep],
+              rel(out / "train"), "--checkpoint-every", "0", "--seed", str(a.seed)]
+             + (["--seeds", str(a.seeds)] if a.seeds else []), pol, [rlc, dep],
              clean=out / "train"),
         Step("tune", "tune the baselines (HPA grid, KPA, predictive, static) on the tuning days",
              [py, "-m", "rl.baselines", "--config", rel(rlc), "--out", rel(tuned)], tuned, [rlc, dep]),
@@ -297,7 +301,7 @@ def parse_args(argv):
                          "configs/baseline.yaml)")
     ap.add_argument("--out", default="pipeline", help="output folder (default pipeline/)")
     ap.add_argument("--quick", action="store_true",
-                    help="shorter: 6 training iterations, 60 s of real load per policy, HPA only")
+                    help="shorter: 6 training iterations x 2 seeds, 60 s of real load per policy, HPA only")
     ap.add_argument("--force", action="store_true", help="re-run every step")
     ap.add_argument("--from", dest="from_step", default=None, choices=STEPS, help="re-run from this step on")
     ap.add_argument("--only", default=None, help=f"comma list of steps to run ({', '.join(STEPS)})")
@@ -313,13 +317,16 @@ def parse_args(argv):
     ap.add_argument("--allow-degenerate", action="store_true",
                     help="go on (exit 0) when a sanity check fails; the sections still print and record it")
     ap.add_argument("--iterations", type=int, default=None, help="PPO iterations (default 20; --quick 6)")
-    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--seed", type=int, default=0, help="first training seed")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="training seeds of the population (default: configs/rl.yaml population.seeds; --quick 2)")
     ap.add_argument("--duration", type=float, default=None, help="seconds of real load per policy (default 120; --quick 60)")
     ap.add_argument("--compare", default=None, help="validate --compare (default hpa,static; --quick hpa)")
     ap.add_argument("--backend", choices=("local", "kubernetes"), default=None, help="validate --backend")
     ap.add_argument("--verbose", action="store_true", help="show library warnings on the console too")
     a = ap.parse_args(argv)
     a.iterations = a.iterations if a.iterations is not None else (6 if a.quick else 20)
+    a.seeds = a.seeds if a.seeds is not None else (2 if a.quick else None)
     a.duration = a.duration if a.duration is not None else (60.0 if a.quick else 120.0)
     a.compare = a.compare or ("hpa" if a.quick else "hpa,static")
     a.eval_seeds = 1
@@ -344,6 +351,8 @@ def check_args(a) -> tuple[Path, list[str]]:
         raise BadInput(f"--max-replicas: must be above --min-replicas ({a.min_replicas or 1}) (got {a.max_replicas})")
     if a.iterations < 1:
         raise BadInput(f"--iterations: must be >= 1 (got {a.iterations})")
+    if a.seeds is not None and a.seeds < 1:
+        raise BadInput(f"--seeds: must be >= 1 (got {a.seeds})")
     if not (math.isfinite(a.duration) and a.duration >= 4 * (a.interval or 2.0)):
         raise BadInput(f"--duration: must be at least 4 control intervals ({4 * (a.interval or 2.0):g} s) "
                        f"(got {a.duration:g})")

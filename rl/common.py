@@ -28,14 +28,19 @@ DEFAULTS: dict[str, Any] = {
               "tune_days": [11, 12], "eval_days": [13, 14], "scale": "auto", "target_util": 0.8},
     "slo_target": 0.01,
     "capacity_rps_per_replica": "auto",
-    "env": {"episode_s": 600, "history": 4,
+    "env": {"episode_s": 600, "history": 4, "features": "extended",
             "action": {"kind": "rate", "values": [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]},
-            "reward": {"cost_per_replica_s": 1.0, "lambda": 2.0}},
+            "reward": {"cost_per_replica_s": 1.0, "lambda": 2.0, "clip": None},
+            "randomize": {"enabled": "auto"}},
     "curriculum": {"synthetic_frac": 0.3, "scale_jitter": [0.75, 1.25],
                    "levels": [{"episodes": 0, "speedups": [1]}]},
     "training": {"algo": "ppo", "iterations": 30, "train_batch_size": 2000, "minibatch_size": 250,
                  "num_epochs": 8, "lr": 3e-4, "gamma": 0.97, "entropy_coeff": 0.005, "hidden": [64, 64]},
+    "population": {"seeds": 5, "grid": {}, "snapshot_every": 3, "select_seed": 1000},
 }
+# hyper-parameters a population's grid may vary (population.grid / rl.train --grid): training.* and the
+# reward's lambda
+GRID_KEYS = ("lr", "gamma", "entropy_coeff", "train_batch_size", "minibatch_size", "num_epochs", "lambda")
 
 
 def resolve_path(p: str, base_dir: str | None = None) -> str:
@@ -133,6 +138,20 @@ def load_rl_config(path: str | None = None, scenario: str | None = None, trace: 
         v = cfg["env"]["reward"].get(k)
         if not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"{path}: env.reward.{k}: must be a number >= 0 (got {v!r})")
+    clip = cfg["env"]["reward"].get("clip")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+        raise ConfigError(f"{path}: env.reward.clip: must be null or a number > 0 (got {clip!r})")
+    from simulator.learned import OBS_SETS
+    if cfg["env"].get("features") not in OBS_SETS:
+        raise ConfigError(f"{path}: env.features: must be one of {', '.join(OBS_SETS)} "
+                          f"(got {cfg['env'].get('features')!r})")
+    from rl.drift import randomize_enabled, validate_randomize
+    try:
+        cfg["env"]["randomize"] = validate_randomize(cfg["env"].get("randomize"))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    cfg["env"]["randomize"]["active"] = randomize_enabled(cfg["env"]["randomize"], sc)
+    cfg["population"] = validate_population(cfg["population"], path)
     if not 0 <= float(cfg["slo_target"]) < 1:
         raise ConfigError(f"{path}: slo_target: must be in [0, 1) (got {cfg['slo_target']!r})")
     ep = float(cfg["env"]["episode_s"])
@@ -171,6 +190,33 @@ def load_rl_config(path: str | None = None, scenario: str | None = None, trace: 
 def trace_scale_rule(window_p99_rps, capacity_at_max_rps: float, target_util: float) -> float:
     """Rule 6 of the study (:mod:`rl.study`): scale so the busiest window's p99 rate is ``target_util`` x what ``max_replicas`` serve."""
     return round(target_util * capacity_at_max_rps / max(max(window_p99_rps), 1e-9), 4)
+
+
+def validate_population(pop, path: str) -> dict:
+    """The ``population`` block: ``seeds`` (>= 1), ``grid`` ({key in GRID_KEYS: [values...]}),
+    ``snapshot_every`` (>= 1), ``select_seed`` (the tuning windows' simulation seed base)."""
+    if not isinstance(pop, Mapping):
+        raise ConfigError(f"{path}: population: must be a mapping (seeds, grid, snapshot_every, select_seed)")
+    bad = sorted(set(pop) - set(DEFAULTS["population"]))
+    if bad:
+        raise ConfigError(f"{path}: population.{bad[0]}: unknown key; allowed: {', '.join(DEFAULTS['population'])}")
+    for k in ("seeds", "snapshot_every", "select_seed"):
+        v = pop.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "select_seed" else 1):
+            raise ConfigError(f"{path}: population.{k}: must be a whole number >= "
+                              f"{0 if k == 'select_seed' else 1} (got {v!r})")
+    grid = pop.get("grid") or {}
+    if not isinstance(grid, Mapping):
+        raise ConfigError(f"{path}: population.grid: must map {', '.join(GRID_KEYS)} to lists of values")
+    out = {}
+    for k, vals in grid.items():
+        if k not in GRID_KEYS:
+            raise ConfigError(f"{path}: population.grid.{k}: unknown key; allowed: {', '.join(GRID_KEYS)}")
+        if not isinstance(vals, (list, tuple)) or not vals or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in vals):
+            raise ConfigError(f"{path}: population.grid.{k}: must be a non-empty list of numbers > 0 (got {vals!r})")
+        out[k] = list(vals)
+    return dict(pop, grid=out)
 
 
 def auto_trace_scale(rates: np.ndarray, days, sc: Scenario, slo_target: float,

@@ -13,7 +13,13 @@ interval's observation and reward, so an episode of ``episode_s`` seconds has
   a replica count (``target``), see :func:`simulator.learned.apply_action`;
 - reward: ``-(cost_per_replica_s * replica_seconds + lambda * (late + failed
   requests)) / (interval_s * max_replicas)`` for the interval
-  (:func:`rl.common.step_reward`).
+  (:func:`rl.common.step_reward`), floored at ``-env.reward.clip`` when that is set.
+
+Domain randomisation (``env.randomize``; on by default for calibrated
+scenarios, :func:`rl.drift.randomize_enabled`): each episode multiplies the
+scenario's service times, start-up delays, overhead and node contention terms
+by factors drawn uniformly from the configured ranges (:func:`rl.drift.draw_factors`),
+recorded in the episode's info.
 
 Episodes (``env.episode_s`` simulated seconds, truncated at the end) replay a
 random slice of the training days of the trace (time-compressed by a
@@ -33,10 +39,17 @@ import numpy as np
 
 from rl.common import base_scenario, day_range, interval_violations, load_rl_config, load_trace, reward_norm, \
     step_reward
+from rl.drift import draw_factors, perturb_scenario
 from simulator.config import Segment, WorkloadSpec
 from simulator.engine import Simulation
 from simulator.learned import ObsEncoder, apply_action, default_obs_spec
 from simulator.service import build_service_model
+
+
+def forecast_horizon(sc) -> float:
+    """How far ahead ``load_forecast`` looks: the mean start-up delay + one control interval (a replica
+    requested now serves from start-up on, until the decision after next can have replaced it)."""
+    return round(float(sc.cluster.startup.mean_value) + float(sc.autoscaler.interval_s), 3)
 
 
 def obs_spec_for(cfg: Mapping) -> dict:
@@ -45,7 +58,8 @@ def obs_spec_for(cfg: Mapping) -> dict:
                             max_batch_size=int(sc["batching"]["max_batch_size"]),
                             interval_s=float(sc["autoscaler"]["interval_s"]),
                             capacity_rps_per_replica=float(cfg["capacity_rps_per_replica"]),
-                            history=int(cfg["env"]["history"]))
+                            history=int(cfg["env"]["history"]), features=cfg["env"].get("features", "basic"),
+                            forecast_s=forecast_horizon(base_scenario(cfg)))
 
 
 class ServeSimEnv(gym.Env):
@@ -73,6 +87,9 @@ class ServeSimEnv(gym.Env):
         self.action_map = dict(cfg["env"]["action"])
         rw = cfg["env"]["reward"]
         self.cost, self.lam = float(rw["cost_per_replica_s"]), float(rw["lambda"])
+        self.clip = None if rw.get("clip") is None else float(rw["clip"])
+        rnd = cfg["env"].get("randomize") or {}
+        self.randomize = rnd if rnd.get("active") and not env_config.get("nominal") else None
         self.norm = reward_norm(cfg)
         cur = cfg["curriculum"]
         self.synthetic_frac = 1.0 if self.synthetic_only else float(cur["synthetic_frac"])
@@ -159,7 +176,13 @@ class ServeSimEnv(gym.Env):
         sim_seed = int(rng.integers(0, 2**31 - 1)) if not self.use_scenario_workload else self.base.seed
         sc = self.base.replace(seed=sim_seed, duration_s=dur, warmup_s=0.0, record_requests=False, workload=wl,
                                cluster=dataclasses.replace(c, replicas=init))
-        self.sim = Simulation(sc, model=self.model)
+        model = self.model
+        if self.randomize is not None:
+            factors = draw_factors(rng, self.randomize)
+            sc = perturb_scenario(sc, factors)
+            model = build_service_model(sc.service, sc.batching.max_batch_size)
+            info = dict(info, drift=factors)
+        self.sim = Simulation(sc, model=model)
         self.encoder.reset()
         self.obs = self.sim.start()
         self.steps = 0
@@ -183,6 +206,8 @@ class ServeSimEnv(gym.Env):
         self.prev_rs = row["replica_seconds"]
         viol = interval_violations(obs)
         r = step_reward(rs, viol, self.cost, self.lam, self.norm)
+        if self.clip is not None:
+            r = max(r, -self.clip)
         t = self.totals
         t["replica_s"] += rs
         t["violations"] += viol
@@ -206,4 +231,4 @@ def make_env(env_config=None) -> ServeSimEnv:
     return ServeSimEnv(env_config)
 
 
-__all__ = ["ServeSimEnv", "make_env", "obs_spec_for"]
+__all__ = ["ServeSimEnv", "forecast_horizon", "make_env", "obs_spec_for"]

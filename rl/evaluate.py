@@ -22,6 +22,16 @@ the whole trace if it is shorter). ``--scale auto`` sizes the trace so its p99
 rate needs ``target_util * max_replicas`` replicas (the factor is recorded).
 Baselines are tuned on the config's ``trace.tune_days`` (``--tuned FILE`` reuses
 a tuning written by ``python -m rl.baselines`` or an earlier evaluation).
+
+``--perturb service=1.3,startup=2`` evaluates everything on a drifted deployment
+(:mod:`rl.drift`; keys ``service`` -- per-batch service times, ``startup`` --
+replica start-up delays, ``overhead`` -- per-request time outside the server,
+``contention`` -- the node's interference / rate-contention terms; each a factor
+> 0): the learned policies and the baselines keep what they were trained or tuned
+with on the nominal deployment (a tuning is never redone on the perturbed one),
+the same load is replayed, and the oracle and the best static count know the
+perturbed deployment (its capacity is simulated again), so they stay bounds.
+The factors are recorded in ``results.json`` (``perturb``).
 """
 from __future__ import annotations
 
@@ -38,6 +48,7 @@ import numpy as np
 
 from rl.baselines import baseline_specs, run_one, summarize, tune
 from rl import sanity
+from rl.drift import PERTURB_KEYS, parse_perturb, perturb_label, perturb_scenario
 from rl.common import (DAY_S, DEFAULT_CONFIG, auto_trace_scale, base_scenario, jsonable, load_rl_config, load_trace,
                        select_windows, trace_scenario, window_stats, write_json)
 from simulator.io import OutputFolder, json_has_keys, run_cli
@@ -83,6 +94,22 @@ def _windows(a, rates: np.ndarray, cfg: dict) -> list[dict]:
     return list(w.values())
 
 
+def policy_names(paths: list[str]) -> list[str]:
+    """A short distinct name per policy file: its name without ``.pt``, with as many parent folders as it
+    takes to tell it from the others and from the baselines (``runs/a/trials/seed0/policy.pt`` ->
+    ``seed0/policy`` next to ``runs/b/policy.pt`` -> ``b/policy``)."""
+    parts = [os.path.normpath(os.path.abspath(p))[:-3 if p.endswith(".pt") else None].split(os.sep) for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(q[-d:]) for q, d in zip(parts, depth)]
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1 or n in BASELINES]
+        grow = [i for i in clash if depth[i] < len(parts[i])]
+        if not grow:
+            return names
+        for i in grow:
+            depth[i] += 1
+
+
 def static_sweep(sc, lo: int, hi: int, slo_target: float, model) -> tuple[int, dict]:
     """Best static count in hindsight for this very run: ``lo`` upward until a count meets the target
     (violations fall with the count); ``(count, {count: result})``, the count with the fewest violations
@@ -112,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=DEFAULT_CONFIG)
     ap.add_argument("--scenario", default=None, help="scenario YAML (default: the config's)")
     ap.add_argument("--tuned", default=None, help="reuse a baseline tuning (JSON from rl.baselines / an earlier run)")
+    ap.add_argument("--perturb", default=None, metavar="KEY=F,...",
+                    help=f"evaluate on a drifted deployment, e.g. service=1.3,startup=2 (keys: {', '.join(PERTURB_KEYS)})")
     ap.add_argument("--out", required=True, help="output folder (written atomically)")
     ap.add_argument("--force", action="store_true",
                     help="replace --out if an earlier rl.evaluate wrote it (never another folder)")
@@ -146,13 +175,9 @@ def _evaluate(a, folder) -> tuple[list[dict], list]:
     if not (a.speedup > 0 and math.isfinite(a.speedup)):
         raise ConfigError(f"--speedup: must be > 0 (got {a.speedup})")
     base_names = _parse_baselines(a.baselines)
+    factors = parse_perturb(a.perturb)
     from simulator.learned import LearnedPolicy
-    pols = {}
-    for p in a.policies:
-        name = os.path.splitext(os.path.basename(p))[0]
-        if name in pols or name in BASELINES:
-            name = os.path.basename(os.path.dirname(os.path.abspath(p))) + "/" + name
-        pols[name] = LearnedPolicy.load(p)
+    pols = {name: LearnedPolicy.load(p) for name, p in zip(policy_names(a.policies), a.policies)}
     if not pols and not base_names:
         raise ConfigError("nothing to evaluate: give policy files and/or --baselines")
     cfg = load_rl_config(a.config, scenario=a.scenario)
@@ -175,7 +200,7 @@ def _evaluate(a, folder) -> tuple[list[dict], list]:
         scale_rule = "given (--scale)"
     a.trace = trace
     wins = _windows(a, rates, cfg)
-    base = base_scenario(cfg)
+    base = perturb_scenario(base_scenario(cfg), factors)
     for name, p in pols.items():
         ps = p.meta.get("scenario", {})
         if ps.get("hash") and ps["hash"] != cfg["scenario_hash"]:
@@ -183,6 +208,12 @@ def _evaluate(a, folder) -> tuple[list[dict], list]:
                   f"{cfg['scenario_name']} ({cfg['scenario_hash']})", file=sys.stderr)
     cap = cfg["capacity_rps_per_replica"]
     slo_t = float(cfg["slo_target"])
+    cap_oracle = cap
+    if factors:
+        from simulator.capacity import per_replica_capacity
+        cap_oracle = float(per_replica_capacity(base, violation_target=slo_t))
+        print(f"perturbed deployment: {perturb_label(factors)} (one replica serves {cap_oracle:.1f} req/s at the "
+              f"SLO, nominal {cap:.1f}; policies and baselines keep their nominal training / tuning)", flush=True)
     from simulator.service import build_service_model
     model = build_service_model(base.service, base.batching.max_batch_size)
 
@@ -244,7 +275,7 @@ def _evaluate(a, folder) -> tuple[list[dict], list]:
                 print(f"  oracle: replicas share the node's cores; fleet capacity by replica count "
                       f"{', '.join(f'{n + 1}: {c:.1f}' for n, c in enumerate(node_caps))} rps", flush=True)
             for sc, (_, runs) in zip(scs, sweeps):
-                r, choice, _ = oracle_run(sc, cap, slo_t, model=model, caps=node_caps, statics=runs)
+                r, choice, _ = oracle_run(sc, cap_oracle, slo_t, model=model, caps=node_caps, statics=runs)
                 res.append(r)
                 ch.append(choice)
             per["oracle"] = res
@@ -292,6 +323,8 @@ def _evaluate(a, folder) -> tuple[list[dict], list]:
             checks.append(sanity.costs_differ(name, by_pol[name]["replica_seconds"], "hpa_tuned",
                                               by_pol["hpa_tuned"]["replica_seconds"]))
     result = {"trace": trace, "scale": scale, "scale_rule": scale_rule, "speedup": a.speedup, "seeds": seeds,
+              "perturb": {k: factors.get(k, 1.0) for k in PERTURB_KEYS}, "perturb_label": perturb_label(factors),
+              "capacity_oracle_rps_per_replica": cap_oracle,
               "windows": wins, "study": (base.provenance or {}).get("study"),
               "sanity": sanity.record(checks, a.allow_degenerate),
               "slo_target": slo_t, "capacity_rps_per_replica": cap, "scenario": cfg["scenario_dict"],

@@ -1,11 +1,15 @@
-"""``python -m rl.select RUN_DIR`` -- learning curve and model selection on the tuning days.
+"""Model selection on the tuning days: ``python -m rl.select RUN_DIR`` (one training run's snapshots).
 
-Evaluates every ``RUN_DIR/snapshots/policy_iter*.pt`` and ``RUN_DIR/policy.pt``
-greedily on the baselines' tuning windows (``trace.tune_days`` -- never the
-evaluation days), writes ``RUN_DIR/curve.csv`` (iteration, env steps,
-replica-seconds, SLO-violation rate, p99) and copies the cheapest snapshot whose
-SLO-violation rate is <= ``slo_target`` to ``RUN_DIR/policy_selected.pt``
-(if none meets it, the one with the fewest violations).
+The rule, used for a run's snapshots and for a population's trials alike (:func:`pick`): the candidate with
+the fewest replica-seconds whose SLO-violation rate over the tuning windows (``trace.tune_days``, never the
+evaluation days; the windows the baselines are tuned on, :func:`rl.baselines.tuning_set`) is at most
+``slo_target`` -- the criterion the tuned HPA was chosen by; if none meets it, the one with the fewest
+violations.
+
+``python -m rl.select RUN_DIR`` evaluates every ``RUN_DIR/snapshots/policy_iter*.pt`` (without snapshots:
+``RUN_DIR/policy_final.pt`` or ``RUN_DIR/policy.pt``) greedily on the tuning windows, writes
+``RUN_DIR/curve.csv`` (iteration, env steps, replica-seconds, SLO-violation rate, worst p99) and copies the
+chosen file to ``RUN_DIR/policy_selected.pt``. ``rl.train`` does the same for every trial of a population.
 """
 from __future__ import annotations
 
@@ -15,11 +19,91 @@ import glob
 import os
 import shutil
 import sys
+from typing import Callable, Iterable, Mapping
 
-from rl.baselines import run_one, summarize, tuning_windows
-from rl.common import DEFAULT_CONFIG, base_scenario, load_rl_config, load_trace, trace_scenario
-from simulator.io import run_cli
+from rl.common import DEFAULT_CONFIG, load_rl_config
 from simulator.config import ConfigError
+from simulator.io import run_cli
+
+
+def snapshot_files(run_dir: str) -> list[str]:
+    """A run's snapshots (oldest first; ``rl.train`` also snapshots the last iteration), or its final
+    policy when it has none."""
+    files = sorted(glob.glob(os.path.join(run_dir, "snapshots", "policy_iter*.pt")))
+    if not files:
+        for name in ("policy_final.pt", "policy.pt"):
+            if os.path.exists(os.path.join(run_dir, name)):
+                return [os.path.join(run_dir, name)]
+    return files
+
+
+def tuning_scores(files: Iterable[str], cfg: Mapping, seed: int = 1000,
+                  log: Callable[[str], None] | None = None) -> list[dict]:
+    """Each policy file greedily on the tuning windows (simulation seed ``seed + i`` for window ``i``):
+    ``{"file", "iteration", "env_steps", "replica_seconds", "slo_violation_rate", "p99_ms_max"}``."""
+    from rl.baselines import run_one, summarize, tuning_set
+    from simulator.learned import LearnedPolicy
+    _, scen, model = tuning_set(dict(cfg), seed)
+    rows = []
+    for f in files:
+        pol = LearnedPolicy.load(f)
+        tr = pol.meta.get("training", {})
+        rs = viol = req = p99 = 0.0
+        for sc in scen:
+            r = summarize(run_one(sc, pol.spec(), model, policy=pol))
+            rs += r["replica_seconds"]
+            viol += r["violations"]
+            req += r["requests"]
+            p99 = max(p99, r["p99_ms"])
+        row = {"file": f, "iteration": tr.get("iterations"), "env_steps": tr.get("env_steps"),
+               "replica_seconds": round(rs, 1), "slo_violation_rate": viol / max(req, 1.0), "p99_ms_max": p99}
+        rows.append(row)
+        if log:
+            log(f"{os.path.basename(f):24s} iter {row['iteration']!s:>4s}  replica-s {rs:8.0f}  "
+                f"SLO-viol {row['slo_violation_rate']:.4f}")
+    return rows
+
+
+def pick(rows: list[Mapping], slo_target: float) -> tuple[Mapping, bool]:
+    """``(best, meets)``: the cheapest row with ``slo_violation_rate <= slo_target`` (ties: fewer violations,
+    then the earlier row), else the row with the fewest violations."""
+    if not rows:
+        raise ValueError("nothing to select from")
+    ok = [r for r in rows if r["slo_violation_rate"] <= slo_target]
+    if ok:
+        return min(ok, key=lambda r: (r["replica_seconds"], r["slo_violation_rate"])), True
+    return min(rows, key=lambda r: (r["slo_violation_rate"], r["replica_seconds"])), False
+
+
+def write_csv(path: str, rows: list[Mapping]) -> None:
+    """Rows (same keys) to ``path`` atomically."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def copy_atomic(src: str, dst: str) -> None:
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+
+
+def select_run(run_dir: str, cfg: Mapping, seed: int = 1000, dst_name: str = "policy_selected.pt",
+               log: Callable[[str], None] | None = None) -> dict:
+    """Score a run's snapshots on the tuning windows, write ``curve.csv``, copy the chosen one to
+    ``run_dir/dst_name``; returns ``{"selected": row, "meets": bool, "curve": rows}``."""
+    files = snapshot_files(run_dir)
+    if not files:
+        raise ConfigError(f"{run_dir}: no policy.pt or snapshots/policy_iter*.pt")
+    rows = tuning_scores(files, cfg, seed, log)
+    for r in rows:
+        r["file"] = os.path.relpath(r["file"], run_dir)
+    write_csv(os.path.join(run_dir, "curve.csv"), rows)
+    best, meets = pick(rows, float(cfg["slo_target"]))
+    copy_atomic(os.path.join(run_dir, best["file"]), os.path.join(run_dir, dst_name))
+    return {"selected": dict(best), "meets": meets, "curve": rows}
 
 
 def main(argv=None) -> int:
@@ -33,51 +117,11 @@ def main(argv=None) -> int:
 
 
 def _run(a) -> int:
-    from simulator.learned import LearnedPolicy
-    files = sorted(glob.glob(os.path.join(a.run_dir, "snapshots", "policy_iter*.pt")))
-    if os.path.exists(os.path.join(a.run_dir, "policy.pt")):
-        files.append(os.path.join(a.run_dir, "policy.pt"))
-    if not files:
-        raise ConfigError(f"{a.run_dir}: no policy.pt or snapshots/policy_iter*.pt")
     cfg = load_rl_config(a.config, scenario=a.scenario)
-    rates = load_trace(cfg["trace"]["path"])
-    base = base_scenario(cfg)
-    cap = cfg["capacity_rps_per_replica"]
-    wins = tuning_windows(cfg, rates)
-    scen = [trace_scenario(base, cfg["trace"]["path"], w["start"], w["length"], cfg["trace"]["scale"], 1.0,
-                           a.seed + i, cap, rates=rates) for i, w in enumerate(wins)]
-    from simulator.service import build_service_model
-    model = build_service_model(base.service, base.batching.max_batch_size)
-    rows = []
-    for f in files:
-        pol = LearnedPolicy.load(f)
-        tr = pol.meta.get("training", {})
-        tot = {"replica_seconds": 0.0, "violations": 0.0, "requests": 0.0, "p99": 0.0}
-        for sc in scen:
-            r = summarize(run_one(sc, pol.spec(), model, policy=pol))
-            tot["replica_seconds"] += r["replica_seconds"]
-            tot["violations"] += r["violations"]
-            tot["requests"] += r["requests"]
-            tot["p99"] = max(tot["p99"], r["p99_ms"])
-        row = {"file": os.path.relpath(f, a.run_dir), "iteration": tr.get("iterations"),
-               "env_steps": tr.get("env_steps"), "replica_seconds": round(tot["replica_seconds"], 1),
-               "slo_violation_rate": tot["violations"] / max(tot["requests"], 1.0), "p99_ms_max": tot["p99"]}
-        rows.append(row)
-        print(f"{row['file']:32s} iter {row['iteration']!s:>4s} steps {row['env_steps']!s:>8s}  replica-s "
-              f"{row['replica_seconds']:8.0f}  SLO-viol {row['slo_violation_rate']:.4f}", flush=True)
-    tmp = os.path.join(a.run_dir, "curve.csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, os.path.join(a.run_dir, "curve.csv"))
-    ok = [r for r in rows if r["slo_violation_rate"] <= cfg["slo_target"]]
-    best = min(ok, key=lambda r: r["replica_seconds"]) if ok else min(rows, key=lambda r: r["slo_violation_rate"])
-    dst = os.path.join(a.run_dir, "policy_selected.pt")
-    shutil.copyfile(os.path.join(a.run_dir, best["file"]), dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
-    print(f"selected {best['file']} ({'meets' if ok else 'misses'} the SLO-violation target {cfg['slo_target']} "
-          f"on the tuning windows) -> {dst}")
+    out = select_run(a.run_dir, cfg, a.seed, log=lambda m: print(m, flush=True))
+    best = out["selected"]
+    print(f"selected {best['file']} ({'meets' if out['meets'] else 'misses'} the SLO-violation target "
+          f"{cfg['slo_target']} on the tuning windows) -> {os.path.join(a.run_dir, 'policy_selected.pt')}")
     return 0
 
 

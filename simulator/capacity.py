@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from simulator.config import AutoscalerSpec, ConfigError, Scenario, WorkloadSpec
+from simulator.service import saturation_rps  # noqa: F401  (public here too: the capacity vocabulary)
 
 UNLOADED_UTIL = 0.05            # the unloaded probe: this fraction of one replica's saturation rate
 UNLOADED_REQUESTS = 4000        # requests per seed of the unloaded probe
@@ -55,14 +56,6 @@ def _key(sc: Scenario, *extra) -> str:
             if k not in ("replicas", "min_replicas", "max_replicas", "startup_s")}
     return json.dumps([sc.service.to_dict(), sc.batching.to_dict(), sc.slo_ms, node, *extra],
                       sort_keys=True, default=str)
-
-
-def saturation_rps(sc: Scenario, replicas: int = 1, model=None) -> float:
-    """Items per second ``replicas`` replicas process with full batches back to back (no contention)."""
-    from simulator.service import build_service_model
-    model = model or build_service_model(sc.service, sc.batching.max_batch_size)
-    best = max(b / max(model.mean_ms(b), 1e-9) for b in range(1, model.max_batch + 1))
-    return float(replicas * sc.batching.instances * best * 1e3)
 
 
 def unloaded_latency(sc: Scenario, seeds=(1, 2), model=None) -> dict:

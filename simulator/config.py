@@ -63,6 +63,12 @@ class Dist:
                 d[f"shift_{unit}"] = self.shift
         return d
 
+    def scaled(self, s: float) -> "Dist":
+        """The variable ``s * X`` (every quantile times ``s``; the coefficient of variation kept)."""
+        if self.kind == "empirical":
+            return Dist("empirical", quantiles=tuple(q * s for q in self.quantiles))
+        return Dist(self.kind, mean=self.mean * s, cv=self.cv, shift=self.shift * s)
+
     @property
     def mean_value(self) -> float:
         if self.kind == "empirical":
@@ -382,6 +388,8 @@ class ClusterSpec:
     handling slows the model only when it and the batches together exceed the node's
     cores (a lone replica on a 2-core node has a core to spare; two busy replicas do
     not). Needs ``interference > 0``; 0 disables; fitted by calibration.
+    Both engines apply this rule through one function,
+    :func:`simulator.contention.contention_factor`.
     """
 
     replicas: int = 1

@@ -23,6 +23,7 @@ over requests that *arrived* in ``[warmup_s, duration_s)``.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import simpy
 
 from simulator.batching import STATUS_NAMES
 from simulator.config import Dist, Scenario
+from simulator.memory import check_memory
 from simulator.metrics import (A_ARRIVALS, A_BUSY_S, A_COMPUTE_S, A_DROPPED, A_EXEC, A_FAIL, A_INFER,
                                A_LAT_S, A_OK, A_QUEUE_S, A_REJECTED, A_SLO_VIOL, A_TIMEOUT,
                                exact_quantiles, hist_quantiles, safe_div)
@@ -59,7 +61,7 @@ class Replica:
 
 @dataclass
 class Result:
-    """What one simulated run produced (nothing is written to disk)."""
+    """What one simulated run produced (nothing is written to disk until a ``write_*`` method is called)."""
 
     scenario: Scenario
     summary: dict[str, Any]
@@ -67,6 +69,8 @@ class Result:
     replicas: list[Replica]
     records: dict[str, np.ndarray] | None = None
     wall_s: float = 0.0
+    # client latencies of the successes that arrived after warm-up, binned as in simulator.metrics
+    latency_histogram: np.ndarray | None = None
 
     def timeline_frame(self):
         import pandas as pd
@@ -81,9 +85,57 @@ class Result:
                                                  categories=list(STATUS_NAMES))
         return df
 
+    def write_timeline_csv(self, path: str) -> None:
+        """One row per control interval (:attr:`timeline`) plus the seed; NaN as an empty cell."""
+        import csv
+        header = list(dict.fromkeys(k for row in self.timeline for k in row)) + ["seed"]
+        seed = self.scenario.seed
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for row in self.timeline:
+                w.writerow(["" if isinstance(v, float) and math.isnan(v) else v
+                            for v in (row.get(k, math.nan) for k in header[:-1])] + [seed])
+
+    def records_table(self):
+        """Per-request records as a ``pyarrow.Table`` built from the arrays themselves (no copy):
+        arrival, dispatch and completion seconds, replica, batch size, and the status as a dictionary
+        column of :data:`~simulator.batching.STATUS_NAMES`; the scenario and seed in its metadata."""
+        import pyarrow as pa
+        from simulator.io import jsonable
+        if self.records is None:
+            return None
+
+        # columns over the arrays' own buffers: pa.array() would import pandas (~0.6 s) to inspect them
+        def column(a):
+            a = np.ascontiguousarray(a)
+            return pa.Array.from_buffers(pa.from_numpy_dtype(a.dtype), len(a), [None, pa.py_buffer(a)])
+
+        names = [s.encode() for s in STATUS_NAMES]
+        offsets = np.cumsum([0] + [len(s) for s in names]).astype(np.int32)
+        statuses = pa.Array.from_buffers(pa.string(), len(names), [None, pa.py_buffer(offsets),
+                                                                   pa.py_buffer(b"".join(names))])
+        r = self.records
+        keys = ("arrival_s", "dispatch_s", "completion_s", "replica", "batch_size")
+        cols = [column(r[k]) for k in keys]
+        cols.append(pa.DictionaryArray.from_arrays(column(np.clip(r["status"], 0, len(names) - 1).astype(np.int8)),
+                                                   statuses))
+        meta = {b"servesim.scenario": json.dumps(jsonable(self.scenario.to_dict())).encode(),
+                b"servesim.seed": str(self.scenario.seed).encode()}
+        return pa.Table.from_arrays(cols, names=[*keys, "status"], metadata=meta)
+
+    def write_records_parquet(self, path: str) -> None:
+        """:meth:`records_table` as Parquet (snappy; only the status column dictionary-encoded: the
+        others are nearly all distinct, and trying to dictionary-encode them triples the writing time)."""
+        import pyarrow.parquet as pq
+        pq.write_table(self.records_table(), path, use_dictionary=["status"])
+
 
 def dist_table(d: Dist) -> np.ndarray:
     return quantile_function(d, GRID_U)
+
+
+StartupDelay = Callable[[int, float], "float | None"]
 
 
 class Simulation:
@@ -91,26 +143,41 @@ class Simulation:
 
     ``obs = sim.start()``, then ``obs = sim.step(desired)`` until ``obs is None``;
     ``sim.result()`` afterwards. :func:`simulate` drives it with a :class:`Policy`.
+
+    The run's memory is estimated first and a run over ``memory_budget`` is refused
+    (:func:`simulator.memory.check_memory`; ``summary["memory"]`` records the estimate and budget).
+
+    ``startup_delay(uid, t)``, if given, decides the start-up delay of every replica a
+    scale-up adds (the ``cluster.replicas`` present at t=0 are ready at once): called
+    once per added replica, in the order they are added, with its id and the instant it
+    was requested; it returns the seconds until it is ready (``math.inf``: never ready),
+    or ``None`` for the scenario's own draw (:meth:`drawn_startup_delay`, from
+    ``cluster.startup_s``). Replaying a measured run uses it to make each replica ready
+    exactly when the real one was (:mod:`calibration.replay`).
     """
 
     def __init__(self, sc: Scenario, engine: str = "fast", model: ServiceModel | None = None,
-                 progress: Callable[[float], None] | None = None):
+                 progress: Callable[[float], None] | None = None,
+                 startup_delay: StartupDelay | None = None, memory_budget: str | int | float | None = None):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r})")
         self.sc = sc
         self.engine = engine
         self.model = model or build_service_model(sc.service, sc.batching.max_batch_size)
+        # refused here (ConfigError), before anything is allocated, if it would not fit the budget
+        self.memory = check_memory(sc, engine, memory_budget, self.model)
         self.env = simpy.Environment()
         think = dist_table(sc.workload.think) if sc.workload.kind == "closed_loop" else np.zeros(2)
         arrivals = None if sc.workload.kind == "closed_loop" else \
             ArrivalSource(sc.workload, sc.duration_s, sc.seed)
         if engine == "fast":
             from simulator.fastplane import FastPlane
-            self.dp = FastPlane(sc, self.model, think, arrivals)
+            self.dp = FastPlane(sc, self.model, think, arrivals, memory=self.memory)
         else:
             from simulator.refplane import RefPlane
-            self.dp = RefPlane(sc, self.model, think, arrivals, self.env)
+            self.dp = RefPlane(sc, self.model, think, arrivals, self.env, memory=self.memory)
         self.startup_table = dist_table(sc.cluster.startup)
+        self.startup_delay = startup_delay
         self.replicas: dict[int, Replica] = {}
         self.next_uid = 0
         self.interval = sc.autoscaler.interval_s
@@ -142,8 +209,15 @@ class Simulation:
             r.ready_s = t
             self.dp.set_ready(uid, t)
         else:
-            delay = float(draw(self.startup_table, uniform(self.sc.seed, STARTUP, uid, 0)))
-            self.env.process(self._startup(r, delay))
+            delay = self.startup_delay(uid, t) if self.startup_delay is not None else None
+            if delay is None:
+                delay = self.drawn_startup_delay(uid)
+            if not math.isinf(delay):
+                self.env.process(self._startup(r, delay))
+
+    def drawn_startup_delay(self, uid: int) -> float:
+        """Start-up delay (s) of replica ``uid`` drawn from the scenario's ``cluster.startup_s``."""
+        return float(draw(self.startup_table, uniform(self.sc.seed, STARTUP, uid, 0)))
 
     def _startup(self, r: Replica, delay: float):
         yield self.env.timeout(delay)
@@ -297,22 +371,28 @@ class Simulation:
             "seed": sc.seed, "engine": self.engine,
             "wall_s": getattr(self, "_wall", math.nan),
             "sim_requests_per_wall_s": safe_div(self.dp.n_requests, getattr(self, "_wall", math.nan)),
+            "memory": {"estimate_bytes": self.memory.total, "expected_requests": self.memory.requests,
+                       "budget_bytes": self.memory.budget, "budget_from": self.memory.budget_source},
             "scenario": sc.to_dict(),
         }
         return Result(scenario=sc, summary=summary, timeline=self.timeline,
                       replicas=sorted(self.replicas.values(), key=lambda r: r.uid), records=recs,
-                      wall_s=summary["wall_s"])
+                      wall_s=summary["wall_s"], latency_histogram=self.dp.gh.copy())
 
 
 def simulate(sc: Scenario, engine: str = "fast", policy: Policy | None = None,
-             progress: Callable[[float], None] | None = None, model: ServiceModel | None = None) -> Result:
+             progress: Callable[[float], None] | None = None, model: ServiceModel | None = None,
+             memory_budget: str | int | float | None = None) -> Result:
     """Run one scenario to the end and return its :class:`Result` (no disk I/O).
 
     ``policy`` overrides the scenario's ``autoscaler`` block (its ``interval_s`` still applies).
+    A run whose estimated memory exceeds ``memory_budget`` (bytes or e.g. ``"8G"``; default
+    ``$SERVESIM_MEMORY_BUDGET``, else half the machine's memory) is refused with a
+    :class:`~simulator.config.ConfigError` before it starts (:mod:`simulator.memory`).
     """
     pol = policy if policy is not None else make_policy(sc.autoscaler)
     pol.reset()
-    sim = Simulation(sc, engine=engine, progress=progress, model=model)
+    sim = Simulation(sc, engine=engine, progress=progress, model=model, memory_budget=memory_budget)
     obs = sim.start()
     while obs is not None:
         obs = sim.step(pol.decide(obs))

@@ -27,6 +27,7 @@ from numba import njit
 # simulator.batching, so a change there must touch this file too (rules as of: the batch is capped at the
 # largest preferred size until the oldest request's delay expires).
 from simulator.batching import DROPPED, OK, REJECTED, TIMEOUT, batch_decision
+from simulator.contention import contention_factor, new_rate_window, node_rate, note_arrival
 from simulator.metrics import (A_ARRIVALS, A_BUSY_S, A_COMPUTE_S, A_DROPPED, A_EXEC, A_FAIL, A_INFER,
                                A_LAT2_S, A_LAT_S, A_OK, A_QUEUE_S, A_REJECTED, A_SLO_VIOL, A_TIMEOUT,
                                H_BINS, N_ACC, hist_bin)
@@ -39,10 +40,10 @@ LB_RR, LB_RANDOM, LB_LEAST = 0, 1, 2
 LB_CODES = {"round_robin": LB_RR, "random": LB_RANDOM, "least_outstanding": LB_LEAST}
 
 # int state vector
+# S_NSLOTS: slots the kernel scans, 1 + the highest slot ever used (slots are taken lowest first)
 S_NSLOTS, S_RR, S_NEXT_ID, S_NREADY, S_PTR, S_HEAP, S_NBUSY, S_REC_CAP, S_NGONE = range(9)
 # float params
-F_WARMUP, F_SLO, F_STOP, F_DELAY_US, F_TIMEOUT, F_ISTART, F_INTERF, F_CORES, F_RCONT, F_RWIN, F_RBIN, F_RCUR, \
-    F_RPREV, F_RCORES = range(14)
+F_WARMUP, F_SLO, F_STOP, F_DELAY_US, F_TIMEOUT, F_ISTART, F_INTERF, F_CORES, F_RCONT, F_RWIN, F_RCORES = range(11)
 # int params
 P_SEED, P_MAXB, P_INST, P_MAXQ, P_LB, P_REC, P_CLOSED, P_OVZERO = range(8)
 
@@ -107,8 +108,8 @@ def _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, 
         ia[A_QUEUE_S] += queue_s
         ia[A_COMPUTE_S] += compute_s
         ia[A_LAT_S] += lat
-        ms = lat * 1e3
-        ih[hist_bin(ms)] += 1
+        hb = hist_bin(lat * 1e3)
+        ih[hb] += 1
         if lat > fs[F_SLO]:
             ia[A_SLO_VIOL] += 1.0
         if counted:
@@ -117,7 +118,7 @@ def _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, 
             ga[A_COMPUTE_S] += compute_s
             ga[A_LAT_S] += lat
             ga[A_LAT2_S] += lat * lat
-            gh[hist_bin(ms)] += 1
+            gh[hb] += 1
             if lat > fs[F_SLO]:
                 ga[A_SLO_VIOL] += 1.0
     else:
@@ -147,30 +148,7 @@ def _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, 
 
 
 @njit(cache=True)
-def _note_arrival(fs, t):
-    """Count an arrival in its ``rate_window_s`` bin (see simulator.config.ClusterSpec)."""
-    b = math.floor(t / fs[F_RWIN])
-    if b == fs[F_RBIN]:
-        fs[F_RCUR] += 1.0
-    else:
-        fs[F_RPREV] = fs[F_RCUR] if b == fs[F_RBIN] + 1.0 else 0.0
-        fs[F_RCUR] = 1.0
-        fs[F_RBIN] = b
-
-
-@njit(cache=True)
-def _node_rate(fs, t):
-    """Node arrival rate (req/s) over the last complete ``rate_window_s`` bin before ``t``."""
-    b = math.floor(t / fs[F_RWIN])
-    if b == fs[F_RBIN]:
-        return fs[F_RPREV] / fs[F_RWIN]
-    if b == fs[F_RBIN] + 1.0:
-        return fs[F_RCUR] / fs[F_RWIN]
-    return 0.0
-
-
-@njit(cache=True)
-def _try_dispatch(s, t, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head, q_len,
+def _try_dispatch(s, t, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head, q_len,
                   i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer):
     """Run the batcher of slot ``s`` at time ``t`` while it has a free instance."""
     ninst = ip[P_INST]
@@ -197,14 +175,9 @@ def _try_dispatch(s, t, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_use
         s_nb[s] = k + 1
         svc = draw(table[n - 1], uniform(ip[P_SEED], SERVICE, s_uid[s], k)) * 1e-3
         st[S_NBUSY] += 1
-        if fs[F_INTERF] > 0.0:
-            extra = st[S_NBUSY] - fs[F_CORES]
-            if fs[F_RCORES] > 0.0:
-                extra += fs[F_RCORES] * _node_rate(fs, t)
-            if extra > 0:
-                svc *= 1.0 + fs[F_INTERF] * extra
-        if fs[F_RCONT] > 0.0:
-            svc *= 1.0 + fs[F_RCONT] * _node_rate(fs, t)
+        if fs[F_INTERF] > 0.0 or fs[F_RCONT] > 0.0:
+            svc *= contention_factor(st[S_NBUSY], fs[F_CORES], fs[F_INTERF], fs[F_RCORES], fs[F_RCONT],
+                                     node_rate(rw, t, fs[F_RWIN]))
         h = q_head[s]
         for j in range(n):
             b_arr[s, free, j] = q_arr[s, h]
@@ -231,12 +204,15 @@ def _slot_empty(s, ninst, q_len, i_busy):
     return True
 
 
-@njit(cache=True)
-def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
+@njit(cache=True, nogil=True)
+def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
             s_state, s_uid, s_nb, ready, q_arr, q_id, q_user, q_head, q_len,
             i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer,
             ht, hu, ukount, ia, ga, ih, gh, rec_f, rec_i, gone_uid, gone_t):
-    """Process every data-plane event with time < ``until``. Returns a RET_* code."""
+    """Process every data-plane event with time < ``until``. Returns a RET_* code.
+
+    Runs without the GIL: other Python threads (e.g. ``simulator.run`` importing its output
+    libraries) proceed meanwhile."""
     ninst = ip[P_INST]
     closed = ip[P_CLOSED] == 1
     timeout = fs[F_TIMEOUT]
@@ -299,7 +275,7 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
                 _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                                 b_id[s, i, j], b_user[s, i, j], a, tc, OK, start, n, s_uid[s],
                                 start - a, svc)
-            _try_dispatch(s, tc, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
+            _try_dispatch(s, tc, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
                           q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
             if s_state[s] == DRAINING and _slot_empty(s, ninst, q_len, i_busy):
                 s_state[s] = FREE
@@ -318,7 +294,7 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
             q_len[s] -= 1
             _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                             rid, u, a, tt, TIMEOUT, tt, 0, s_uid[s], 0.0, 0.0)
-            _try_dispatch(s, tt, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
+            _try_dispatch(s, tt, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
                           q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
             if s_state[s] == DRAINING and _slot_empty(s, ninst, q_len, i_busy):
                 s_state[s] = FREE
@@ -328,7 +304,7 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
         elif tm == tmin:
             # ---- batcher delay timer
             timer[ms] = INF
-            _try_dispatch(ms, tm, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
+            _try_dispatch(ms, tm, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
                           q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
         else:
             # ---- arrival
@@ -365,12 +341,17 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
                 st[S_PTR] += 1
             st[S_NEXT_ID] = rid + 1
             if fs[F_RCONT] > 0.0 or fs[F_RCORES] > 0.0:
-                _note_arrival(fs, ta)
+                note_arrival(rw, ta, fs[F_RWIN])
             ia[A_ARRIVALS] += 1.0
             if ta >= warm:
                 ga[A_ARRIVALS] += 1.0
-            if ip[P_REC] == 1:
+            if ip[P_REC] == 1:          # finish fields stay NaN / -1 until the request finishes
                 rec_f[0, rid] = ta
+                rec_f[1, rid] = np.nan
+                rec_f[2, rid] = np.nan
+                rec_i[0, rid] = -1
+                rec_i[1, rid] = -1
+                rec_i[2, rid] = -1
             if s < 0:
                 _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                                 rid, user, ta, ta, DROPPED, ta, 0, -1, 0.0, 0.0)
@@ -385,7 +366,7 @@ def advance(until, arr, st, fs, ip, pref, table, ovt, tht,
                 q_id[s, p] = rid
                 q_user[s, p] = user
                 q_len[s] += 1
-                _try_dispatch(s, ta, st, fs, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
+                _try_dispatch(s, ta, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
                               q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
 
 
@@ -402,6 +383,54 @@ def busy_snapshot(t, fs, s_state, i_busy, i_start, nslots):
     return tot
 
 
+# --------------------------------------------------------------------------- compiled-code cache
+
+
+def _drop_cache_if_callees_changed() -> None:
+    """Recompile this module's kernels when a module they compile in has changed.
+
+    Numba's on-disk cache (``cache=True``; files next to this module in ``__pycache__``, or
+    under ``NUMBA_CACHE_DIR``) is keyed by the source of the file a function is defined in
+    only: "changes in functions defined in other files are not detected" (numba docs, Notes on
+    caching). :func:`advance` compiles in :mod:`simulator.batching`, :mod:`simulator.contention`,
+    :mod:`simulator.metrics`, :mod:`simulator.rng` and :mod:`simulator.service`, so their digest
+    is kept beside the cache and the cache is flushed when it differs (after an edit or an
+    upgrade). Without a writable cache, or if numba's cache object changes shape, numba's own
+    rule applies.
+    """
+    import hashlib
+    import os
+    import sys
+    deps = [sys.modules[m].__file__ for m in ("simulator.batching", "simulator.contention", "simulator.metrics",
+                                              "simulator.rng", "simulator.service")]
+    kernels = [f for f in globals().values()
+               if hasattr(f, "_cache") and getattr(f, "py_func", None) is not None and f.py_func.__module__ == __name__]
+    try:
+        h = hashlib.sha256()
+        for path in deps:
+            with open(path, "rb") as f:
+                h.update(f.read())
+        digest = h.hexdigest()
+        stamp = os.path.join(advance._cache.cache_path, "fastplane.callees.sha256")
+        try:
+            with open(stamp) as f:
+                if f.read() == digest:
+                    return
+        except FileNotFoundError:
+            pass
+        for k in kernels:
+            k._cache.flush()
+        tmp = f"{stamp}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(digest)
+        os.replace(tmp, stamp)
+    except (AttributeError, OSError):
+        return
+
+
+_drop_cache_if_callees_changed()
+
+
 # --------------------------------------------------------------------------- owner object
 
 
@@ -410,7 +439,7 @@ class FastPlane:
 
     name = "fast"
 
-    def __init__(self, sc, model, think_table, arrivals, env=None):
+    def __init__(self, sc, model, think_table, arrivals, env=None, memory=None):
         b = sc.batching
         self.sc = sc
         self.arrivals = arrivals                     # ArrivalSource or None (closed loop)
@@ -422,7 +451,8 @@ class FastPlane:
         self.fs = np.array([sc.warmup_s, sc.slo_ms * 1e-3, stop, float(b.max_queue_delay_us),
                             b.queue_timeout_us * 1e-6, 0.0, sc.cluster.interference,
                             float(sc.cluster.node_cores), sc.cluster.rate_contention,
-                            sc.cluster.rate_window_s, -1.0, 0.0, 0.0, sc.cluster.rate_cores], dtype=np.float64)
+                            sc.cluster.rate_window_s, sc.cluster.rate_cores], dtype=np.float64)
+        self.rw = new_rate_window()
         self.pref = np.array(b.preferred_batch_sizes, dtype=np.int64)
         self.table, self.ovt, self.tht = model.table, model.overhead, think_table
         self.st = np.zeros(9, dtype=np.int64)
@@ -443,9 +473,20 @@ class FastPlane:
         self.ga = np.zeros(N_ACC)
         self.ih = np.zeros(H_BINS, dtype=np.int64)
         self.gh = np.zeros(H_BINS, dtype=np.int64)
-        cap = 1024 if sc.record_requests else 0
-        self.rec_f = np.full((3, cap), np.nan)
-        self.rec_i = np.full((3, cap), -1, dtype=np.int64)
+        self.memory = memory                         # simulator.memory.MemoryEstimate or None
+        self.max_records = memory.max_records(self.name) if memory is not None else None
+        cap = 0
+        if sc.record_requests:
+            cap = 1024
+            if memory is not None:
+                # room for the expected requests (+6 Poisson standard deviations; closed loop: an upper
+                # bound), so the arrays never regrow; allocated empty, only the pages used are touched
+                cap = int(max(cap, memory.requests + 6 * math.sqrt(memory.requests) + 1024))
+            if self.max_records is not None:
+                cap = min(cap, max(self.max_records, 1))
+        # np.empty: pages are touched as requests arrive (each arrival initialises its record)
+        self.rec_f = np.empty((3, cap))
+        self.rec_i = np.empty((3, cap), dtype=np.int64)
         self.st[S_REC_CAP] = cap
         self.arr = np.zeros(0)
         self.uid_slot: dict[int, int] = {}
@@ -473,7 +514,6 @@ class FastPlane:
                 setattr(self, name, a)
         for name, a in new.items():
             setattr(self, name, a)
-        self.st[S_NSLOTS] = n
 
     def _alloc_queue(self, cap: int) -> None:
         n = len(self.s_state)
@@ -499,7 +539,7 @@ class FastPlane:
             self.arr = np.concatenate([rest, new]) if len(rest) else new
             self.st[S_PTR] = 0
         while True:
-            r = advance(t, self.arr, self.st, self.fs, self.ip, self.pref, self.table, self.ovt, self.tht,
+            r = advance(t, self.arr, self.st, self.fs, self.rw, self.ip, self.pref, self.table, self.ovt, self.tht,
                         self.s_state, self.s_uid, self.s_nb, self.ready, self.q_arr, self.q_id, self.q_user,
                         self.q_head, self.q_len, self.i_busy, self.i_start, self.b_arr, self.b_id,
                         self.b_user, self.b_n, self.b_svc, self.timer, self.ht, self.hu, self.ukount,
@@ -508,10 +548,16 @@ class FastPlane:
             if r == RET_DONE:
                 return
             if r == RET_GROW_REC:
-                cap = max(1024, 2 * self.rec_f.shape[1])
-                f = np.full((3, cap), np.nan)
-                i = np.full((3, cap), -1, dtype=np.int64)
                 k = self.rec_f.shape[1]
+                if self.max_records is not None and k >= self.max_records:
+                    from simulator.memory import records_overflow
+                    raise records_overflow(self.memory, self.name, float(self.arr[self.st[S_PTR]]) if
+                                           not self.closed else float(self.ht[0]))
+                cap = max(1024, 2 * k)
+                if self.max_records is not None:
+                    cap = min(cap, self.max_records)
+                f = np.empty((3, cap))
+                i = np.empty((3, cap), dtype=np.int64)
                 f[:, :k], i[:, :k] = self.rec_f, self.rec_i
                 self.rec_f, self.rec_i = f, i
                 self.st[S_REC_CAP] = cap
@@ -525,6 +571,7 @@ class FastPlane:
             self._alloc_slots(2 * len(self.s_state))
             free = np.flatnonzero(self.s_state == FREE)
         s = int(free[0])
+        self.st[S_NSLOTS] = max(self.st[S_NSLOTS], s + 1)
         self.s_state[s] = STARTING
         self.s_uid[s] = uid
         self.s_nb[s] = 0
@@ -593,10 +640,11 @@ class FastPlane:
         self.st[S_HEAP] = 0
 
     def records(self) -> dict[str, np.ndarray]:
+        """Per-request records so far: views of the record arrays (no copy; valid until the next advance)."""
         n = int(self.st[S_NEXT_ID])
-        return {"arrival_s": self.rec_f[0, :n].copy(), "dispatch_s": self.rec_f[1, :n].copy(),
-                "completion_s": self.rec_f[2, :n].copy(), "replica": self.rec_i[0, :n].copy(),
-                "batch_size": self.rec_i[1, :n].copy(), "status": self.rec_i[2, :n].copy()}
+        return {"arrival_s": self.rec_f[0, :n], "dispatch_s": self.rec_f[1, :n],
+                "completion_s": self.rec_f[2, :n], "replica": self.rec_i[0, :n],
+                "batch_size": self.rec_i[1, :n], "status": self.rec_i[2, :n]}
 
     @property
     def n_requests(self) -> int:

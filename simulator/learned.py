@@ -9,8 +9,10 @@ everything needed to act -- no Ray, no gymnasium, no simulator internals:
   names, fixed scales (a frame is ``features / scales`` clipped to
   ``[-clip, clip]``), the history length ``history`` (the input is the last
   ``history`` frames, oldest first; at the first decision after ``reset()``
-  the history is filled with copies of the first frame) and
-  ``capacity_rps_per_replica`` used by the derived load features;
+  the history is filled with copies of the first frame),
+  ``capacity_rps_per_replica`` used by the derived load features and
+  ``forecast_s``, the horizon of the ``load_forecast`` feature (see
+  :data:`DERIVED_DOC`);
 - ``action``: ``{"kind": "delta", "values": [...]}`` (desired = current
   requested replicas + values[argmax]), ``{"kind": "target", "values":
   [...]}`` (desired = values[argmax]) or ``{"kind": "rate", "values": [u...],
@@ -45,7 +47,17 @@ from simulator.schema import ConfigError, check_keys
 
 FORMAT = "servesim-policy/1"
 META_NAME = "servesim.json"
-DERIVED = ("load_per_replica", "load_per_ready", "pending_frac")
+DERIVED = ("load_per_replica", "load_per_ready", "pending_frac", "arrival_trend", "load_forecast")
+DERIVED_DOC = {
+    "load_per_replica": "arrival_rps / (replicas x capacity)",
+    "load_per_ready": "arrival_rps / (replicas_ready x capacity)",
+    "pending_frac": "replicas_pending / replicas",
+    "arrival_trend": "arrival_rps - the previous interval's arrival_rps (0 at the first decision)",
+    "load_forecast": "the arrival rate forecast_s ahead (least-squares line through the last TREND_POINTS "
+                     "intervals' rates, >= 0) / (replicas x capacity)",
+}
+TREND_POINTS = 4
+OBS_SETS = ("basic", "extended")
 ACTION_KINDS = ("delta", "target", "rate")
 
 
@@ -53,8 +65,14 @@ ACTION_KINDS = ("delta", "target", "rate")
 
 
 def default_obs_spec(*, slo_ms: float, max_replicas: int, max_batch_size: int, interval_s: float,
-                     capacity_rps_per_replica: float, history: int = 4, clip: float = 10.0) -> dict:
-    """The fixed observation scales for a deployment (stored in ``policy.pt``)."""
+                     capacity_rps_per_replica: float, history: int = 4, clip: float = 10.0,
+                     features: str = "basic", forecast_s: float = 0.0) -> dict:
+    """The fixed observation scales for a deployment (stored in ``policy.pt``).
+
+    ``features``: ``basic`` -- the Observation's fields and the first three derived features;
+    ``extended`` -- also ``arrival_trend`` and ``load_forecast`` (``forecast_s`` ahead)."""
+    if features not in OBS_SETS:
+        raise ValueError(f"observation features must be one of {', '.join(OBS_SETS)} (got {features!r})")
     rate = capacity_rps_per_replica * max_replicas
     scales = {
         "arrival_rps": rate, "completion_rps": rate,
@@ -64,10 +82,24 @@ def default_obs_spec(*, slo_ms: float, max_replicas: int, max_batch_size: int, i
         "replicas": float(max_replicas), "replicas_ready": float(max_replicas),
         "replicas_pending": float(max_replicas), "failures": max(1.0, rate * interval_s),
         "load_per_replica": 1.0, "load_per_ready": 1.0, "pending_frac": 1.0,
+        "arrival_trend": float(capacity_rps_per_replica), "load_forecast": 1.0,
     }
-    feats = list(Observation.FEATURES) + list(DERIVED)
+    feats = list(Observation.FEATURES) + list(DERIVED[:3] if features == "basic" else DERIVED)
     return {"features": feats, "scales": [float(scales[f]) for f in feats], "history": int(history),
-            "clip": float(clip), "capacity_rps_per_replica": float(capacity_rps_per_replica)}
+            "clip": float(clip), "capacity_rps_per_replica": float(capacity_rps_per_replica),
+            "forecast_s": float(forecast_s)}
+
+
+def linear_forecast(rates: Sequence[float], interval_s: float, ahead_s: float) -> float:
+    """The rate ``ahead_s`` after the last of ``rates`` (one per ``interval_s``, oldest first) on their
+    least-squares line, floored at 0; the last rate when there is only one."""
+    y = np.asarray(rates, dtype=np.float64)
+    if len(y) < 2:
+        return float(max(y[-1], 0.0)) if len(y) else 0.0
+    x = np.arange(len(y), dtype=np.float64) * interval_s
+    xm, ym = x.mean(), y.mean()
+    slope = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
+    return float(max(ym + slope * (x[-1] + ahead_s - xm), 0.0))
 
 
 class ObsEncoder:
@@ -79,6 +111,7 @@ class ObsEncoder:
         self.history = int(spec["history"])
         self.clip = float(spec.get("clip", 10.0))
         self.capacity = float(spec["capacity_rps_per_replica"])
+        self.forecast_s = float(spec.get("forecast_s", 0.0))
         known = set(Observation.FEATURES) | set(DERIVED)
         bad = [f for f in self.features if f not in known]
         if bad or len(self.scales) != len(self.features) or self.history < 1 or not np.all(self.scales > 0):
@@ -87,14 +120,26 @@ class ObsEncoder:
         self.frame_dim = len(self.features)
         self.dim = self.frame_dim * self.history
         self._frames: deque[np.ndarray] = deque(maxlen=self.history)
+        self._rates: deque[float] = deque(maxlen=TREND_POINTS)
 
     def reset(self) -> None:
         self._frames.clear()
+        self._rates.clear()
 
     def frame(self, obs: Observation) -> np.ndarray:
+        """The normalised frame of ``obs`` (the arrival history of the trend features is advanced)."""
+        rate = float(obs.arrival_rps)
+        rate = 0.0 if not math.isfinite(rate) else rate
+        prev = self._rates[-1] if self._rates else rate
+        self._rates.append(rate)
         raw = []
         for f in self.features:
-            if f == "load_per_replica":
+            if f == "arrival_trend":
+                v = rate - prev
+            elif f == "load_forecast":
+                v = linear_forecast(self._rates, float(obs.interval_s), self.forecast_s) / \
+                    (max(obs.replicas, 1) * self.capacity)
+            elif f == "load_per_replica":
                 v = obs.arrival_rps / (max(obs.replicas, 1) * self.capacity)
             elif f == "load_per_ready":
                 v = obs.arrival_rps / (max(obs.replicas_ready, 1) * self.capacity)
@@ -281,5 +326,5 @@ class LearnedPolicy(Policy):
         return cls(module, meta, p)
 
 
-__all__ = ["LearnedPolicy", "ObsEncoder", "apply_action", "default_obs_spec", "load_policy_file",
-           "save_policy_file", "FORMAT", "DERIVED"]
+__all__ = ["LearnedPolicy", "ObsEncoder", "apply_action", "default_obs_spec", "linear_forecast", "load_policy_file",
+           "save_policy_file", "FORMAT", "DERIVED", "DERIVED_DOC", "OBS_SETS"]

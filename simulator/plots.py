@@ -1,39 +1,50 @@
-"""PNG plots of a run: latency CDF, and the replica / load / latency timeline."""
-from __future__ import annotations
+"""PNG plots of a run: latency CDF, and the replica / load / latency timeline.
 
-import math
-import os
+Both are drawn from data whose size does not grow with the number of requests: the CDF from
+the run's latency histogram (:attr:`~simulator.engine.Result.latency_histogram`: 200 bins per
+decade, so the curve is within 0.6% of the exact one in latency), the timeline from one row per
+control interval. Figures are built without ``pyplot`` (no GUI backend, no global state).
+"""
+from __future__ import annotations
 
 import numpy as np
 
 from simulator.metrics import H_BINS, H_LO, H_PER_DECADE
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _figure(**kw):
+    from matplotlib.figure import Figure
+    return Figure(**kw)
+
+
+def _plain_log_labels(axis) -> None:
+    """Label a log axis 0.1, 1, 10 (and 20, 50 ... on a short axis) as plain numbers, not 10^k in
+    mathtext, which costs ~0.5 s to typeset."""
+    from matplotlib.ticker import LogFormatter
+    axis.set_major_formatter(LogFormatter())
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+
+
+def latency_cdf_points(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(latency ms, fraction of requests <= it) at the upper edge of every non-empty histogram bin."""
+    total = hist.sum() if hist is not None else 0
+    if not total:
+        return np.array([]), np.array([])
+    keep = np.flatnonzero(hist)
+    edges = 10 ** (H_LO + (keep + 1) / H_PER_DECADE)
+    return edges, np.cumsum(hist)[keep] / total
 
 
 def latency_cdf(result, path: str) -> None:
-    plt = _plt()
     sc = result.scenario
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    if result.records is not None:
-        r = result.records
-        m = (r["arrival_s"] >= sc.warmup_s) & (r["status"] == 0)
-        x = np.sort((r["completion_s"][m] - r["arrival_s"][m]) * 1e3)
-        y = np.arange(1, len(x) + 1) / max(len(x), 1)
-    else:
-        h = result._gh if hasattr(result, "_gh") else None
-        x, y = np.array([]), np.array([])
-        if h is not None and h.sum():
-            edges = 10 ** (H_LO + np.arange(1, H_BINS + 1) / H_PER_DECADE)
-            x, y = edges, np.cumsum(h) / h.sum()
+    fig = _figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    x, y = latency_cdf_points(result.latency_histogram)
     if len(x):
-        ax.plot(x, y, lw=1.5, label="simulated")
+        ax.plot(np.concatenate([[x[0] / 10 ** (1 / H_PER_DECADE)], x]), np.concatenate([[0.0], y]),
+                lw=1.5, label="simulated")
         ax.set_xscale("log")
+        _plain_log_labels(ax.xaxis)
     ax.axvline(sc.slo_ms, color="crimson", ls="--", lw=1, label=f"SLO {sc.slo_ms:g} ms")
     for q in (0.5, 0.95, 0.99):
         ax.axhline(q, color="grey", lw=0.5, ls=":")
@@ -42,17 +53,16 @@ def latency_cdf(result, path: str) -> None:
     ax.set_title(f"Latency CDF — {sc.name or 'scenario'} (seed {sc.seed})")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.12, top=0.92)   # fixed: tight_layout costs ~1 s
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def timeline(result, path: str) -> None:
-    plt = _plt()
     sc = result.scenario
     tl = result.timeline
     t = np.array([r["time_s"] for r in tl])
-    fig, axes = plt.subplots(3, 1, figsize=(8, 7.5), sharex=True)
+    fig = _figure(figsize=(8, 7.5))
+    axes = fig.subplots(3, 1, sharex=True)
     ax = axes[0]
     ax.step(t, [r["desired"] for r in tl], where="post", label="desired", lw=1.2)
     ax.step(t, [r["replicas_ready"] for r in tl], where="post", label="ready", lw=1.2)
@@ -69,6 +79,7 @@ def timeline(result, path: str) -> None:
         ax.plot(t, [r[k] for r in tl], label=lab, lw=1)
     ax.axhline(sc.slo_ms, color="crimson", ls="--", lw=1, label="SLO")
     ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis)
     ax.set_ylabel("latency (ms)")
     ax.set_xlabel("simulated time (s)")
     ax.legend(loc="upper left")
@@ -76,6 +87,5 @@ def timeline(result, path: str) -> None:
         a.grid(alpha=0.3)
         if sc.warmup_s > 0:
             a.axvspan(0, sc.warmup_s, color="grey", alpha=0.1)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.07, top=0.96, hspace=0.08)
     fig.savefig(path, dpi=110)
-    plt.close(fig)

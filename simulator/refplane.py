@@ -48,6 +48,7 @@ import simpy
 from simpy.events import Event
 
 from simulator.batching import DROPPED, OK, REJECTED, TIMEOUT, batch_decision
+from simulator.contention import contention_factor, new_rate_window, node_rate, note_arrival
 from simulator.metrics import (A_ARRIVALS, A_BUSY_S, A_COMPUTE_S, A_DROPPED, A_EXEC, A_FAIL, A_INFER,
                                A_LAT2_S, A_LAT_S, A_OK, A_QUEUE_S, A_REJECTED, A_SLO_VIOL, A_TIMEOUT,
                                H_BINS, N_ACC, hist_bin)
@@ -136,7 +137,7 @@ class RefPlane:
 
     name = "reference"
 
-    def __init__(self, sc, model, think_table, arrivals, env: simpy.Environment):
+    def __init__(self, sc, model, think_table, arrivals, env: simpy.Environment, memory=None):
         b = sc.batching
         self.sc, self.env = sc, env
         self.arrivals = arrivals
@@ -154,13 +155,15 @@ class RefPlane:
         self.rate_cont = sc.cluster.rate_contention
         self.rate_cores = sc.cluster.rate_cores
         self.rate_win = sc.cluster.rate_window_s
-        self.rate_bin, self.rate_cur, self.rate_prev = -1.0, 0.0, 0.0   # arrivals per window bin
+        self.rate_window = new_rate_window()       # arrivals per rate_window_s bin (node contention)
         self.warmup = sc.warmup_s
         self.slo_s = sc.slo_ms * 1e-3
         self.stop = sc.duration_s
         self.model = model
         self.think_table = think_table
         self.record = sc.record_requests
+        self.memory = memory                       # simulator.memory.MemoryEstimate or None
+        self.max_records = memory.max_records(self.name) if memory is not None and self.record else None
 
         self.replicas: dict[int, Replica] = {}    # live replicas (starting, ready, draining)
         self.ready: list[Replica] = []             # in readiness order
@@ -223,17 +226,14 @@ class RefPlane:
         req = Request(self.next_id, user, t)
         self.next_id += 1
         if self.rate_cont > 0.0 or self.rate_cores > 0.0:
-            b = math.floor(t / self.rate_win)
-            if b == self.rate_bin:
-                self.rate_cur += 1.0
-            else:
-                self.rate_prev = self.rate_cur if b == self.rate_bin + 1.0 else 0.0
-                self.rate_cur = 1.0
-                self.rate_bin = b
+            note_arrival(self.rate_window, t, self.rate_win)
         self.ia[A_ARRIVALS] += 1
         if t >= self.warmup:
             self.ga[A_ARRIVALS] += 1
         if self.record:
+            if self.max_records is not None and self.next_id > self.max_records:
+                from simulator.memory import records_overflow
+                raise records_overflow(self.memory, self.name, t)
             for k, v in (("arrival_s", t), ("dispatch_s", math.nan), ("completion_s", math.nan),
                          ("replica", -1), ("batch_size", -1), ("status", -1)):
                 self.rec[k].append(v)
@@ -366,25 +366,14 @@ class RefPlane:
             rep.timer = None
             self._poke(rep)
 
-    def _node_rate(self, t: float) -> float:
-        """Node arrival rate (req/s) over the last complete ``rate_window_s`` bin before ``t``."""
-        b = math.floor(t / self.rate_win)
-        return (self.rate_prev if b == self.rate_bin else
-                (self.rate_cur if b == self.rate_bin + 1.0 else 0.0)) / self.rate_win
-
     def _dispatch(self, rep: Replica, instance: int, n: int, t: float) -> None:
         k = rep.n_batches
         rep.n_batches += 1
         svc = float(draw(self.model.table[n - 1], uniform(self.seed, SERVICE, rep.uid, k))) * 1e-3
         self.n_busy += 1
-        if self.interference > 0.0:
-            extra = self.n_busy - self.cores
-            if self.rate_cores > 0.0:
-                extra += self.rate_cores * self._node_rate(t)
-            if extra > 0:
-                svc *= 1.0 + self.interference * extra
-        if self.rate_cont > 0.0:
-            svc *= 1.0 + self.rate_cont * self._node_rate(t)
+        if self.interference > 0.0 or self.rate_cont > 0.0:
+            svc *= contention_factor(self.n_busy, self.cores, self.interference, self.rate_cores, self.rate_cont,
+                                     node_rate(self.rate_window, t, self.rate_win))
         reqs = [rep.queue.popleft() for _ in range(n)]
         batch = Batch(reqs, t, svc, instance)
         rep.running[instance] = batch

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from simulator.config import dump_scenario, load_scenario
 from simulator.engine import ENGINES, simulate
@@ -35,32 +36,47 @@ VERSION = "0.1.0"
 
 def write_outputs(res, folder, plots: bool = True) -> list[str]:
     """Write a :class:`~simulator.engine.Result` into ``folder`` (an existing, empty working folder: the
-    :class:`~simulator.io.OutputFolder` puts it in place); returns the names of the files written."""
+    :class:`~simulator.io.OutputFolder` puts it in place); returns the names of the files written.
+    ``requests.parquet`` is written by a second thread (pyarrow releases the GIL) while the rest, plots
+    included, is written here."""
     folder = str(folder)
     files = ["summary.json", "timeline.csv", "scenario.yaml"]
-    summary = dict(res.summary)
-    summary["servesim_version"] = VERSION
-    with open(os.path.join(folder, "summary.json"), "w") as f:
-        json.dump(jsonable(summary), f, indent=2)
-    tl = res.timeline_frame()
-    tl["seed"] = res.scenario.seed
-    tl.to_csv(os.path.join(folder, "timeline.csv"), index=False)
-    dump_scenario(res.scenario, os.path.join(folder, "scenario.yaml"))
-    if res.records is not None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        table = pa.Table.from_pandas(res.records_frame(), preserve_index=False)
-        meta = dict(table.schema.metadata or {})
-        meta[b"servesim.scenario"] = json.dumps(jsonable(res.scenario.to_dict())).encode()
-        meta[b"servesim.seed"] = str(res.scenario.seed).encode()
-        pq.write_table(table.replace_schema_metadata(meta), os.path.join(folder, "requests.parquet"))
-        files.append("requests.parquet")
-    if plots:
-        from simulator import plots as P
-        P.latency_cdf(res, os.path.join(folder, "latency_cdf.png"))
-        P.timeline(res, os.path.join(folder, "timeline.png"))
-        files += ["latency_cdf.png", "timeline.png"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        parquet = None if res.records is None else \
+            pool.submit(res.write_records_parquet, os.path.join(folder, "requests.parquet"))
+        summary = dict(res.summary)
+        summary["servesim_version"] = VERSION
+        with open(os.path.join(folder, "summary.json"), "w") as f:
+            json.dump(jsonable(summary), f, indent=2)
+        res.write_timeline_csv(os.path.join(folder, "timeline.csv"))
+        dump_scenario(res.scenario, os.path.join(folder, "scenario.yaml"))
+        if plots:
+            from simulator import plots as P
+            P.latency_cdf(res, os.path.join(folder, "latency_cdf.png"))
+            P.timeline(res, os.path.join(folder, "timeline.png"))
+            files += ["latency_cdf.png", "timeline.png"]
+        if parquet is not None:
+            parquet.result()
+            files.append("requests.parquet")
     return files
+
+
+def prefetch_output_modules(records: bool, plots: bool) -> None:
+    """Import the libraries :func:`write_outputs` needs (pyarrow ~0.2 s, matplotlib ~0.6 s) in a
+    background thread, so that they load while the compiled engine, which releases the GIL,
+    simulates. An import that fails here fails again, with its message, where it is used."""
+    import threading
+    names = (["pyarrow.parquet"] if records else []) + \
+        (["matplotlib.figure", "matplotlib.backends.backend_agg"] if plots else [])
+
+    def load():
+        import importlib
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                return
+    threading.Thread(target=load, name="servesim-prefetch", daemon=True).start()
 
 
 def output_folder(out: str, force: bool = False) -> OutputFolder:
@@ -97,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-records", action="store_true", help="skip requests.parquet (long runs)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--memory-budget", metavar="SIZE", default=None,
+                    help="refuse a run whose estimated memory exceeds SIZE (e.g. 8G; default "
+                         "$SERVESIM_MEMORY_BUDGET, else half the machine's memory)")
     a = ap.parse_args(argv)
 
     def body() -> int:
@@ -110,7 +129,8 @@ def main(argv=None) -> int:
             def progress(t):
                 bar.update(t - bar.n)
 
-            res = simulate(sc, engine=a.engine, progress=progress)
+            prefetch_output_modules(sc.record_requests, not a.no_plots)
+            res = simulate(sc, engine=a.engine, progress=progress, memory_budget=a.memory_budget)
             bar.update(sc.duration_s - bar.n)
             bar.close()
             files = write_outputs(res, of.path, plots=not a.no_plots)

@@ -22,19 +22,20 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
-from scipy import optimize, special, stats
 
 from simulator.config import Dist, ServiceSpec
 
 GRID_N = 4097
 _L = math.log((1 - 1e-10) / 1e-10)           # logit range covered by the table
 GRID_X = np.linspace(-_L, _L, GRID_N)         # logit(u) grid
-GRID_U = special.expit(GRID_X)
+GRID_U = np.array([1.0 / (1.0 + math.exp(-x)) for x in GRID_X])   # expit, as scipy.special.expit
 _DX = GRID_X[1] - GRID_X[0]
 
 
 def weibull_shape_for_cv(cv: float) -> float:
     """Weibull shape k whose coefficient of variation is ``cv``."""
+    from scipy import optimize, special   # imported only when needed: ~0.5 s at start-up
+
     def f(logk):
         k = math.exp(logk)
         g1 = special.gamma(1 + 1 / k)
@@ -43,7 +44,12 @@ def weibull_shape_for_cv(cv: float) -> float:
 
 
 def quantile_function(d: Dist, u: np.ndarray) -> np.ndarray:
-    """Exact quantile function of ``d`` at probability levels ``u`` (same unit as ``d``)."""
+    """Exact quantile function of ``d`` at probability levels ``u`` (same unit as ``d``).
+
+    Gamma, lognormal and Weibull use the same special functions, in the same arithmetic,
+    as ``scipy.stats``' ``gamma`` / ``lognorm`` / ``weibull_min`` ``ppf`` (identical
+    results), without importing ``scipy.stats`` (over a second at start-up).
+    """
     u = np.asarray(u, dtype=float)
     if d.kind == "empirical":
         q = np.asarray(d.quantiles, dtype=float)
@@ -54,14 +60,17 @@ def quantile_function(d: Dist, u: np.ndarray) -> np.ndarray:
     if d.kind == "exponential":
         x = -m * np.log1p(-u)
     elif d.kind == "gamma":
+        from scipy import special
         k = 1.0 / d.cv ** 2
-        x = stats.gamma.ppf(u, k, scale=m / k)
+        x = special.gammaincinv(k, u) * (m / k)
     elif d.kind == "lognormal":
+        from scipy import special
         s2 = math.log1p(d.cv ** 2)
-        x = stats.lognorm.ppf(u, math.sqrt(s2), scale=m * math.exp(-s2 / 2))
+        x = np.exp(math.sqrt(s2) * special.ndtri(u)) * (m * math.exp(-s2 / 2))
     elif d.kind == "weibull":
+        from scipy import special
         k = weibull_shape_for_cv(d.cv)
-        x = stats.weibull_min.ppf(u, k, scale=m / special.gamma(1 + 1 / k))
+        x = pow(-special.log1p(-u), 1.0 / k) * (m / special.gamma(1 + 1 / k))
     else:  # pragma: no cover - config validation prevents it
         raise ValueError(f"unknown distribution kind {d.kind!r}")
     return d.shift + x
@@ -139,3 +148,12 @@ def draw(row, u):
 
 assert abs(GRID_X[0] + 23.025850929840455) < 1e-9 and abs(_DX - 0.01124309127433616) < 1e-12, \
     "grid constants in draw() are out of date"
+
+
+def saturation_rps(sc, replicas: int = 1, model: ServiceModel | None = None) -> float:
+    """Items per second ``replicas`` replicas of scenario ``sc`` process with the best batch size back to
+    back on every instance (no contention, no overhead): the throughput bound that capacity searches and
+    memory estimates start from."""
+    model = model or build_service_model(sc.service, sc.batching.max_batch_size)
+    best = max(b / max(model.mean_ms(b), 1e-9) for b in range(1, model.max_batch + 1))
+    return float(replicas * sc.batching.instances * best * 1e3)

@@ -76,37 +76,69 @@ def schedule_duration(segments) -> float:
     return float(sum(s.duration_s for s in segments))
 
 
+COLUMN_KINDS = ("rate", "time")
+
+
 @functools.lru_cache(maxsize=8)
-def _read_column(path: str, column: str, mtime: float) -> np.ndarray:
+def _read_column(path: str, column: str, kind: str, mtime: float) -> np.ndarray:
     import pandas as pd
     try:
-        df = pd.read_csv(path, usecols=[column])
+        df = pd.read_csv(path, usecols=[column], skip_blank_lines=False)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{path}: file is empty (expected a CSV with a '{column}' column)") from None
     except ValueError as e:
         raise ConfigError(f"{path}: no column '{column}' ({e})") from None
     except Exception as e:  # parser errors etc.
         raise ConfigError(f"{path}: cannot read CSV: {e}") from None
     col = df[column]
-    if col.dtype == object:
-        ts = pd.to_datetime(col, errors="coerce", format="mixed")
-        if ts.isna().any():
-            bad = int(np.flatnonzero(ts.isna().to_numpy())[0])
-            raise ConfigError(f"{path}: column '{column}' row {bad + 2}: not a number or timestamp "
-                              f"({col.iloc[bad]!r})")
-        v = (ts - ts.iloc[0]).dt.total_seconds().to_numpy()
-    else:
+    filled = np.flatnonzero(col.notna().to_numpy())
+    col = col.iloc[:filled[-1] + 1] if len(filled) else col.iloc[:0]     # trailing blank lines ignored
+    if not len(col):
+        raise ConfigError(f"{path}: column '{column}' has no values (an empty "
+                          f"{'trace' if kind == 'rate' else 'timestamps file'})")
+    what = "not a number" if kind == "rate" else "not a number or timestamp"
+
+    def bad_row(mask, num) -> None:
+        """One line naming the first bad row: its line in the file (the header is row 1) and value."""
+        i = int(np.flatnonzero(mask)[0])
+        raw = col.iloc[i]
+        if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+            problem = "empty value"
+        else:
+            problem = f"{'not a finite number' if np.isinf(num[i]) else what} ({raw!r})"
+        raise ConfigError(f"{path}: column '{column}' row {i + 2}: {problem}")
+
+    if col.dtype != object:
         v = col.to_numpy(dtype=float)
-    if not np.all(np.isfinite(v)):
-        bad = int(np.flatnonzero(~np.isfinite(v))[0])
-        raise ConfigError(f"{path}: column '{column}' row {bad + 2}: not a finite number")
-    return v
+        if not np.all(np.isfinite(v)):
+            bad_row(~np.isfinite(v), v)
+        return v
+    num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+    if kind == "rate" or np.isfinite(num[0]):
+        # numbers only (a timestamps column whose first value is a number holds seconds)
+        if not np.all(np.isfinite(num)):
+            bad_row(~np.isfinite(num), num)
+        return num
+    ts = pd.to_datetime(col, errors="coerce", format="mixed")
+    bad = ts.isna().to_numpy() | ~np.isnan(num)        # date-times only: a bare number would be read as a date
+    if bad.any():
+        bad_row(bad, num)
+    return (ts - ts.iloc[0]).dt.total_seconds().to_numpy()
 
 
-def read_column(path: str, column: str) -> np.ndarray:
+def read_column(path: str, column: str, kind: str = "rate") -> np.ndarray:
+    """One column of a CSV as floats: ``kind='rate'``, numbers; ``kind='time'``, numbers (seconds) or
+    date-times (seconds after the first). Blank lines at the end are ignored; an empty column, a blank
+    or non-numeric / non-finite value, or a column mixing numbers and date-times is a
+    :class:`ConfigError` naming the file, the row (its line in the file, the header being row 1) and
+    the value."""
+    if kind not in COLUMN_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(COLUMN_KINDS)} (got {kind!r})")
     if not os.path.exists(path):
         raise ConfigError(f"{path}: file not found (workload.path)")
-    return _read_column(path, column, os.path.getmtime(path))
+    return _read_column(path, column, kind, os.path.getmtime(path))
 
 
 def trace_rates(spec: WorkloadSpec) -> np.ndarray:
@@ -125,7 +157,7 @@ def trace_rates(spec: WorkloadSpec) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _timestamps(path, column, offset, length, speedup, scale, seed, mtime):
-    t = read_column(path, column)
+    t = read_column(path, column, "time")
     if np.any(np.diff(t) < 0):
         t = np.sort(t)
     return _window_scale(t - t[0], offset, length, speedup, scale, seed)
@@ -134,7 +166,7 @@ def _timestamps(path, column, offset, length, speedup, scale, seed, mtime):
 def _window_scale(t, offset, length, speedup, scale, seed):
     t = t[(t >= offset) & ((length <= 0) | (t < offset + length))] - offset
     t = t / speedup
-    if scale != 1.0:
+    if scale != 1.0 and len(t):
         rng = np.random.default_rng([seed, ARRIVAL, 999_999])
         n = np.floor(scale).astype(int) + (rng.random(len(t)) < (scale - math.floor(scale)))
         n = np.asarray(n, dtype=int)
@@ -147,20 +179,51 @@ def _window_scale(t, offset, length, speedup, scale, seed):
     return t
 
 
-def mean_rate(spec: WorkloadSpec, duration_s: float) -> float:
-    """Average offered rate over the run (closed loop: NaN)."""
+def timestamp_arrivals(spec: WorkloadSpec, seed: int) -> np.ndarray:
+    """All arrival instants (s, sorted, read-only) of a ``timestamps`` workload's window."""
+    if spec.times:
+        return _window_scale(np.sort(np.asarray(spec.times, dtype=float)), spec.offset_s, spec.length_s,
+                             spec.speedup, spec.scale, seed)
+    if not os.path.exists(spec.path):
+        raise ConfigError(f"{spec.path}: file not found (workload.path)")
+    return _timestamps(spec.path, spec.column, spec.offset_s, spec.length_s, spec.speedup, spec.scale, seed,
+                       os.path.getmtime(spec.path))
+
+
+def expected_arrivals(spec: WorkloadSpec, duration_s: float, seed: int = 0) -> float:
+    """Expected number of open-loop arrivals in ``[0, duration_s)``, without generating them.
+
+    poisson: ``rate_rps * duration_s``; schedule: the integral of its rate (trapezoids on a
+    20001-point grid over the schedule, then its final rate for the rest of the run); trace:
+    the sum of the window's per-second rates over the trace seconds the run covers, divided by
+    ``speedup`` (no arrivals after the window's end, as :class:`ArrivalSource` generates them);
+    timestamps: the count of the window's instants before ``duration_s`` (exact). Closed loop:
+    NaN (arrivals depend on responses; see :mod:`simulator.memory`).
+    """
     if spec.kind == "poisson":
-        return spec.rate_rps
+        return spec.rate_rps * duration_s
     if spec.kind == "schedule":
-        t = np.linspace(0, duration_s, 20001)
-        return float(np.mean(schedule_rate(spec.segments, t)))
+        span = min(duration_s, schedule_duration(spec.segments))
+        t = np.linspace(0.0, span, 20001)
+        r = schedule_rate(spec.segments, t)
+        total = float(np.sum((r[1:] + r[:-1]) * 0.5) * (t[1] - t[0]))
+        if duration_s > span:
+            total += float(schedule_rate(spec.segments, np.array([span]))[0]) * (duration_s - span)
+        return total
     if spec.kind == "trace":
         r = trace_rates(spec)
-        idx = np.minimum((np.arange(0, duration_s, 0.01) * spec.speedup).astype(int), len(r) - 1)
-        return float(np.mean(r[idx]))
+        covered = duration_s * spec.speedup               # trace seconds the run covers
+        k = int(min(math.floor(covered), len(r)))
+        part = float(r[k]) * (covered - k) if k < len(r) else 0.0
+        return (float(np.sum(r[:k])) + part) / spec.speedup
     if spec.kind == "timestamps":
-        return len(arrival_times(spec, duration_s, 0)) / duration_s
+        return float(np.searchsorted(timestamp_arrivals(spec, seed), duration_s))
     return float("nan")
+
+
+def mean_rate(spec: WorkloadSpec, duration_s: float) -> float:
+    """Average offered rate over the run (closed loop: NaN)."""
+    return expected_arrivals(spec, duration_s) / duration_s
 
 
 # --------------------------------------------------------------------------- arrival generation
@@ -178,15 +241,8 @@ class ArrivalSource:
         self._t = 0.0
         if spec.kind == "trace":
             self._rates = trace_rates(spec)
-        if spec.kind == "timestamps" and spec.times:
-            self._ts = _window_scale(np.sort(np.asarray(spec.times, dtype=float)), spec.offset_s,
-                                     spec.length_s, spec.speedup, spec.scale, self.seed)
-        elif spec.kind == "timestamps":
-            self._ts = _timestamps(spec.path, spec.column, spec.offset_s, spec.length_s, spec.speedup,
-                                   spec.scale, self.seed, os.path.getmtime(spec.path) if
-                                   os.path.exists(spec.path) else 0.0)
-            if spec.scale == 1.0 and not os.path.exists(spec.path):
-                raise ConfigError(f"{spec.path}: file not found (workload.path)")
+        if spec.kind == "timestamps":
+            self._ts = timestamp_arrivals(spec, self.seed)
 
     def _gen_chunk(self, k: int) -> np.ndarray:
         a, b = k * CHUNK_S, min((k + 1) * CHUNK_S, self.duration)

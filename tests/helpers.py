@@ -18,7 +18,7 @@ from simulator.config import scenario_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mobilenetv4_conv_small"
-VOLATILE = {"wall_s", "sim_requests_per_wall_s", "engine"}     # summary keys that differ between engines
+VOLATILE = {"wall_s", "sim_requests_per_wall_s", "engine", "memory"}     # summary keys that differ between engines
 
 
 # --------------------------------------------------------------------------- the two engines agree

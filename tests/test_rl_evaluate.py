@@ -64,3 +64,37 @@ def test_evaluate_bad_inputs(setup, capsys):
     assert main([str(d / "nope.pt"), "--trace", trace, "--config", cfg, "--out", str(d / "o4")]) == 2
     assert "file not found" in capsys.readouterr().err
     assert not any((d / f"o{i}").exists() for i in range(1, 5))
+
+
+def test_policy_names_are_short_and_distinct():
+    from rl.evaluate import policy_names
+    assert policy_names(["runs/a/policy.pt"]) == ["policy"]
+    assert policy_names(["runs/a/policy.pt", "runs/a/trials/seed0/policy.pt", "runs/b/trials/seed0/policy.pt",
+                         "x/oracle.pt"]) == ["a/policy", "a/trials/seed0/policy", "b/trials/seed0/policy",
+                                             "x/oracle"]
+
+
+def test_evaluate_perturbed_deployment(setup, capsys):
+    """Service times x1.5: the best static count in hindsight needs at least as many replicas as on the nominal
+    deployment, on the same load and seed, and the factors are recorded; a bad key is one line, exit 2."""
+    from rl.evaluate import main
+    d, trace, cfg, pt = setup
+    common = [pt, "--trace", trace, "--start", "90000", "--length", "300", "--seeds", "1", "--scale", "2.0",
+              "--config", cfg, "--baselines", "static_best", "--no-plots", "--allow-degenerate"]
+    assert main(common + ["--out", str(d / "nominal")]) == 0
+    assert main(common + ["--perturb", "service=1.5", "--out", str(d / "slow")]) == 0
+    nom = json.loads((d / "nominal" / "results.json").read_text())
+    slow = json.loads((d / "slow" / "results.json").read_text())
+    assert nom["perturb"]["service"] == 1.0 and slow["perturb"] == {"service": 1.5, "startup": 1.0, "overhead": 1.0,
+                                                                      "contention": 1.0}
+    assert slow["perturb_label"] == "service x1.5"
+
+    def static_n(res):
+        row = [r for r in res["rows"] if r["policy"] == "static_best"][0]
+        return json.loads(row["note"])["replicas"]
+    assert static_n(slow) >= static_n(nom)
+    assert slow["capacity_oracle_rps_per_replica"] < 0.8 * nom["capacity_oracle_rps_per_replica"]
+    capsys.readouterr()
+    assert main(common + ["--perturb", "speed=2", "--out", str(d / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--perturb: 'speed=2'" in err[0] and not (d / "bad").exists()

@@ -1,4 +1,6 @@
-"""A short RLlib training run produces a policy.pt that loads and acts without Ray."""
+"""A population of 2 trials x 1 tiny iteration through Ray Tune: every trial's folder, the selection on the
+tuning windows, and an exported policy.pt that loads and acts without Ray."""
+import csv
 import json
 import os
 import subprocess
@@ -7,6 +9,7 @@ import sys
 import pytest
 
 pytest.importorskip("ray.rllib")
+pytest.importorskip("ray.tune")
 pytest.importorskip("torch")
 
 from helpers import make_config, make_trace  # noqa: E402
@@ -15,19 +18,37 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_short_training_exports_loadable_policy(tmp_path):
+@pytest.mark.timeout(420)
+def test_population_of_two_trials_exports_the_selected_policy(tmp_path):
     trace = make_trace(tmp_path / "trace.csv")
-    cfg = make_config(tmp_path, trace, history=2)
+    cfg = make_config(tmp_path, trace, history=2, randomize={"enabled": True})
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.run([sys.executable, "-m", "rl.train", "--config", cfg, "--algo", "ppo", "--iterations", "1",
-                        "--train-batch-size", "240", "--out", str(out), "--quiet"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=220)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = subprocess.run([sys.executable, "-m", "rl.train", "--config", cfg, "--algo", "ppo", "--seeds", "2",
+                        "--iterations", "1", "--train-batch-size", "240", "--snapshot-every", "1", "--num-cpus", "2",
+                        "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
+    assert "[seed0] iter" in p.stdout and "[seed1] iter" in p.stdout and "<- selected" in p.stdout
+    for name in ("seed0", "seed1"):
+        d = out / "trials" / name
+        for f in ("progress.csv", "policy.pt", "policy_final.pt", "curve.csv", "trial.json", "run.json",
+                  "snapshots/policy_iter0001.pt", "checkpoint/train_state.json"):
+            assert (d / f).exists(), f"{name}/{f}"
+        assert any(f.startswith("events") for f in os.listdir(d / "tb"))
+        assert len(list(csv.DictReader(open(d / "progress.csv")))) == 1
+        t = json.loads((d / "trial.json").read_text())
+        assert t["iterations"] == 1 and t["seed"] == int(name[-1])
+    pop = json.loads((out / "population.json").read_text())
+    rows = list(csv.DictReader(open(out / "population.csv")))
+    assert [r["trial"] for r in rows] == ["seed0", "seed1"]
+    # the selected trial is the one the rule picks from the table
+    ok = [r for r in rows if float(r["slo_violation_rate"]) <= 0.01]
+    want = min(ok, key=lambda r: float(r["replica_seconds"])) if ok else \
+        min(rows, key=lambda r: float(r["slo_violation_rate"]))
+    assert pop["selected"] == want["trial"]
+    sel = out / "trials" / pop["selected"] / "policy.pt"
+    assert (out / "policy.pt").read_bytes() == sel.read_bytes()
     pt = out / "policy.pt"
-    assert pt.exists() and (out / "progress.csv").exists() and (out / "checkpoint" / "train_state.json").exists()
-    assert any(f.startswith("events") for f in os.listdir(out / "tb"))
     code = f"""
 import sys, json
 sys.modules['ray'] = None
@@ -44,6 +65,30 @@ print(json.dumps({{"meta": pol.meta, "rs": r.summary["replica_seconds"]}}))
     d = json.loads(q.stdout.strip().splitlines()[-1])
     meta = d["meta"]
     assert meta["training"]["algo"] == "ppo" and meta["training"]["iterations"] == 1
+    assert meta["training"]["trial"] == pop["selected"]
     assert meta["training"]["train_days"] == [1, 1] and meta["interval_s"] == 5.0
     assert meta["obs"]["history"] == 2 and meta["scenario"]["name"] == "rl-default-cpu-triton"
+    assert "load_forecast" in meta["obs"]["features"] and meta["obs"]["forecast_s"] == pytest.approx(8 + 5)
+    assert meta["randomize"]["active"] and meta["randomize"]["service"] == [0.8, 1.3]
     assert d["rs"] > 0
+
+
+def test_bad_arguments_are_one_line(tmp_path):
+    for args, msg in ((["--seeds", "0"], "--seeds: must be >= 1"), (["--grid", "lr"], "--grid 'lr'"),
+                      (["--snapshot-every", "0"], "--snapshot-every: must be >= 1"),
+                      (["--resume", str(tmp_path)], "no run.json there")):
+        p = subprocess.run([sys.executable, "-m", "rl.train", *args, "--out", str(tmp_path / "o")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.strip().splitlines()[-1].startswith("error: ") and msg in p.stderr
+        assert "Traceback" not in p.stderr
+
+
+def test_pipeline_train_step_is_a_population(tmp_path):
+    """The pipeline's train step is this command: the config's population (5 seeds) by default, 2 seeds x 6
+    iterations under --quick."""
+    from cluster import pipeline as pl
+    full = {s.name: s for s in pl.plan(tmp_path, pl.parse_args(["--out", str(tmp_path)]))}["train"].cmd
+    quick = {s.name: s for s in pl.plan(tmp_path, pl.parse_args(["--out", str(tmp_path), "--quick"]))}["train"].cmd
+    assert full[1:3] == ["-m", "rl.train"] and "--seeds" not in full
+    assert quick[quick.index("--seeds") + 1] == "2" and quick[quick.index("--iterations") + 1] == "6"

@@ -53,3 +53,53 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     p = run(str(bad), "--out", str(out))
     assert p.returncode == 2 and "nope.csv: file not found" in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()
+
+
+def test_bad_trace_files_are_one_line(tmp_path):
+    out = tmp_path / "o"
+    cases = [("trace", "rps\n", "column 'rps' has no values (an empty trace)"),
+             ("timestamps", "TIMESTAMP\n", "column 'TIMESTAMP' has no values (an empty timestamps file)"),
+             ("trace", "rps\n10\n12\nabc\n", "column 'rps' row 4: not a number ('abc')")]
+    for i, (kind, text, message) in enumerate(cases):
+        csv = tmp_path / f"t{i}.csv"
+        csv.write_text(text)
+        sc = tmp_path / f"s{i}.yaml"
+        sc.write_text(f"workload: {{kind: {kind}, path: {csv.name}}}\nservice: {{mean_ms: 5}}\nduration_s: 10\n")
+        p = run(str(sc), "--out", str(out), "--quiet")
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.strip() == f"error: {csv}: {message}"
+        assert not out.exists()
+
+
+def test_unbounded_run_refused_in_one_line(tmp_path):
+    out = tmp_path / "o"
+    p = run("configs/example.yaml", "--out", str(out), "--set", "duration_s=1.0e+12", "--quiet")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: this run would need about ")
+    assert "over the memory budget of" in p.stderr and "set record_requests: false" in p.stderr
+    assert not out.exists()
+    p = run("configs/example.yaml", "--out", str(out), "--set", "duration_s=600", "--memory-budget", "1M", "--quiet")
+    assert p.returncode == 2 and "over the memory budget of 1 MB (--memory-budget)" in p.stderr
+
+
+def test_second_start_loads_the_compiled_engine_from_the_cache(tmp_path):
+    # numba's cache (cache=True on every compiled function; simulator/__pycache__ by default): once
+    # a run has written it, a second start loads the engine and compiles nothing
+    env = dict(os.environ, NUMBA_DEBUG_CACHE="1")
+    logs = []
+    for i in range(2):
+        p = subprocess.run([sys.executable, "-m", "simulator.run", "configs/example.yaml", "--out",
+                            str(tmp_path / f"o{i}"), "--set", "duration_s=200", "--no-plots", "--quiet"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr
+        logs.append(p.stdout + p.stderr)
+    assert "data loaded from" in logs[1] and "fastplane.advance" in logs[1], logs[1]
+    assert "data saved to" not in logs[1], [l for l in logs[1].splitlines() if "saved" in l]
+    # and every compiled function asks to be cached (one without would be compiled on every start)
+    import re
+    for name in sorted(os.listdir(os.path.join(ROOT, "simulator"))):
+        if name.endswith(".py"):
+            with open(os.path.join(ROOT, "simulator", name)) as f:
+                for line in f:
+                    if re.match(r"\s*@(numba\.)?(njit|jit|vectorize|guvectorize)\b", line):
+                        assert "cache=True" in line, f"simulator/{name}: {line.strip()} (no cache=True)"

@@ -26,9 +26,9 @@ LBS = ("round_robin", "random", "least_outstanding")
 # --------------------------------------------------------------------------- comparison
 
 
-def scripted(sc, engine, desired):
+def scripted(sc, engine, desired, **kw):
     """Run with a hand-made sequence of desired replica counts, one per control tick."""
-    sim = Simulation(sc, engine=engine)
+    sim = Simulation(sc, engine=engine, **kw)
     obs = sim.start()
     i = 0
     while obs is not None:
@@ -224,6 +224,29 @@ def test_scale_up_at_end_of_run():
     fast, ref = both(d, [2, 2, 2, 2, 8])
     assert max(fast.records["completion_s"]) > 10.005
     assert sum(r.requested_s == 10 for r in fast.replicas) == 6
+
+
+def test_startup_delay_hook():
+    # replicas added by scale-ups (ticks every 2 s, desired[i] answered at t = 2 (i + 1)): the
+    # hook's delay, never ready (inf), or the scenario's draw (None)
+    d = dict(SCRIPT_BASE, duration_s=20)
+    answers = {2: 0.25, 3: math.inf, 4: None, 5: 0.0}
+    calls = {"fast": [], "reference": []}
+    runs = {}
+    for engine in calls:
+        def hook(uid, t, engine=engine):
+            calls[engine].append((uid, t))
+            return answers.get(uid, 1.5)
+        runs[engine] = scripted(scenario_from_dict(d), engine, [2, 5, 5, 6, 6, 6, 2], startup_delay=hook)
+    fast, ref = runs["fast"], runs["reference"]
+    assert_same(fast, ref)
+    assert calls["fast"] == calls["reference"] == [(2, 4.0), (3, 4.0), (4, 4.0), (5, 8.0)]
+    r = {x.uid: x for x in fast.replicas}
+    assert r[0].ready_s == 0.0 and r[1].ready_s == 0.0                  # initial replicas: ready at once
+    assert r[2].ready_s == 4.25 and math.isnan(r[3].ready_s) and r[5].ready_s == 8.0
+    sim = Simulation(scenario_from_dict(d))
+    assert r[4].ready_s == 4.0 + sim.drawn_startup_delay(4) and sim.drawn_startup_delay(4) > 0
+    assert len(fast.replicas) == 6
 
 
 def test_scale_to_zero_drops():

@@ -73,3 +73,28 @@ def test_bad_files_give_clear_errors(tmp_path):
     p.write_text("TIMESTAMP\n2023-01-01\nnot-a-time\n")
     with pytest.raises(ConfigError, match="row 3: not a number or timestamp"):
         arrival_times(wl(kind="timestamps", path=str(p)), 10, 0)
+
+
+@pytest.mark.parametrize("kind, column, text, message", [
+    ("trace", "rps", "rps\n", "column 'rps' has no values (an empty trace)"),
+    ("trace", "rps", "rps\n\n\n", "column 'rps' has no values (an empty trace)"),
+    ("trace", "rps", "", "file is empty (expected a CSV with a 'rps' column)"),
+    ("timestamps", "TIMESTAMP", "TIMESTAMP\n", "column 'TIMESTAMP' has no values (an empty timestamps file)"),
+    ("trace", "rps", "rps\n10\n12\n100\nabc\n20\n", "column 'rps' row 5: not a number ('abc')"),
+    ("trace", "rps", "rps\n10\n\n12\n", "column 'rps' row 3: empty value"),
+    ("timestamps", "TIMESTAMP", "TIMESTAMP\n2023-01-01 00:00:10\n15\n",
+     "column 'TIMESTAMP' row 3: not a number or timestamp ('15')"),
+    ("timestamps", "t", "t\n0.5\n1.5\noops\n", "column 't' row 4: not a number or timestamp ('oops')"),
+])
+def test_empty_and_non_numeric_files_name_file_row_and_value(tmp_path, kind, column, text, message):
+    p = tmp_path / "x.csv"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        arrival_times(wl(kind=kind, path=str(p), column=column), 10, 0)
+    assert str(e.value) == f"{p}: {message}"
+
+
+def test_trailing_blank_lines_are_ignored(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("rps\n" + "\n".join(["100"] * 10) + "\n\n\n")
+    assert abs(len(arrival_times(wl(kind="trace", path=str(p)), 10, 0)) - 1000) < 4 * 1000 ** 0.5
