@@ -301,7 +301,7 @@ def parse_args(argv):
                          "configs/baseline.yaml)")
     ap.add_argument("--out", default="pipeline", help="output folder (default pipeline/)")
     ap.add_argument("--quick", action="store_true",
-                    help="shorter: 6 training iterations x 2 seeds, 60 s of real load per policy, HPA only")
+                    help="shorter: 6 training iterations x 2 seeds (default 20 x 3), 60 s of real load per policy, HPA only")
     ap.add_argument("--force", action="store_true", help="re-run every step")
     ap.add_argument("--from", dest="from_step", default=None, choices=STEPS, help="re-run from this step on")
     ap.add_argument("--only", default=None, help=f"comma list of steps to run ({', '.join(STEPS)})")
@@ -319,14 +319,14 @@ def parse_args(argv):
     ap.add_argument("--iterations", type=int, default=None, help="PPO iterations (default 20; --quick 6)")
     ap.add_argument("--seed", type=int, default=0, help="first training seed")
     ap.add_argument("--seeds", type=int, default=None,
-                    help="training seeds of the population (default: configs/rl.yaml population.seeds; --quick 2)")
+                    help="training seeds of the population (default 3, a budget for a 2-core machine: ~5 min per seed here; rl.train alone defaults to configs/rl.yaml population.seeds; --quick 2)")
     ap.add_argument("--duration", type=float, default=None, help="seconds of real load per policy (default 120; --quick 60)")
     ap.add_argument("--compare", default=None, help="validate --compare (default hpa,static; --quick hpa)")
     ap.add_argument("--backend", choices=("local", "kubernetes"), default=None, help="validate --backend")
     ap.add_argument("--verbose", action="store_true", help="show library warnings on the console too")
     a = ap.parse_args(argv)
     a.iterations = a.iterations if a.iterations is not None else (6 if a.quick else 20)
-    a.seeds = a.seeds if a.seeds is not None else (2 if a.quick else None)
+    a.seeds = a.seeds if a.seeds is not None else (2 if a.quick else 3)
     a.duration = a.duration if a.duration is not None else (60.0 if a.quick else 120.0)
     a.compare = a.compare or ("hpa" if a.quick else "hpa,static")
     a.eval_seeds = 1
