@@ -395,3 +395,24 @@ def tiny_repository(root, name="tiny", max_batch_size=4):
         'output [ { name: "y" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
         'instance_group [ { count: 1 kind: KIND_CPU } ]\ndynamic_batching { }\n')
     return root
+
+
+# --------------------------------------------------------------------------- real-server tests
+
+
+def real_stack_prerequisites(export_builtin: bool = True) -> None:
+    """Skip a real-server test module when HAProxy is missing (``python -m cluster.setup`` installs it);
+    otherwise resolve the bundled ``tritonserver`` and its Python backend, and export the built-in model to
+    ONNX once (``export_builtin``), so that no test pays the export inside its own time bound."""
+    import os
+    import shutil
+
+    import pytest
+    if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
+        pytest.skip("haproxy not installed (python -m cluster.setup)")
+    from cluster.stack.triton import backend_dir, tritonserver_bin
+    tritonserver_bin()
+    backend_dir()
+    if export_builtin:
+        from cluster.stack.model import export_onnx
+        export_onnx(0)

@@ -14,19 +14,14 @@ import psutil
 import pytest
 
 from cluster.stack import procs
-from helpers import tiny_onnx, tiny_repository
+from helpers import real_stack_prerequisites, tiny_onnx, tiny_repository
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def prerequisites():
-    import shutil
-    if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
-        pytest.skip("haproxy not installed (python -m cluster.setup)")
-    from cluster.stack.triton import backend_dir, tritonserver_bin
-    tritonserver_bin()
-    backend_dir()
+    real_stack_prerequisites(export_builtin=False)
 
 
 def _no_strays(tmp_path):

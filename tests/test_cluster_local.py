@@ -20,6 +20,7 @@ import pytest
 
 from cluster.stack import procs
 from cluster.stack.config import StackSettings
+from helpers import real_stack_prerequisites
 from simulator.config import scenario_from_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
@@ -30,14 +31,7 @@ MODEL = "mobilenetv4_conv_small"
 
 @pytest.fixture(scope="module", autouse=True)
 def prerequisites():
-    import shutil
-    if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
-        pytest.skip("haproxy not installed (python -m cluster.setup)")
-    from cluster.stack.model import export_onnx
-    from cluster.stack.triton import backend_dir, tritonserver_bin
-    tritonserver_bin()
-    backend_dir()
-    export_onnx(0)
+    real_stack_prerequisites()
 
 
 def _ours(marker: str) -> list[psutil.Process]:

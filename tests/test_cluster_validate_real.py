@@ -5,14 +5,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from cluster.stack import procs
+from helpers import real_stack_prerequisites
 
 pytestmark = [pytest.mark.slow, pytest.mark.realserver]
 
@@ -21,13 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module", autouse=True)
 def prerequisites():
-    if shutil.which("haproxy") is None and not os.path.exists("/usr/sbin/haproxy"):
-        pytest.skip("haproxy not installed (python -m cluster.setup)")
-    from cluster.stack.model import export_onnx
-    from cluster.stack.triton import backend_dir, tritonserver_bin
-    tritonserver_bin()
-    backend_dir()
-    export_onnx(0)
+    real_stack_prerequisites()
 
 
 def test_real_validate_run(tmp_path, capsys):
