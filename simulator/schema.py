@@ -14,6 +14,7 @@ servesim, so any module may use it without an import circle.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping
 
 
@@ -37,6 +38,9 @@ def check_keys(d: Mapping, allowed: set[str], path: str) -> None:
               f"unknown key; allowed keys here: {', '.join(sorted(allowed))}")
 
 
+EXPONENT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def number(d: Mapping, key: str, path: str, default: Any = None, *, lo: float | None = None,
          hi: float | None = None, lo_open: bool = False, integer: bool = False,
          required: bool = False) -> Any:
@@ -46,6 +50,8 @@ def number(d: Mapping, key: str, path: str, default: Any = None, *, lo: float | 
             fail(p, "is required")
         return default
     v = d[key]
+    if isinstance(v, str) and EXPONENT_LITERAL.match(v.strip()):
+        v = float(v)        # YAML 1.1 (PyYAML) reads 1e12 or 5E-3, exponent without a dot, as a string
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         fail(p, f"must be a {'whole number' if integer else 'number'} (got {v!r})")
     if integer and float(v) != int(v):

@@ -102,3 +102,20 @@ def test_records_that_outgrow_the_budget_stop_the_run(monkeypatch):
             while obs is not None:
                 obs = sim.step(1)
         assert sim.dp.n_requests in (300, 301)
+
+
+def test_issue_command_duration_1e12_in_yaml_is_a_number_and_refused(tmp_path, capsys):
+    # the issue's YAML spelling: PyYAML reads `1e12` (exponent, no dot) as a string; it must be the number it
+    # says and the run refused by the memory estimate, one line, exit 2, nothing written
+    import yaml
+
+    from simulator.run import main
+    p = tmp_path / "big.yaml"
+    p.write_text(yaml.safe_dump({"duration_s": 1, "workload": {"kind": "poisson", "rate_rps": 1280},
+                                 "service": {"mean_ms": 10}, "batching": {"instances": 2},
+                                 "cluster": {"replicas": 8}}).replace("duration_s: 1\n", "duration_s: 1e12\n"))
+    rc = main([str(p), "--out", str(tmp_path / "out"), "--quiet", "--memory-budget", "16G"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert "requests recorded" in err and "set record_requests: false" in err, err
+    assert not (tmp_path / "out").exists()
