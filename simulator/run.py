@@ -122,17 +122,22 @@ def main(argv=None) -> int:
         overrides = list(a.set) + (["record_requests=false"] if a.no_records else [])
         sc = load_scenario(a.scenario, overrides, seed=a.seed)
         with output_folder(a.out, a.force) as of:         # refused here, before simulating
-            from tqdm import tqdm
-            bar = tqdm(total=sc.duration_s, unit="sim-s", disable=a.quiet, desc="simulating",
-                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim-s [{elapsed}<{remaining}]")
+            bars = []          # the bar appears at the first progress report: a refusal before it is one clean line
 
             def progress(t):
-                bar.update(t - bar.n)
+                if not bars:
+                    from tqdm import tqdm
+                    bars.append(tqdm(total=sc.duration_s, unit="sim-s", disable=a.quiet, desc="simulating",
+                                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim-s [{elapsed}<{remaining}]"))
+                bars[0].update(t - bars[0].n)
 
             prefetch_output_modules(sc.record_requests, not a.no_plots)
-            res = simulate(sc, engine=a.engine, progress=progress, memory_budget=a.memory_budget)
-            bar.update(sc.duration_s - bar.n)
-            bar.close()
+            try:
+                res = simulate(sc, engine=a.engine, progress=progress, memory_budget=a.memory_budget)
+                progress(sc.duration_s)
+            finally:
+                for bar in bars:
+                    bar.close()
             files = write_outputs(res, of.path, plots=not a.no_plots)
         print_summary(res.summary, a.out, files)
         return 0
