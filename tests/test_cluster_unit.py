@@ -232,3 +232,11 @@ def test_port_check():
 def test_model_parameter_count():
     from cluster.stack.model import PARAMETERS, build_model, count_parameters
     assert count_parameters(build_model()) == PARAMETERS
+
+
+def test_headline_shows_the_seed_study_only_beside_its_own_model():
+    from cluster.measure import headline_table
+    s = {"avg_ms": 26.5, "p95_ms": 48.8, "p99_ms": 80.8, "throughput_rps": 121.8, "success_rate": 1.0}
+    assert "seed study" in headline_table(s, "baseline") and "72 ms" in headline_table(s, "baseline")
+    other = headline_table(s, "d0_low", seed_study=False)
+    assert "seed study" not in other and "72 ms" not in other and "121.8 req/s" in other
