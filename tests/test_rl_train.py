@@ -85,10 +85,13 @@ def test_bad_arguments_are_one_line(tmp_path):
 
 
 def test_pipeline_train_step_is_a_population(tmp_path):
-    """The pipeline's train step is this command: the config's population (5 seeds) by default, 2 seeds x 6
-    iterations under --quick."""
+    """The pipeline's train step is this command: a population of 3 seeds x 20 iterations by default (a 2-core
+    budget), 2 seeds x 6 iterations under --quick, any count with --seeds."""
     from cluster import pipeline as pl
     full = {s.name: s for s in pl.plan(tmp_path, pl.parse_args(["--out", str(tmp_path)]))}["train"].cmd
     quick = {s.name: s for s in pl.plan(tmp_path, pl.parse_args(["--out", str(tmp_path), "--quick"]))}["train"].cmd
-    assert full[1:3] == ["-m", "rl.train"] and "--seeds" not in full
+    assert full[1:3] == ["-m", "rl.train"]
+    assert full[full.index("--seeds") + 1] == "3" and full[full.index("--iterations") + 1] == "20"
+    five = {s.name: s for s in pl.plan(tmp_path, pl.parse_args(["--out", str(tmp_path), "--seeds", "5"]))}["train"].cmd
+    assert five[five.index("--seeds") + 1] == "5"
     assert quick[quick.index("--seeds") + 1] == "2" and quick[quick.index("--iterations") + 1] == "6"
