@@ -230,6 +230,15 @@ def test_measure_end_to_end(tmp_path, capsys):
     assert procs.live_children() == []
 
 
+def _cmdline(proc: psutil.Process) -> str:
+    """A child's command line, or "" once it has ended (a zombie or gone between listing and reading it:
+    measure's preflight starts and ends short-lived processes)."""
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return ""
+
+
 def test_ctrl_c_tears_everything_down(tmp_path):
     cfg = _tiny_config(tmp_path, duration=60)
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONFAULTHANDLER="1")
@@ -243,7 +252,7 @@ def test_ctrl_c_tears_everything_down(tmp_path):
         kids = []
         while time.time() < deadline:      # wait until the servers and the load generator are running
             kids = me.children(recursive=True)
-            cmds = [" ".join(k.cmdline()) for k in kids if k.is_running()]
+            cmds = [_cmdline(k) for k in kids]
             if any("tritonserver" in c for c in cmds) and any("cluster.stack.loadgen" in c for c in cmds):
                 break
             time.sleep(0.2)
