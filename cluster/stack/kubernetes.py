@@ -351,13 +351,9 @@ class KubernetesBackend(Backend):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        from kubernetes.client.exceptions import ApiException
         for kind, name in reversed(self._created):
-            try:
+            try:          # best effort: gone already (404), API down or anything else, the next one is tried
                 self._ops(kind)[2](name, self.ns, _request_timeout=self.t)
-            except ApiException as e:
-                if e.status != 404:
-                    pass
             except Exception:
                 pass
         now = time.time()
