@@ -27,7 +27,12 @@ What is fitted from what (every figure is recorded in the scenario's ``provenanc
    its own constant factor is found by bisection so that the replayed run's
    per-request compute equals Triton's counter (Δ compute_input+infer+output /
    Δ success over the run window) -- server-side counters, never the client
-   latencies the fidelity report scores; then a weighted line through (run's
+   latencies the fidelity report scores. When the run has Triton's per-batch-size
+   statistics (``batches.csv``), each side is first divided by the unscaled sweep
+   model's mean at its *own* executed batch sizes (:func:`relative_compute`): a
+   replay that forms smaller batches than the real run spends more compute per
+   request at the same speed, which must not be read as a different speed.
+   Then a weighted line through (run's
    request-weighted rate, own factor) gives ``scale`` (intercept) and
    ``rate_contention`` (slope / intercept; slope clipped at 0, constant factor
    when the training runs span one rate), refined twice by replaying each
@@ -66,10 +71,10 @@ from dataclasses import replace
 import numpy as np
 
 from simulator.config import Dist, Scenario, ServiceSpec
-from simulator.service import quantile_function
+from simulator.service import ServiceModel, build_service_model, quantile_function
 
 from . import fitting
-from .measurements import COUNTER_TAIL_S, CalibrationError, Measurements, RunData, counter_deltas
+from .measurements import COUNTER_TAIL_S, CalibrationError, Measurements, RunData, batch_histogram, counter_deltas
 from .replay import measured_summary, simulate_run
 
 CONTENTION_ITERATIONS = 7      # bisection steps on log(scale): ~1.5% resolution
@@ -283,16 +288,43 @@ def request_rate(run: RunData, window_s: float) -> float:
     return float(prev[sel].mean() / window_s) if sel.any() else 0.0
 
 
+def mix_mean_ms(shares: dict, model: ServiceModel) -> float:
+    """Mean compute per request of ``model`` over a batch-size distribution (``shares``: executed batches per
+    size, any scale): each request weighs its batch's mean, so a batch of ``b`` counts ``b`` times."""
+    w = {int(b): int(b) * float(v) for b, v in shares.items() if 1 <= int(b) <= model.max_batch and v > 0}
+    tot = sum(w.values())
+    return sum(x * model.mean_ms(b) for b, x in w.items()) / tot if tot > 0 else math.nan
+
+
+def relative_compute(compute_ms_per_request: float, shares: dict | None, unit: ServiceModel | None) -> float:
+    """Compute per request relative to the unscaled sweep model *at the batch sizes executed*
+    (``compute / mix_mean_ms(shares, unit)``), or the plain compute per request without a batch-size
+    distribution. A batch-size mix that differs between the run and its replay (more small batches, more
+    compute per request) then does not pass for a different compute speed."""
+    if not shares or unit is None:
+        return compute_ms_per_request
+    m = mix_mean_ms(shares, unit)
+    return compute_ms_per_request / m if m > 0 else math.nan
+
+
 def own_scale(run: RunData, make, seeds=(0,)) -> dict | None:
-    """The single contention factor that makes the replayed ``run``'s per-request compute match Triton's
-    counters (bisection on log(scale) in [SCALE_LO, SCALE_HI]); None without counters."""
+    """The single contention factor that makes the replayed ``run``'s compute match Triton's counters
+    (bisection on log(scale) in [SCALE_LO, SCALE_HI]); None without counters. With Triton's per-batch-size
+    statistics (``batches.csv``) both sides are compared relative to the sweep model at their own batch sizes
+    (:func:`relative_compute`), so the factor measures compute speed, not the replay's batch mix; without,
+    compute per request."""
     c = run_counters(run)
     if c is None or not math.isfinite(c["compute_ms_per_request"]):
         return None
-    target = c["compute_ms_per_request"]
+    hist = batch_histogram(run)
+    unit = build_service_model(make(1.0, 0.0).service, run.scenario.batching.max_batch_size) if hist else None
+    target = relative_compute(c["compute_ms_per_request"], hist, unit)
+    if not math.isfinite(target):
+        return None
 
     def sim(s: float) -> float:
-        return simulate_run(make(s, 0.0), run, seeds)["summary"]["compute_ms_per_request"]
+        v = simulate_run(make(s, 0.0), run, seeds)["summary"]
+        return relative_compute(v["compute_ms_per_request"], v.get("batch_shares") if hist else None, unit)
     lo, hi = math.log(SCALE_LO), math.log(SCALE_HI)
     note = ""
     if sim(SCALE_LO) >= target:
@@ -307,8 +339,10 @@ def own_scale(run: RunData, make, seeds=(0,)) -> dict | None:
             else:
                 hi = mid
         s = math.exp(0.5 * (lo + hi))
-    return {"own_scale": s, "measured_compute_ms": target, "successes": c["successes"],
-            "rate_rps": request_rate(run, RATE_WINDOW_S), "note": note}
+    return {"own_scale": s, "measured_compute_ms": c["compute_ms_per_request"], "successes": c["successes"],
+            "rate_rps": request_rate(run, RATE_WINDOW_S), "note": note,
+            "compared": "relative to the sweep model at the executed batch sizes" if hist else
+            "compute per request", "target": target, "relative": bool(hist)}
 
 
 def fit_contention(own: dict[str, dict], train: list[RunData]) -> dict:
@@ -398,7 +432,10 @@ def calibrate(meas: Measurements, train: list[RunData], shared: dict, seeds=(0,)
             if not o:
                 continue
             v = simulate_run(make(cont["scale"], cont["rate_contention"]), r, seeds)["summary"]
-            ratio = o["measured_compute_ms"] / v["compute_ms_per_request"] if v["compute_ms_per_request"] > 0 else 1
+            unit = (build_service_model(make(1.0, 0.0).service, r.scenario.batching.max_batch_size)
+                    if o.get("relative") else None)
+            got = relative_compute(v["compute_ms_per_request"], v.get("batch_shares"), unit)
+            ratio = o["target"] / got if got > 0 else 1
             model = cont["scale"] * (1 + cont["rate_contention"] * o["rate_rps"])
             pts[r.name] = {**o, "own_scale": model * ratio, "constant_factor": o["own_scale"],
                            "simulated_compute_ms": v["compute_ms_per_request"]}

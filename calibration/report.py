@@ -17,6 +17,15 @@ COLS = (("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("mean
 PCT = ("failure_rate", "slo_attainment")
 
 
+def _compared(c: dict) -> str:
+    """How the contention fit compared a run with its replay (``calibration.calibrate.own_scale``)."""
+    runs = (c.get("runs") or {}).values()
+    if runs and all(v.get("relative") for v in runs):
+        return ("each relative to the sweep model at its own executed batch sizes (Triton's per-batch-size "
+                "statistics), so a different batch mix does not pass for a different speed")
+    return "compute per request"
+
+
 def _f(v, k=""):
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
@@ -407,8 +416,8 @@ def write_report(out: Path, fid: dict, meas, shared, in_sample: dict, held: dict
                 f"executing batches in the interference term (fitted on all runs: the CPU-demand candidate, "
                 f"residual {c.get('residual', 0):.4f}, beat the rate line, {alt.get('residual', math.nan):.4f}: "
                 f"scale {_f(alt.get('scale'))} × (1 + {alt.get('rate_contention', 0) or 0:.4f} × req/s)). "
-                "Each run's own constant scale with that term in the replay (bisection: replayed per-request "
-                "compute = Triton's counter), and the model's scale:")
+                "Each run's own constant scale with that term in the replay (bisection: replayed compute = "
+                "Triton's counters, " + _compared(c) + "), and the model's scale:")
     else:
         cc = c.get("cores_candidate") or {}
         head = (f"Compute per batch = sweep fit × **{_f(c.get('scale'))}** × (1 + "
@@ -416,8 +425,8 @@ def write_report(out: Path, fid: dict, meas, shared, in_sample: dict, held: dict
                 f"runs; {c.get('note') or 'line through the runs'}"
                 + (f"; residual {c['residual']:.4f}, the CPU-demand candidate had {cc['residual']:.4f} at "
                    f"{cc['rate_cores']:g} cores per req/s" if cc and "residual" in c else "")
-                + "). Each run's own constant factor (bisection: replayed per-request compute = Triton's counter) "
-                  "against its request-weighted arrival rate, and the model's factor at that rate:")
+                + "). Each run's own constant factor (bisection: replayed compute = Triton's counters, "
+                + _compared(c) + ") against its request-weighted arrival rate, and the model's factor at that rate:")
     L += ["### Contention", "", head, "",
           "| run | measured compute ms / request (Triton counters) | req/s seen by a request | own factor | model factor |",
           "|---|---|---|---|---|"]

@@ -25,8 +25,9 @@ from numba import njit
 
 # numba's on-disk cache of this module keys on this file only: the batcher rules compiled into it come from
 # simulator.batching, so a change there must touch this file too (rules as of: the batch is capped at the
-# largest preferred size until the oldest request's delay expires).
-from simulator.batching import DROPPED, OK, REJECTED, TIMEOUT, batch_decision
+# largest preferred size until the oldest request's delay expires; with a delay, one batch is sealed ahead while
+# every instance is busy).
+from simulator.batching import DROPPED, OK, REJECTED, TIMEOUT, batch_decision, may_seal_ahead
 from simulator.contention import contention_factor, new_rate_window, node_rate, note_arrival
 from simulator.metrics import (A_ARRIVALS, A_BUSY_S, A_COMPUTE_S, A_DROPPED, A_EXEC, A_FAIL, A_INFER,
                                A_LAT2_S, A_LAT_S, A_OK, A_QUEUE_S, A_REJECTED, A_SLO_VIOL, A_TIMEOUT,
@@ -148,29 +149,45 @@ def _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, 
 
 
 @njit(cache=True)
-def _try_dispatch(s, t, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head, q_len,
+def _try_dispatch(s, t, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head, q_len, q_sealed,
                   i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer):
-    """Run the batcher of slot ``s`` at time ``t`` while it has a free instance."""
+    """Run the batcher of slot ``s`` at time ``t``: start batches on free instances and, with every instance
+    busy, seal one batch ahead (:mod:`simulator.batching` rule 2). A sealed batch is the first
+    ``q_sealed[s]`` requests of the queue ring; they start, in order, before any other, and starting one
+    does not seal the next (that waits for the next arrival or delay timer)."""
     ninst = ip[P_INST]
     cap = q_arr.shape[1]
+    started_sealed = False
     while True:
         free = -1
         for i in range(ninst):
             if i_busy[s, i] == INF:
                 free = i
                 break
+        q = q_len[s]
+        sealed = q_sealed[s]
         if free < 0:
             timer[s] = INF
+            if not started_sealed and q > sealed and may_seal_ahead(fs[F_DELAY_US], sealed):
+                n, deadline = batch_decision(q, q_arr[s, q_head[s]], t, ip[P_MAXB], pref, fs[F_DELAY_US])
+                if n > 0:
+                    q_sealed[s] = n
+                elif deadline >= 0:
+                    timer[s] = deadline
             return
-        q = q_len[s]
         if q == 0:
             timer[s] = INF
             return
-        oldest = q_arr[s, q_head[s]]
-        n, deadline = batch_decision(q, oldest, t, ip[P_MAXB], pref, fs[F_DELAY_US])
-        if n == 0:
-            timer[s] = deadline if deadline >= 0 else INF
-            return
+        if sealed > 0:
+            n = sealed
+            q_sealed[s] = 0
+            started_sealed = True
+        else:
+            oldest = q_arr[s, q_head[s]]
+            n, deadline = batch_decision(q, oldest, t, ip[P_MAXB], pref, fs[F_DELAY_US])
+            if n == 0:
+                timer[s] = deadline if deadline >= 0 else INF
+                return
         k = s_nb[s]
         s_nb[s] = k + 1
         svc = draw(table[n - 1], uniform(ip[P_SEED], SERVICE, s_uid[s], k)) * 1e-3
@@ -206,7 +223,7 @@ def _slot_empty(s, ninst, q_len, i_busy):
 
 @njit(cache=True, nogil=True)
 def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
-            s_state, s_uid, s_nb, ready, q_arr, q_id, q_user, q_head, q_len,
+            s_state, s_uid, s_nb, ready, q_arr, q_id, q_user, q_head, q_len, q_sealed,
             i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer,
             ht, hu, ukount, ia, ga, ih, gh, rec_f, rec_i, gone_uid, gone_t):
     """Process every data-plane event with time < ``until``. Returns a RET_* code.
@@ -238,8 +255,9 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
                     tc = i_busy[s, i]
                     cs = s
                     ci = i
-            if timeout > 0.0 and q_len[s] > 0:
-                d = q_arr[s, q_head[s]] + timeout
+            if timeout > 0.0 and q_len[s] > q_sealed[s]:
+                h = q_head[s] + q_sealed[s]
+                d = q_arr[s, h - qcap if h >= qcap else h] + timeout
                 if d < tt:
                     tt = d
                     ts = s
@@ -276,26 +294,35 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
                                 b_id[s, i, j], b_user[s, i, j], a, tc, OK, start, n, s_uid[s],
                                 start - a, svc)
             _try_dispatch(s, tc, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
-                          q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
+                          q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
             if s_state[s] == DRAINING and _slot_empty(s, ninst, q_len, i_busy):
                 s_state[s] = FREE
                 gone_uid[st[S_NGONE]] = s_uid[s]
                 gone_t[st[S_NGONE]] = tc
                 st[S_NGONE] += 1
         elif tt == tmin:
-            # ---- queue timeout of the oldest pending request
+            # ---- queue timeout of the oldest pending request (the first after a sealed batch, whose requests
+            # have left the queue): the sealed requests move up one place into the freed head position
             s = ts
-            h = q_head[s]
+            h = q_head[s] + q_sealed[s]
+            if h >= qcap:
+                h -= qcap
             rid = q_id[s, h]
             a = q_arr[s, h]
             u = q_user[s, h]
-            h += 1
+            for j in range(q_sealed[s]):
+                src = h - 1 if h > 0 else qcap - 1
+                q_arr[s, h] = q_arr[s, src]
+                q_id[s, h] = q_id[s, src]
+                q_user[s, h] = q_user[s, src]
+                h = src
+            h = q_head[s] + 1
             q_head[s] = 0 if h == qcap else h
             q_len[s] -= 1
             _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                             rid, u, a, tt, TIMEOUT, tt, 0, s_uid[s], 0.0, 0.0)
             _try_dispatch(s, tt, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
-                          q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
+                          q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
             if s_state[s] == DRAINING and _slot_empty(s, ninst, q_len, i_busy):
                 s_state[s] = FREE
                 gone_uid[st[S_NGONE]] = s_uid[s]
@@ -305,7 +332,7 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
             # ---- batcher delay timer
             timer[ms] = INF
             _try_dispatch(ms, tm, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
-                          q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
+                          q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
         else:
             # ---- arrival
             rid = st[S_NEXT_ID]
@@ -329,7 +356,7 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
                         if o < best:
                             best = o
                             s = c
-                if s >= 0 and q_len[s] >= qcap and (ip[P_MAXQ] == 0 or q_len[s] < ip[P_MAXQ]):
+                if s >= 0 and q_len[s] >= qcap and (ip[P_MAXQ] == 0 or q_len[s] - q_sealed[s] < ip[P_MAXQ]):
                     return RET_GROW_QUEUE
                 if lb == LB_RR:
                     st[S_RR] += 1
@@ -355,7 +382,7 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
             if s < 0:
                 _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                                 rid, user, ta, ta, DROPPED, ta, 0, -1, 0.0, 0.0)
-            elif ip[P_MAXQ] > 0 and q_len[s] >= ip[P_MAXQ]:
+            elif ip[P_MAXQ] > 0 and q_len[s] - q_sealed[s] >= ip[P_MAXQ]:
                 _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                                 rid, user, ta, ta, REJECTED, ta, 0, s_uid[s], 0.0, 0.0)
             else:
@@ -367,7 +394,7 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
                 q_user[s, p] = user
                 q_len[s] += 1
                 _try_dispatch(s, ta, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
-                              q_len, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
+                              q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
 
 
 @njit(cache=True)
@@ -497,7 +524,7 @@ class FastPlane:
         inst, mb = self.sc.batching.instances, self.sc.batching.max_batch_size
         new = dict(s_state=np.zeros(n, np.int64), s_uid=np.full(n, -1, np.int64), s_nb=np.zeros(n, np.int64),
                    ready=np.zeros(n, np.int64), timer=np.full(n, INF), q_head=np.zeros(n, np.int64),
-                   q_len=np.zeros(n, np.int64), i_busy=np.full((n, inst), INF), i_start=np.zeros((n, inst)),
+                   q_len=np.zeros(n, np.int64), q_sealed=np.zeros(n, np.int64), i_busy=np.full((n, inst), INF), i_start=np.zeros((n, inst)),
                    b_arr=np.zeros((n, inst, mb)), b_id=np.zeros((n, inst, mb), np.int64),
                    b_user=np.zeros((n, inst, mb), np.int64), b_n=np.zeros((n, inst), np.int64),
                    b_svc=np.zeros((n, inst)), gone_uid=np.zeros(n, np.int64), gone_t=np.zeros(n))
@@ -541,7 +568,7 @@ class FastPlane:
         while True:
             r = advance(t, self.arr, self.st, self.fs, self.rw, self.ip, self.pref, self.table, self.ovt, self.tht,
                         self.s_state, self.s_uid, self.s_nb, self.ready, self.q_arr, self.q_id, self.q_user,
-                        self.q_head, self.q_len, self.i_busy, self.i_start, self.b_arr, self.b_id,
+                        self.q_head, self.q_len, self.q_sealed, self.i_busy, self.i_start, self.b_arr, self.b_id,
                         self.b_user, self.b_n, self.b_svc, self.timer, self.ht, self.hu, self.ukount,
                         self.ia, self.ga, self.ih, self.gh, self.rec_f, self.rec_i, self.gone_uid,
                         self.gone_t)
@@ -576,6 +603,7 @@ class FastPlane:
         self.s_uid[s] = uid
         self.s_nb[s] = 0
         self.q_len[s] = 0
+        self.q_sealed[s] = 0
         self.q_head[s] = 0
         self.timer[s] = INF
         self.i_busy[s, :] = INF

@@ -47,7 +47,7 @@ import numpy as np
 import simpy
 from simpy.events import Event
 
-from simulator.batching import DROPPED, OK, REJECTED, TIMEOUT, batch_decision
+from simulator.batching import DROPPED, OK, REJECTED, TIMEOUT, batch_decision, may_seal_ahead
 from simulator.contention import contention_factor, new_rate_window, node_rate, note_arrival
 from simulator.metrics import (A_ARRIVALS, A_BUSY_S, A_COMPUTE_S, A_DROPPED, A_EXEC, A_FAIL, A_INFER,
                                A_LAT2_S, A_LAT_S, A_OK, A_QUEUE_S, A_REJECTED, A_SLO_VIOL, A_TIMEOUT,
@@ -120,16 +120,18 @@ class Replica:
         self.uid = uid
         self.state = STARTING
         self.queue: deque[Request] = deque()
+        self.sealed: list[Request] = []                          # a batch sealed ahead, waiting for an instance
         self.running: list[Batch | None] = [None] * instances   # batch on each instance
         self.n_batches = 0                                        # batches dispatched so far
         self.wake = env.event()                                   # pokes the batcher
         self.timer: Event | None = None                           # pending delay timer
 
     def empty(self) -> bool:
-        return not self.queue and all(b is None for b in self.running)
+        return not self.queue and not self.sealed and all(b is None for b in self.running)
 
     def outstanding(self) -> int:
-        return len(self.queue) + sum(len(b.requests) for b in self.running if b is not None)
+        return (len(self.queue) + len(self.sealed)
+                + sum(len(b.requests) for b in self.running if b is not None))
 
 
 class RefPlane:
@@ -349,17 +351,40 @@ class RefPlane:
     def _run_batcher(self, rep: Replica) -> None:
         t = self.env.now
         rep.timer = None
+        started_sealed = False
         while True:
             free = next((i for i, b in enumerate(rep.running) if b is None), None)
-            if free is None or not rep.queue:
+            if free is None:
+                # every instance busy: with a delay, seal one batch ahead (simulator.batching rule 2), but not
+                # at the instant a sealed batch started (the next arrival or delay timer does)
+                if not started_sealed and rep.queue and may_seal_ahead(self.delay_us, len(rep.sealed)):
+                    n, deadline = batch_decision(len(rep.queue), rep.queue[0].arrival, t,
+                                                 self.max_batch, self.preferred, self.delay_us)
+                    if n == 0:
+                        self._set_timer(rep, deadline)
+                    else:
+                        rep.sealed = [rep.queue.popleft() for _ in range(int(n))]
+                        for r in rep.sealed:       # they left the queue: no queue timeout any more
+                            if r.dispatched is not None:
+                                r.dispatched.succeed()
+                return
+            if rep.sealed:
+                reqs, rep.sealed = rep.sealed, []
+                self._start(rep, free, reqs, t)
+                started_sealed = True
+                continue
+            if not rep.queue:
                 return
             n, deadline = batch_decision(len(rep.queue), rep.queue[0].arrival, t,
                                          self.max_batch, self.preferred, self.delay_us)
             if n == 0:
-                rep.timer = timer = _At(self.env, deadline, PRIO_TIMER)
-                timer.callbacks.append(lambda ev, rep=rep: self._on_timer(rep, ev))
+                self._set_timer(rep, deadline)
                 return
             self._dispatch(rep, free, int(n), t)
+
+    def _set_timer(self, rep: Replica, deadline: float) -> None:
+        rep.timer = timer = _At(self.env, deadline, PRIO_TIMER)
+        timer.callbacks.append(lambda ev, rep=rep: self._on_timer(rep, ev))
 
     def _on_timer(self, rep: Replica, ev: Event) -> None:
         if rep.timer is ev:          # a timer superseded by a later decision is ignored
@@ -367,20 +392,25 @@ class RefPlane:
             self._poke(rep)
 
     def _dispatch(self, rep: Replica, instance: int, n: int, t: float) -> None:
+        reqs = [rep.queue.popleft() for _ in range(n)]
+        for r in reqs:
+            if r.dispatched is not None:
+                r.dispatched.succeed()
+        self._start(rep, instance, reqs, t)
+
+    def _start(self, rep: Replica, instance: int, reqs: list, t: float) -> None:
+        """Start the batch ``reqs`` (already out of the queue) on ``instance`` at ``t``."""
         k = rep.n_batches
         rep.n_batches += 1
-        svc = float(draw(self.model.table[n - 1], uniform(self.seed, SERVICE, rep.uid, k))) * 1e-3
+        svc = float(draw(self.model.table[len(reqs) - 1], uniform(self.seed, SERVICE, rep.uid, k))) * 1e-3
         self.n_busy += 1
         if self.interference > 0.0 or self.rate_cont > 0.0:
             svc *= contention_factor(self.n_busy, self.cores, self.interference, self.rate_cores, self.rate_cont,
                                      node_rate(self.rate_window, t, self.rate_win))
-        reqs = [rep.queue.popleft() for _ in range(n)]
         batch = Batch(reqs, t, svc, instance)
         rep.running[instance] = batch
         for r in reqs:
             r.batch = batch
-            if r.dispatched is not None:
-                r.dispatched.succeed()
         self.env.process(self._execute(rep, batch))
 
     def _execute(self, rep: Replica, batch: Batch):

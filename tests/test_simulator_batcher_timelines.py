@@ -74,10 +74,12 @@ def test_largest_preferred_size_when_instance_frees(tmp_path, engine):
     check(simulate(sc, engine=engine), [
         # r0 at 0: q = 1, wait (timer 3); r1 at 1: q = 2 = preferred -> batch [r0 r1] at 1, done 1+12 = 13.
         (1, 13, 2, OK), (1, 13, 2, OK),
-        # r2..r6 queue (2..6) while busy; at 13: q = 5 < 8, and the oldest (r2) has waited 11 >= 3:
-        # the delay is exceeded, so the largest batch possible, not the largest preferred size (4),
-        # goes: [r2..r6] at 13, done 13+18 = 31.
-        (13, 31, 5, OK), (13, 31, 5, OK), (13, 31, 5, OK), (13, 31, 5, OK), (13, 31, 5, OK),
+        # the instance is busy; with a delay the batcher seals one batch ahead (rule 2): r2 at 2 waits
+        # (q = 1, timer 2+3 = 5); r3 at 3 makes q = 2 = preferred -> [r2 r3] sealed at 3. r4..r6 (4..6)
+        # queue behind it. At 13 [r2 r3] starts, done 13+12 = 25, and the batcher seals the next batch
+        # at once: the oldest (r4) has waited 9 >= 3, the delay is exceeded, so the largest batch
+        # possible, not the largest preferred size (2), is sealed: [r4 r5 r6], started at 25, done 25+14 = 39.
+        (13, 25, 2, OK), (13, 25, 2, OK), (25, 39, 3, OK), (25, 39, 3, OK), (25, 39, 3, OK),
     ])
 
 
@@ -106,9 +108,87 @@ def test_expired_delay_sends_past_the_largest_preferred_size(tmp_path, engine):
                   {1: 10, 2: 12, 3: 14, 4: 16, 5: 18, 6: 20, 7: 22, 8: 24})
     check(simulate(sc, engine=engine), [
         (1, 13, 2, OK), (1, 13, 2, OK),
-        # at 13 the oldest pending (r2, 2) has waited 11 >= 5: all six pending go at once, done 13+20 = 33.
-        (13, 33, 6, OK), (13, 33, 6, OK), (13, 33, 6, OK), (13, 33, 6, OK), (13, 33, 6, OK), (13, 33, 6, OK),
+        # busy: r2 at 2 waits (timer 7), r3 at 3 completes the preferred size 2 -> [r2 r3] sealed at 3
+        # (rule 2), started at 13, done 25. At 13 the oldest pending (r4, 4) has waited 9 >= 5: all four
+        # pending are sealed at once (past the largest preferred size), started at 25, done 25+16 = 41.
+        (13, 25, 2, OK), (13, 25, 2, OK), (25, 41, 4, OK), (25, 41, 4, OK), (25, 41, 4, OK), (25, 41, 4, OK),
     ])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("delay_us", [5000, 0])
+def test_delay_seals_one_batch_ahead(tmp_path, engine, delay_us):
+    """The pattern measured on the real server (benchmarks/batcher_probe.py): two requests arrive while the
+    instance is busy, the second after the first's delay has expired."""
+    sc = scenario(tmp_path, [0, 10, 24], {"max_batch_size": 16, "max_queue_delay_us": delay_us},
+                  {1: 30, 2: 40, 3: 50})
+    if delay_us:
+        check(simulate(sc, engine=engine), [
+            # r0 alone: timer 0+5 -> runs 5 -> 35. r1 at 10: busy; its delay expires at 15 -> [r1] sealed.
+            (5, 35, 1, OK),
+            # r2 at 24 does not join the sealed batch: [r1] starts at 35 (done 65), and [r2] (waited
+            # 11 >= 5) is sealed then, started at 65, done 95.
+            (35, 65, 1, OK), (65, 95, 1, OK),
+        ])
+    else:
+        check(simulate(sc, engine=engine), [
+            # delay 0: r0 runs 0 -> 30; r1 and r2 wait, and both go when the instance frees: 30 -> 70.
+            (0, 30, 1, OK), (30, 70, 2, OK), (30, 70, 2, OK),
+        ])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_starting_a_sealed_batch_does_not_seal_the_next(tmp_path, engine):
+    sc = scenario(tmp_path, [0, 10, 20, 40], {"max_batch_size": 16, "max_queue_delay_us": 5000},
+                  {1: 30, 2: 40, 3: 50})
+    check(simulate(sc, engine=engine), [
+        # r0 runs 5 -> 35; r1 at 10 is sealed at 15; r2 at 20 waits behind it.
+        (5, 35, 1, OK), (35, 65, 1, OK),
+        # at 35 [r1] starts; r2 (waited 15 >= 5) is not sealed then: the batcher runs again at r3's
+        # arrival (40), which seals [r2 r3]; they start when r1 is done (65), done 65+40 = 105.
+        (65, 105, 2, OK), (65, 105, 2, OK),
+    ])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sealed_requests_do_not_time_out(tmp_path, engine):
+    sc = scenario(tmp_path, [0, 5, 8, 30, 40],
+                  {"max_batch_size": 4, "max_queue_delay_us": 2000, "queue_timeout_us": 20000},
+                  {1: 30, 2: 40, 3: 50, 4: 60})
+    res = simulate(sc, engine=engine)
+    check(res, [
+        # r0: timer 2 -> runs 2 -> 32.
+        (2, 32, 1, OK),
+        # r1 at 5: busy; sealed at 5+2 = 7. It has left the queue, so its deadline 5+20 = 25 passes.
+        # It starts at 32, done 62.
+        (32, 62, 1, OK),
+        # r2 at 8 waits behind the sealed batch (one sealed batch at a time): still pending at its
+        # deadline 8+20 = 28 -> TIMEOUT at 28.
+        (28, 28, 0, TIMEOUT, 0),
+        # r3 at 30 waits: r1 starting at 32 does not run the batcher; r4's arrival at 40 does, and seals
+        # [r3 r4] (r3 waited 10 >= 2). Their deadlines, 50 and 60, pass; they start at 62, done 62+40 = 102.
+        (62, 102, 2, OK), (62, 102, 2, OK),
+    ])
+    assert res.summary["timed_out"] == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sealed_requests_do_not_count_toward_max_queue_size(tmp_path, engine):
+    sc = scenario(tmp_path, [0, 5, 10, 11],
+                  {"max_batch_size": 4, "max_queue_delay_us": 2000, "max_queue_size": 1},
+                  {1: 30, 2: 40, 3: 50, 4: 60})
+    res = simulate(sc, engine=engine)
+    check(res, [
+        (2, 32, 1, OK),
+        # r1 at 5 (pending 0 -> accepted), sealed at 7: pending 0 again.
+        (32, 62, 1, OK),
+        # r2 at 10 is accepted (pending 0 < 1); no arrival runs the batcher after r1 starts (32), so r2 goes
+        # when the instance frees: 62, done 92.
+        (62, 92, 1, OK),
+        # r3 at 11 finds r2 pending = max_queue_size -> REJECTED at once.
+        (11, 11, 0, REJECTED, 0),
+    ])
+    assert res.summary["rejected"] == 1
 
 
 @pytest.mark.parametrize("engine", ENGINES)

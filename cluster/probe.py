@@ -1,0 +1,164 @@
+"""Probe the real dynamic batcher with a scripted arrival pattern: which requests share a batch?
+
+    python -m cluster.probe [--delay-us 5000] [--pattern 0,14,32] [--reps 20] [--first-batch 8]
+
+Starts one local Triton server (the bundled one) serving the built-in text encoder with one instance and
+the given ``max_queue_delay_us``, then repeats ``reps`` times: request ``j`` is sent ``pattern[j]`` ms after
+the first, each from its own connected client thread (the first carries ``first-batch`` items, so it keeps
+the instance busy ~35 ms), and reads Triton's per-batch-size statistics (``/v2/models/<m>/stats``) before and
+after. The executed batch sizes, and the send instants actually achieved, are printed.
+
+This is the experiment behind rule 2 of :mod:`simulator.batching`. With ``--pattern 0,14,32`` and a 5 ms
+delay, B (14) waits its delay while the instance is busy with A and is *sealed*; C (32) does not join it:
+the batches are 8, 1, 1. With ``--delay-us 0`` B and C run together: 8, 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+
+MODEL = "text_encoder_small"
+
+
+def probe(delay_us: int, pattern_ms: list[float], reps: int = 20, first_batch: int = 8, gap_s: float = 0.15,
+          quiet: bool = True, preferred: tuple[int, ...] = ()) -> dict:
+    """Run the probe (module doc); returns ``{"batches": {size: count}, "per_rep": ..., "send_ms": [...]}``.
+    The server is stopped on every exit path."""
+    import numpy as np
+    import tritonclient.http as th
+
+    from cluster.stack.config import ModelSpec
+    from cluster.stack.served import resolve
+    from cluster.stack.triton import TritonServer, http_get
+    from simulator.config import BatchingSpec
+
+    if not pattern_ms or pattern_ms[0] != 0 or any(b < a for a, b in zip(pattern_ms, pattern_ms[1:])):
+        raise ValueError(f"--pattern must start at 0 and not decrease (got {pattern_ms})")
+    m = resolve(ModelSpec(builtin=MODEL))
+    n = len(pattern_ms)
+    with tempfile.TemporaryDirectory(prefix="ss-probe-") as d:
+        m.write_repository(d, BatchingSpec(max_batch_size=16, max_queue_delay_us=int(delay_us),
+                                                   preferred_batch_sizes=tuple(preferred)), 1)
+        srv = TritonServer(d, "probe", f"{d}/server.log", model=m.name)
+        try:
+            srv.start()
+            srv.wait_ready(120)
+            url = srv.url.replace("http://", "")
+
+            def inputs(k: int):
+                it = m.items(k)
+                out = []
+                for t in m.inputs:
+                    i = th.InferInput(t.name, list(it[t.name].shape), t.datatype)
+                    i.set_data_from_numpy(it[t.name], binary_data=True)
+                    out.append(i)
+                return out
+            ins = [inputs(first_batch if j == 0 else 1) for j in range(n)]
+            go = [threading.Event() for _ in range(n)]
+            ready, done = threading.Barrier(n + 1), threading.Barrier(n + 1)
+            sent: list[list[float]] = [[] for _ in range(n)]
+            errors: list[str] = []
+            stop = threading.Event()
+
+            def worker(j: int) -> None:
+                # a client per thread, created in it (tritonclient.http's gevent client is bound to its thread)
+                c = th.InferenceServerClient(url)
+                try:
+                    c.infer(m.name, ins[j])
+                finally:
+                    ready.wait()
+                while True:
+                    go[j].wait()
+                    go[j].clear()
+                    if stop.is_set():
+                        return
+                    sent[j].append(time.perf_counter())
+                    try:
+                        c.infer(m.name, ins[j])
+                    except Exception as e:          # noqa: BLE001 - reported, and the barrier must be reached
+                        errors.append(str(e))
+                    done.wait()
+
+            def stats() -> Counter:
+                st, body = http_get(f"{srv.url}/v2/models/{m.name}/stats", 5.0)
+                s = json.loads(body)["model_stats"][0]
+                return Counter({int(x["batch_size"]): int(x["compute_infer"]["count"]) for x in s["batch_stats"]})
+            threads = [threading.Thread(target=worker, args=(j,), daemon=True) for j in range(n)]
+            for t in threads:
+                t.start()
+            ready.wait(timeout=60)
+            per_rep, offsets = [], []
+            for r in range(reps):
+                s0 = stats()
+                t0 = time.perf_counter()
+                for j, off in enumerate(pattern_ms):
+                    while time.perf_counter() - t0 < off / 1000:
+                        pass
+                    go[j].set()
+                done.wait(timeout=60)
+                offsets.append([1000 * (sent[j][-1] - t0) for j in range(n)])
+                time.sleep(gap_s)
+                got = stats() - s0
+                per_rep.append(tuple(sorted(got.elements(), reverse=True)))
+                if not quiet:
+                    print(f"[probe] rep {r + 1}/{reps}: batches {per_rep[-1]}", file=sys.stderr)
+            stop.set()
+            for e in go:
+                e.set()
+        finally:
+            srv.stop(5)
+    if errors:
+        raise RuntimeError(f"{len(errors)} probe requests failed, first: {errors[0]}")
+    total = Counter()
+    for p in per_rep:
+        total.update(p)
+    o = np.array(offsets)
+    return {"delay_us": int(delay_us), "preferred": list(preferred), "pattern_ms": list(pattern_ms), "first_batch": first_batch, "reps": reps,
+            "batches": dict(sorted(total.items())), "per_rep": Counter(per_rep).most_common(),
+            "send_ms_mean": [round(float(x), 2) for x in o.mean(0)],
+            "send_ms_max": [round(float(x), 2) for x in o.max(0)]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--delay-us", type=int, default=5000)
+    ap.add_argument("--pattern", default="0,14,32", help="send instants in ms, the first 0 (default 0,14,32)")
+    ap.add_argument("--preferred", default="", help="preferred_batch_sizes, comma-separated (default none)")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--first-batch", type=int, default=8, help="items in the first request (1..16)")
+    ap.add_argument("--json", default=None, help="also write the result here")
+    a = ap.parse_args(argv)
+    try:
+        pattern = [float(x) for x in a.pattern.split(",")]
+        preferred = tuple(sorted(int(x) for x in a.preferred.split(",") if x.strip()))
+    except ValueError:
+        print(f"error: --pattern {a.pattern!r} / --preferred {a.preferred!r}: comma-separated numbers expected",
+              file=sys.stderr)
+        return 2
+    if not 1 <= a.first_batch <= 16 or a.reps < 1 or a.delay_us < 0:
+        print("error: --first-batch must be 1..16, --reps >= 1, --delay-us >= 0", file=sys.stderr)
+        return 2
+    try:
+        res = probe(a.delay_us, pattern, a.reps, a.first_batch, quiet=True, preferred=preferred)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"delay {res['delay_us']} us, preferred {res['preferred'] or 'none'}, pattern {res['pattern_ms']} ms (first request {res['first_batch']} items), "
+          f"{res['reps']} repetitions")
+    print(f"  sent at (ms, mean / max): {res['send_ms_mean']} / {res['send_ms_max']}")
+    print(f"  executed batches by size: {res['batches']}")
+    for combo, k in res["per_rep"]:
+        print(f"  {k:3d} x batches {list(combo)}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({**res, "per_rep": [[list(c), k] for c, k in res["per_rep"]]}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
