@@ -20,7 +20,7 @@ src/dynamic_batch_scheduler.cc of triton-inference-server/core):
    when an instance frees with nothing sealed). Sealed requests have left the
    queue: they neither time out (rule 7) nor count against ``max_queue_size``
    (rule 6).
-   Measured on the bundled Triton 2.51 (``benchmarks/batcher_probe.py``, one
+   Measured on the bundled Triton 2.51 (``python -m cluster.probe``, one
    instance busy with a batch of 8, 5 ms delay): B arrives, then C 14 ms
    later, both before the instance frees: B and C ran as two batches of one
    (with delay 0: one batch of two). Adding D after the instance started B:

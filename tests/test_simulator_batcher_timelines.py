@@ -118,7 +118,7 @@ def test_expired_delay_sends_past_the_largest_preferred_size(tmp_path, engine):
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("delay_us", [5000, 0])
 def test_delay_seals_one_batch_ahead(tmp_path, engine, delay_us):
-    """The pattern measured on the real server (benchmarks/batcher_probe.py): two requests arrive while the
+    """The pattern measured on the real server (python -m cluster.probe): two requests arrive while the
     instance is busy, the second after the first's delay has expired."""
     sc = scenario(tmp_path, [0, 10, 24], {"max_batch_size": 16, "max_queue_delay_us": delay_us},
                   {1: 30, 2: 40, 3: 50})
