@@ -1,16 +1,16 @@
 """Probe the real dynamic batcher with a scripted arrival pattern: which requests share a batch?
 
-    python -m cluster.probe [--delay-us 5000] [--pattern 0,14,32] [--reps 20] [--first-batch 8]
+    python -m cluster.probe [--delay-us 5000] [--pattern 0,12,40] [--reps 20] [--first-batch 12] [--preferred 4,8]
 
 Starts one local Triton server (the bundled one) serving the built-in text encoder with one instance and
 the given ``max_queue_delay_us``, then repeats ``reps`` times: request ``j`` is sent ``pattern[j]`` ms after
 the first, each from its own connected client thread (the first carries ``first-batch`` items, so it keeps
-the instance busy ~35 ms), and reads Triton's per-batch-size statistics (``/v2/models/<m>/stats``) before and
+the instance busy ~50 ms), and reads Triton's per-batch-size statistics (``/v2/models/<m>/stats``) before and
 after. The executed batch sizes, and the send instants actually achieved, are printed.
 
-This is the experiment behind rule 2 of :mod:`simulator.batching`. With ``--pattern 0,14,32`` and a 5 ms
-delay, B (14) waits its delay while the instance is busy with A and is *sealed*; C (32) does not join it:
-the batches are 8, 1, 1. With ``--delay-us 0`` B and C run together: 8, 2.
+This is the experiment behind rule 2 of :mod:`simulator.batching`. With the defaults (5 ms delay), B (12 ms)
+waits its delay while the instance is busy with A and is *sealed*; C (40 ms) does not join it: the batches
+are 12, 1, 1. With ``--delay-us 0`` B and C run together: 12, 2.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from collections import Counter
 MODEL = "text_encoder_small"
 
 
-def probe(delay_us: int, pattern_ms: list[float], reps: int = 20, first_batch: int = 8, gap_s: float = 0.15,
+def probe(delay_us: int, pattern_ms: list[float], reps: int = 20, first_batch: int = 12, gap_s: float = 0.15,
           quiet: bool = True, preferred: tuple[int, ...] = ()) -> dict:
     """Run the probe (module doc); returns ``{"batches": {size: count}, "per_rep": ..., "send_ms": [...]}``.
     The server is stopped on every exit path."""
@@ -97,6 +97,10 @@ def probe(delay_us: int, pattern_ms: list[float], reps: int = 20, first_batch: i
                 s0 = stats()
                 t0 = time.perf_counter()
                 for j, off in enumerate(pattern_ms):
+                    # sleep (releasing the GIL, so the threads already released can send) until 1 ms before,
+                    # then spin
+                    while (left := t0 + off / 1000 - time.perf_counter()) > 0.001:
+                        time.sleep(left - 0.001)
                     while time.perf_counter() - t0 < off / 1000:
                         pass
                     go[j].set()
@@ -127,10 +131,10 @@ def probe(delay_us: int, pattern_ms: list[float], reps: int = 20, first_batch: i
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--delay-us", type=int, default=5000)
-    ap.add_argument("--pattern", default="0,14,32", help="send instants in ms, the first 0 (default 0,14,32)")
+    ap.add_argument("--pattern", default="0,12,40", help="send instants in ms, the first 0 (default 0,12,40)")
     ap.add_argument("--preferred", default="", help="preferred_batch_sizes, comma-separated (default none)")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--first-batch", type=int, default=8, help="items in the first request (1..16)")
+    ap.add_argument("--first-batch", type=int, default=12, help="items in the first request (1..16)")
     ap.add_argument("--json", default=None, help="also write the result here")
     a = ap.parse_args(argv)
     try:

@@ -10,7 +10,8 @@ interval's observation and reward, so an episode of ``episode_s`` seconds has
   encoded by :class:`simulator.learned.ObsEncoder` (fixed scales stored with
   the policy, last ``env.history`` frames);
 - action: index into ``env.action.values`` -- a replica change (``delta``) or
-  a replica count (``target``), see :func:`simulator.learned.apply_action`;
+  a replica count (``target``), see :func:`simulator.learned.apply_action` (then the optional scale-down
+  stabilisation, :func:`simulator.learned.stabilized_action`);
 - reward: ``-(cost_per_replica_s * replica_seconds + lambda * (late + failed
   requests)) / (interval_s * max_replicas)`` for the interval
   (:func:`rl.common.step_reward`), floored at ``-env.reward.clip`` when that is set.
@@ -42,7 +43,7 @@ from rl.common import base_scenario, day_range, interval_violations, load_rl_con
 from rl.drift import draw_factors, perturb_scenario
 from simulator.config import Segment, WorkloadSpec
 from simulator.engine import Simulation
-from simulator.learned import ObsEncoder, apply_action, default_obs_spec
+from simulator.learned import ObsEncoder, default_obs_spec, stabilized_action
 from simulator.service import build_service_model
 
 
@@ -184,6 +185,7 @@ class ServeSimEnv(gym.Env):
             info = dict(info, drift=factors)
         self.sim = Simulation(sc, model=model)
         self.encoder.reset()
+        self.recommendations = []          # the scale-down stabilisation's history (env.action.scale_down_window_s)
         self.obs = self.sim.start()
         self.steps = 0
         self.prev_rs = self.sim.timeline[-1]["replica_seconds"]
@@ -196,7 +198,7 @@ class ServeSimEnv(gym.Env):
         if self.sim is None or self.obs is None:
             raise RuntimeError("call reset() before step()")
         a = int(action)
-        desired = apply_action(a, self.obs, self.action_map)
+        desired, self.recommendations = stabilized_action(a, self.obs, self.action_map, self.recommendations)
         obs = self.sim.step(desired)
         self.steps += 1
         if obs is None:  # only when duration is not a multiple of the interval

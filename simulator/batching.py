@@ -21,13 +21,14 @@ src/dynamic_batch_scheduler.cc of triton-inference-server/core):
    queue: they neither time out (rule 7) nor count against ``max_queue_size``
    (rule 6).
    Measured on the bundled Triton 2.51 (``python -m cluster.probe``, one
-   instance busy with a batch of 8, 5 ms delay): B arrives, then C 14 ms
-   later, both before the instance frees: B and C ran as two batches of one
-   (with delay 0: one batch of two). Adding D after the instance started B:
-   C and D ran as one batch of two (C was not sealed when B started). On the
-   text encoder's runs (``configs/text_encoder.yaml``) without this rule the
-   simulated queue time was half the real one in every run with a delay, and
-   right in the runs without.
+   instance busy with a 12-item request, 5 ms delay, 12 repetitions): B
+   arrives 12 ms later, C 40 ms later, both before the instance frees: B and C
+   ran as two batches of one in 12 of 12 (with delay 0 as one batch of two in
+   11 of 12). With C at 25 ms and D at 61 ms, after the instance started B:
+   C and D ran as one batch in 11 of 12 (C was not sealed when B started). On
+   the text encoder's runs (``configs/text_encoder.yaml``) without this rule
+   the simulated queue time was half the real one in every run with a delay,
+   and right in the runs without.
 3. With ``q`` requests pending and a free instance, while the oldest has waited
    less than ``max_queue_delay_us`` (or the delay is 0): if some preferred batch
    size ``p <= q`` exists, the largest such ``p`` is sent at once -- never more,

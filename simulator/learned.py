@@ -17,7 +17,9 @@ everything needed to act -- no Ray, no gymnasium, no simulator internals:
   requested replicas + values[argmax]), ``{"kind": "target", "values":
   [...]}`` (desired = values[argmax]) or ``{"kind": "rate", "values": [u...],
   "capacity_rps_per_replica": c}`` (desired = ceil(arrival_rps / (c * u)):
-  the policy picks the per-replica load level to provision for);
+  the policy picks the per-replica load level to provision for); any kind may add
+  ``"scale_down_window_s": w`` (> 0): Kubernetes' scale-down stabilisation over
+  the policy's raw answers of the last ``w`` seconds (:func:`stabilized_action`);
 - ``interval_s``: the control interval it was trained at (a run at another
   interval is refused);
 - ``scenario`` / ``training``: provenance (scenario name and hash, trace
@@ -42,6 +44,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from simulator.hpa import Recommendation, stabilize_recommendation
 from simulator.policy import AutoscalerSpec, Observation, Policy, register
 from simulator.schema import ConfigError, check_keys
 
@@ -176,6 +179,21 @@ def apply_action(index: int, obs: Observation, action: Mapping[str, Any]) -> int
     return int(min(max(n, obs.min_replicas), obs.max_replicas))
 
 
+def stabilized_action(index: int, obs: Observation, action: Mapping[str, Any],
+                      recommendations: Sequence[Recommendation]) -> tuple[int, list[Recommendation]]:
+    """:func:`apply_action`, then, when the mapping has ``scale_down_window_s`` > 0, Kubernetes' scale-down
+    stabilisation (:func:`simulator.hpa.stabilize_recommendation`, scale-up window 0): the count never falls
+    below the highest of this interval's and the last ``scale_down_window_s`` seconds' raw answers, so a
+    policy holds its replicas through a dip the way an HPA does. Returns (desired, the new history); the
+    caller keeps the history (one per policy or environment, emptied on reset)."""
+    raw = apply_action(index, obs, action)
+    window = float(action.get("scale_down_window_s") or 0.0)
+    if window <= 0:
+        return raw, list(recommendations)
+    n, recs = stabilize_recommendation(recommendations, float(obs.time_s), int(obs.replicas), raw, 0.0, window)
+    return int(min(max(n, obs.min_replicas), obs.max_replicas)), recs
+
+
 # --------------------------------------------------------------------------- file format
 
 
@@ -190,6 +208,9 @@ def validate_meta(meta: Any, where: str) -> dict:
     if not isinstance(act, dict) or act.get("kind") not in ACTION_KINDS or \
             not isinstance(act.get("values"), list) or not act["values"]:
         raise ConfigError(f"{where}: action mapping must be {{kind: delta|target|rate, values: [...]}} (got {act!r})")
+    w = act.get("scale_down_window_s", 0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 3600:
+        raise ConfigError(f"{where}: action scale_down_window_s must be a number of seconds in 0..3600 (got {w!r})")
     if act["kind"] == "rate" and not (isinstance(act.get("capacity_rps_per_replica"), (int, float))
                                       and act["capacity_rps_per_replica"] > 0 and all(
                 isinstance(v, (int, float)) and v > 0 for v in act["values"])):
@@ -271,6 +292,7 @@ class LearnedPolicy(Policy):
         self.interval_s = float(meta["interval_s"])
         self.last_scores: Sequence[float] = ()
         self.last_action: int = -1
+        self.recommendations: list[Recommendation] = []
 
     def spec(self) -> AutoscalerSpec:
         """This policy as the one carrier of a policy and its interval (the interval it was trained at)."""
@@ -284,6 +306,7 @@ class LearnedPolicy(Policy):
     def reset(self) -> None:
         self.encoder.reset()
         self.last_scores, self.last_action = (), -1
+        self.recommendations = []
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -303,7 +326,8 @@ class LearnedPolicy(Policy):
                               f"(expected {n} finite numbers)")
         a = int(np.argmax(s))
         self.last_scores, self.last_action = s.tolist(), a
-        return apply_action(a, obs, self.action)
+        n, self.recommendations = stabilized_action(a, obs, self.action, self.recommendations)
+        return n
 
     @classmethod
     def validate_params(cls, params: Mapping[str, Any], path: str) -> None:
@@ -326,5 +350,5 @@ class LearnedPolicy(Policy):
         return cls(module, meta, p)
 
 
-__all__ = ["LearnedPolicy", "ObsEncoder", "apply_action", "default_obs_spec", "linear_forecast", "load_policy_file",
+__all__ = ["LearnedPolicy", "ObsEncoder", "apply_action", "stabilized_action", "default_obs_spec", "linear_forecast", "load_policy_file",
            "save_policy_file", "FORMAT", "DERIVED", "DERIVED_DOC", "OBS_SETS"]

@@ -9,7 +9,7 @@ import yaml
 gym = pytest.importorskip("gymnasium")
 
 from rl.common import interval_violations, load_rl_config, step_reward  # noqa: E402
-from simulator.learned import ObsEncoder, apply_action, default_obs_spec  # noqa: E402
+from simulator.learned import ObsEncoder, apply_action, default_obs_spec, stabilized_action  # noqa: E402
 from simulator.policy import Observation  # noqa: E402
 
 NAN = float("nan")
@@ -131,3 +131,26 @@ def test_apply_action_kinds():
     # rate: ceil(230 / (50 * 0.8)) = ceil(5.75) = 6; ceil(230 / 50) = 5
     assert apply_action(0, o, {"kind": "rate", "values": [0.8, 1.0], "capacity_rps_per_replica": 50}) == 6
     assert apply_action(1, o, {"kind": "rate", "values": [0.8, 1.0], "capacity_rps_per_replica": 50}) == 5
+
+
+def test_scale_down_window_holds_the_highest_recent_answer():
+    """Rate action, capacity 50, u = 1.0, a 20 s scale-down window, one decision every 5 s: the raw answers
+    (ceil(rate / 50)) are 5, 5, 2, 2, 2, 2, 2 and 6; the count may not fall below the highest raw answer of the
+    last 20 s (times t > now - 20), and rises at once."""
+    act = {"kind": "rate", "values": [1.0], "capacity_rps_per_replica": 50, "scale_down_window_s": 20}
+
+    def o(t, rate, replicas):
+        return Observation(time_s=t, interval_s=5, arrival_rps=rate, completion_rps=rate, latency_p50_ms=NAN,
+                           latency_p95_ms=NAN, latency_p99_ms=NAN, slo_violation_frac=NAN, queue_ms=NAN,
+                           batch_size=NAN, busy_fraction=NAN, inflight=0, replicas=replicas,
+                           replicas_ready=replicas, replicas_pending=0, failures=0, slo_ms=100,
+                           min_replicas=1, max_replicas=8)
+    recs, got, n = [], [], 1
+    for t, rate in [(5, 240), (10, 250), (15, 100), (20, 100), (25, 100), (30, 100), (35, 100), (40, 300)]:
+        n, recs = stabilized_action(0, o(t, rate, n), act, recs)
+        got.append(n)
+    # the last 5 was answered at t = 10: it holds the count up to t = 25 (10 > 25 - 20), not at t = 30
+    assert got == [5, 5, 5, 5, 5, 2, 2, 6]
+    # without the window: the raw answers
+    plain = {k: v for k, v in act.items() if k != "scale_down_window_s"}
+    assert [stabilized_action(0, o(t, r, 5), plain, [])[0] for t, r in [(5, 240), (15, 100)]] == [5, 2]
