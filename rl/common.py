@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "slo_target": 0.01,
     "capacity_rps_per_replica": "auto",
     "env": {"episode_s": 600, "history": 4, "features": "extended",
-            "action": {"kind": "rate", "values": [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]},
+            "action": {"kind": "rate", "values": [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3], "scale_down_window_s": 60},
             "reward": {"cost_per_replica_s": 1.0, "lambda": 2.0, "clip": None},
             "randomize": {"enabled": "auto"}},
     "curriculum": {"synthetic_frac": 0.3, "scale_jitter": [0.75, 1.25],

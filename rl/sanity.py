@@ -132,8 +132,9 @@ def costs_differ(a: str, cost_a: float, b: str, cost_b: float, same: float = SAM
     """Warn when two policies the study compares cost the same (within ``same``)."""
     rel = abs(cost_a - cost_b) / max(min(cost_a, cost_b), 1e-9)
     ok = rel > same
+    signed = (cost_a - cost_b) / max(cost_b, 1e-9)       # a relative to b, as the tables print it
     return Check(f"{a} and {b} differ", ok,
-                 f"{a} {cost_a:.0f} vs {b} {cost_b:.0f} replica-s ({rel:+.1%})" + ("" if ok else ": the same cost"),
+                 f"{a} {cost_a:.0f} vs {b} {cost_b:.0f} replica-s ({signed:+.1%})" + ("" if ok else ": the same cost"),
                  severity="warn", values={a: cost_a, b: cost_b})
 
 

@@ -154,3 +154,11 @@ def test_scale_down_window_holds_the_highest_recent_answer():
     # without the window: the raw answers
     plain = {k: v for k, v in act.items() if k != "scale_down_window_s"}
     assert [stabilized_action(0, o(t, r, 5), plain, [])[0] for t, r in [(5, 240), (15, 100)]] == [5, 2]
+
+
+@pytest.mark.parametrize("window", [-5, "60", True, 7200])
+def test_bad_scale_down_window_is_one_line(window):
+    from simulator.config import ConfigError
+    act = {"kind": "rate", "values": [1.0], "scale_down_window_s": window}
+    with pytest.raises(ConfigError, match=r"env\.action\.scale_down_window_s: must be seconds in 0\.\.3600"):
+        load_rl_config(need_trace=False, overrides={"env": {"action": act}})

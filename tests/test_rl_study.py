@@ -179,6 +179,9 @@ def test_sanity_checks_on_hand_made_cases():
     assert not v.ok and "sent 60.0% of the planned requests" in v.detail
     w = sanity.costs_differ("policy", 100.0, "hpa_tuned", 100.4)
     assert not w.ok and w.severity == "warn"
+    # the sign says which is cheaper, as in the tables: 96 vs 100 is -4.0 %, 104 vs 100 is +4.0 %
+    assert "(-4.0%)" in sanity.costs_differ("policy", 96.0, "hpa_tuned", 100.0).detail
+    assert "(+4.0%)" in sanity.costs_differ("policy", 104.0, "hpa_tuned", 100.0).detail
     rec = sanity.record([w, ok], allowed=False)
     assert rec["ok"] and sanity.failure([w, ok]) is None          # a warning never fails the command
     assert sanity.failure([w, dear]).startswith("degenerate result (oracle is a bound)")
