@@ -363,10 +363,7 @@ class RefPlane:
                     if n == 0:
                         self._set_timer(rep, deadline)
                     else:
-                        rep.sealed = [rep.queue.popleft() for _ in range(int(n))]
-                        for r in rep.sealed:       # they left the queue: no queue timeout any more
-                            if r.dispatched is not None:
-                                r.dispatched.succeed()
+                        rep.sealed = self._take(rep, int(n))
                 return
             if rep.sealed:
                 reqs, rep.sealed = rep.sealed, []
@@ -391,12 +388,16 @@ class RefPlane:
             rep.timer = None
             self._poke(rep)
 
-    def _dispatch(self, rep: Replica, instance: int, n: int, t: float) -> None:
+    def _take(self, rep: Replica, n: int) -> list:
+        """The first ``n`` queued requests, out of the queue (so no queue timeout applies to them any more)."""
         reqs = [rep.queue.popleft() for _ in range(n)]
         for r in reqs:
             if r.dispatched is not None:
                 r.dispatched.succeed()
-        self._start(rep, instance, reqs, t)
+        return reqs
+
+    def _dispatch(self, rep: Replica, instance: int, n: int, t: float) -> None:
+        self._start(rep, instance, self._take(rep, n), t)
 
     def _start(self, rep: Replica, instance: int, reqs: list, t: float) -> None:
         """Start the batch ``reqs`` (already out of the queue) on ``instance`` at ``t``."""
