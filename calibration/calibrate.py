@@ -307,6 +307,12 @@ def relative_compute(compute_ms_per_request: float, shares: dict | None, unit: S
     return compute_ms_per_request / m if m > 0 else math.nan
 
 
+def unit_model(make, run: RunData) -> ServiceModel:
+    """The sweep's per-batch compute model at scale 1 for ``run``'s batch sizes (what :func:`relative_compute`
+    divides by)."""
+    return build_service_model(make(1.0, 0.0).service, run.scenario.batching.max_batch_size)
+
+
 def own_scale(run: RunData, make, seeds=(0,)) -> dict | None:
     """The single contention factor that makes the replayed ``run``'s compute match Triton's counters
     (bisection on log(scale) in [SCALE_LO, SCALE_HI]); None without counters. With Triton's per-batch-size
@@ -317,7 +323,7 @@ def own_scale(run: RunData, make, seeds=(0,)) -> dict | None:
     if c is None or not math.isfinite(c["compute_ms_per_request"]):
         return None
     hist = batch_histogram(run)
-    unit = build_service_model(make(1.0, 0.0).service, run.scenario.batching.max_batch_size) if hist else None
+    unit = unit_model(make, run) if hist else None
     target = relative_compute(c["compute_ms_per_request"], hist, unit)
     if not math.isfinite(target):
         return None
@@ -340,9 +346,7 @@ def own_scale(run: RunData, make, seeds=(0,)) -> dict | None:
                 hi = mid
         s = math.exp(0.5 * (lo + hi))
     return {"own_scale": s, "measured_compute_ms": c["compute_ms_per_request"], "successes": c["successes"],
-            "rate_rps": request_rate(run, RATE_WINDOW_S), "note": note,
-            "compared": "relative to the sweep model at the executed batch sizes" if hist else
-            "compute per request", "target": target, "relative": bool(hist)}
+            "rate_rps": request_rate(run, RATE_WINDOW_S), "note": note, "target": target, "relative": bool(hist)}
 
 
 def fit_contention(own: dict[str, dict], train: list[RunData]) -> dict:
@@ -432,8 +436,7 @@ def calibrate(meas: Measurements, train: list[RunData], shared: dict, seeds=(0,)
             if not o:
                 continue
             v = simulate_run(make(cont["scale"], cont["rate_contention"]), r, seeds)["summary"]
-            unit = (build_service_model(make(1.0, 0.0).service, r.scenario.batching.max_batch_size)
-                    if o.get("relative") else None)
+            unit = unit_model(make, r) if o.get("relative") else None
             got = relative_compute(v["compute_ms_per_request"], v.get("batch_shares"), unit)
             ratio = o["target"] / got if got > 0 else 1
             model = cont["scale"] * (1 + cont["rate_contention"] * o["rate_rps"])

@@ -134,9 +134,11 @@ def load_rl_config(path: str | None = None, scenario: str | None = None, trace: 
         act["values"] = list(range(sc.cluster.min_replicas, sc.cluster.max_replicas + 1))
     if act.get("kind") not in ("delta", "target", "rate") or not isinstance(act.get("values"), list) or not act["values"]:
         raise ConfigError(f"{path}: env.action: must be {{kind: delta|target|rate, values: [...]}} (got {act!r})")
+    from simulator.learned import SCALE_DOWN_WINDOW_MAX_S, valid_scale_down_window
     w = act.get("scale_down_window_s", 0)
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 3600:
-        raise ConfigError(f"{path}: env.action.scale_down_window_s: must be seconds in 0..3600 (got {w!r})")
+    if not valid_scale_down_window(w):
+        raise ConfigError(f"{path}: env.action.scale_down_window_s: must be seconds in 0..{SCALE_DOWN_WINDOW_MAX_S} "
+                          f"(got {w!r})")
     for k in ("cost_per_replica_s", "lambda"):
         v = cfg["env"]["reward"].get(k)
         if not isinstance(v, (int, float)) or v < 0:

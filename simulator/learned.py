@@ -179,6 +179,15 @@ def apply_action(index: int, obs: Observation, action: Mapping[str, Any]) -> int
     return int(min(max(n, obs.min_replicas), obs.max_replicas))
 
 
+SCALE_DOWN_WINDOW_MAX_S = 3600
+
+
+def valid_scale_down_window(w: Any) -> bool:
+    """An action mapping's ``scale_down_window_s``: a number of seconds in 0..``SCALE_DOWN_WINDOW_MAX_S``
+    (0 = off)."""
+    return not isinstance(w, bool) and isinstance(w, (int, float)) and 0 <= w <= SCALE_DOWN_WINDOW_MAX_S
+
+
 def stabilized_action(index: int, obs: Observation, action: Mapping[str, Any],
                       recommendations: Sequence[Recommendation]) -> tuple[int, list[Recommendation]]:
     """:func:`apply_action`, then, when the mapping has ``scale_down_window_s`` > 0, Kubernetes' scale-down
@@ -209,8 +218,9 @@ def validate_meta(meta: Any, where: str) -> dict:
             not isinstance(act.get("values"), list) or not act["values"]:
         raise ConfigError(f"{where}: action mapping must be {{kind: delta|target|rate, values: [...]}} (got {act!r})")
     w = act.get("scale_down_window_s", 0)
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 3600:
-        raise ConfigError(f"{where}: action scale_down_window_s must be a number of seconds in 0..3600 (got {w!r})")
+    if not valid_scale_down_window(w):
+        raise ConfigError(f"{where}: action scale_down_window_s must be a number of seconds in "
+                          f"0..{SCALE_DOWN_WINDOW_MAX_S} (got {w!r})")
     if act["kind"] == "rate" and not (isinstance(act.get("capacity_rps_per_replica"), (int, float))
                                       and act["capacity_rps_per_replica"] > 0 and all(
                 isinstance(v, (int, float)) and v > 0 for v in act["values"])):
