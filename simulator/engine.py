@@ -158,7 +158,8 @@ class Simulation:
 
     def __init__(self, sc: Scenario, engine: str = "fast", model: ServiceModel | None = None,
                  progress: Callable[[float], None] | None = None,
-                 startup_delay: StartupDelay | None = None, memory_budget: str | int | float | None = None):
+                 startup_delay: StartupDelay | None = None, memory_budget: str | int | float | None = None,
+                 fed: bool = False):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r})")
         self.sc = sc
@@ -168,7 +169,10 @@ class Simulation:
         self.memory = check_memory(sc, engine, memory_budget, self.model)
         self.env = simpy.Environment()
         think = dist_table(sc.workload.think) if sc.workload.kind == "closed_loop" else np.zeros(2)
-        arrivals = None if sc.workload.kind == "closed_loop" else \
+        if fed and sc.workload.kind == "closed_loop":
+            raise ValueError("a fed deployment takes open-loop arrivals from feed(); its workload is closed_loop")
+        self.fed = fed
+        arrivals = None if sc.workload.kind == "closed_loop" or fed else \
             ArrivalSource(sc.workload, sc.duration_s, sc.seed)
         if engine == "fast":
             from simulator.fastplane import FastPlane
@@ -247,6 +251,18 @@ class Simulation:
             self.replicas[uid].gone_s = t
 
     # ---- running
+    def feed(self, times: np.ndarray) -> None:
+        """Arrivals pushed from outside (``fed=True``): sorted instants, none before the last :meth:`run_until`.
+        A pipeline's stage k+1 is fed the instants at which stage k's responses reach it."""
+        if not self.fed:
+            raise RuntimeError("feed() needs a Simulation made with fed=True")
+        if len(times):
+            self.dp.feed(np.asarray(times, dtype=float))
+
+    def run_until(self, t: float) -> None:
+        """Advance the control and data planes to ``t`` (no observation, no decision)."""
+        self._run_until(t)
+
     def _run_until(self, t: float) -> None:
         ev = self.env.timeout(max(0.0, t - self.env.now))  # last tick may overshoot duration_s by an ulp
         while not ev.processed:
@@ -276,8 +292,13 @@ class Simulation:
         return self.observe(t_next)
 
     def step(self, desired: Any) -> Observation | None:
-        """Apply the policy's answer for the current tick (:func:`simulator.policy.replicas_to_ask`: clamped;
-        NaN / inf / a non-number holds the last decision and is counted), run to the next tick."""
+        """Apply the policy's answer for the current tick (:meth:`apply`), run to the next tick."""
+        self.apply(desired)
+        return self._next_obs()
+
+    def apply(self, desired: Any) -> int:
+        """Apply a policy's answer now (:func:`simulator.policy.replicas_to_ask`: clamped; NaN / inf / a
+        non-number holds the last decision and is counted); returns the replica count asked for."""
         t = self.env.now
         ans = replicas_to_ask(desired, self._last_desired, self.sc.cluster.min_replicas, self.sc.cluster.max_replicas)
         n = ans.replicas
@@ -287,7 +308,7 @@ class Simulation:
             self.timeline[-1]["desired"] = n
             self.timeline[-1]["held"] = int(ans.held)
         self.scale_to(n, t)
-        return self._next_obs()
+        return n
 
     def _ready_seconds(self, a: float, b: float) -> float:
         tot = 0.0
@@ -324,7 +345,8 @@ class Simulation:
         return obs
 
     def _finish(self) -> None:
-        self.dp.stop_arrivals()
+        if not self.fed:
+            self.dp.stop_arrivals()
         self.dp.advance(math.inf)
         self._collect_gone()
         self._wall = time.perf_counter() - self._t0

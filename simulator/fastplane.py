@@ -660,6 +660,31 @@ class FastPlane:
         live = self.s_state >= READY
         return int(self.q_len[live].sum() + self.b_n[live].sum())
 
+    def feed(self, times: np.ndarray) -> None:
+        """Open-loop arrivals pushed from outside (a pipeline's upstream stage), sorted, none in the past."""
+        rest = self.arr[self.st[S_PTR]:]
+        self.arr = np.concatenate([rest, times]) if len(rest) else np.array(times, dtype=float)
+        self.st[S_PTR] = 0
+
+    def take_finished(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Requests finished since the last call: their ids, client-side completion instants (server time +
+        overhead) and statuses, in id order. Reads the per-request records (``record_requests`` must be on)."""
+        n = self.n_requests
+        if not hasattr(self, "_fin_taken"):
+            self._fin_taken, self._fin_lo = np.zeros(1024, bool), 0
+        if len(self._fin_taken) < n:
+            grown = np.zeros(max(2 * len(self._fin_taken), n), bool)
+            grown[:len(self._fin_taken)] = self._fin_taken
+            self._fin_taken = grown
+        lo = self._fin_lo
+        taken = self._fin_taken[lo:n]
+        comp = self.rec_f[2, lo:n]
+        ids = lo + np.flatnonzero(~np.isnan(comp) & ~taken)
+        self._fin_taken[ids] = True
+        pending = np.flatnonzero(~self._fin_taken[lo:n])
+        self._fin_lo = lo + (int(pending[0]) if len(pending) else n - lo)
+        return ids, self.rec_f[2, ids].copy(), self.rec_i[2, ids].copy()
+
     def stop_arrivals(self) -> None:
         """No new requests after this point (end of run): open-loop stream ends, users stop."""
         self.arr = np.zeros(0)

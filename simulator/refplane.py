@@ -173,6 +173,8 @@ class RefPlane:
         self.n_busy = 0                            # batches executing on the node (interference)
         self.next_id = 0
         self.n_finished = 0
+        self.finished: list[tuple[int, float, int]] = []   # (id, completion, status) since take_finished()
+        self.fed_pending = 0                       # arrivals fed (feed()) whose instant has not come yet
         self.gone: list[tuple[int, float]] = []
         self.stopped = False
         self.interval_start = 0.0
@@ -187,7 +189,7 @@ class RefPlane:
         if self.closed:
             for u in range(sc.workload.users):
                 env.process(self._user(u))
-        else:
+        elif arrivals is not None:                 # else fed: arrivals come through feed()
             env.process(self._open_loop())
 
     # ------------------------------------------------------------------ workload
@@ -203,6 +205,18 @@ class RefPlane:
                     return
                 self.env.process(self._request(self._new_request(-1)))
             t = t_end
+
+    def feed(self, times) -> None:
+        """Open-loop arrivals pushed from outside (a pipeline's upstream stage), sorted, none in the past:
+        one arrival event each, created in the order given, so equal instants arrive in that order."""
+        for a in times:
+            ev = _At(self.env, float(a), PRIO_ARRIVAL)
+            ev.callbacks.append(self._fed_arrival)
+            self.fed_pending += 1
+
+    def _fed_arrival(self, ev: Event) -> None:
+        self.fed_pending -= 1
+        self.env.process(self._request(self._new_request(-1)))
 
     def _user(self, u: int):
         sr = self.sc.workload.spawn_rate
@@ -327,6 +341,7 @@ class RefPlane:
                     acc[k] += 1.0
         req.status, req.overhead, req.done_s = status, ov, done
         self.n_finished += 1
+        self.finished.append((req.rid, done, status))
         if self.record:
             r, i = self.rec, req.rid
             r["dispatch_s"][i] = disp_t
@@ -446,7 +461,7 @@ class RefPlane:
         which the engine steps itself; only the final drain-out (``t = inf``, after
         :meth:`stop_arrivals`) needs stepping here, until every request has finished."""
         if math.isinf(t):
-            while self.n_finished < self.next_id and self.env.peek() < math.inf:
+            while (self.n_finished < self.next_id or self.fed_pending > 0) and self.env.peek() < math.inf:
                 self.env.step()
         else:
             while self.env.peek() < t:
@@ -495,6 +510,13 @@ class RefPlane:
 
     def inflight(self) -> int:
         return sum(rep.outstanding() for rep in self.replicas.values() if rep.state in (READY, DRAINING))
+
+    def take_finished(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Requests finished since the last call: ids, client-side completion instants, statuses (id order)."""
+        f = sorted(self.finished)
+        self.finished = []
+        return (np.array([x[0] for x in f], dtype=np.int64), np.array([x[1] for x in f], dtype=float),
+                np.array([x[2] for x in f], dtype=np.int64))
 
     def stop_arrivals(self) -> None:
         self.stopped = True
