@@ -7,8 +7,11 @@
    2 ms delay, gamma service, Poisson at ~80% of saturation, round-robin) on the fast engine.
 2. The same scenario on the per-request SimPy reference engine.
 3. An M/M/c queue (c=8, rho=0.8) on the fast engine and on ciw.
-4. With --memory: a simulated 24 h at 400 rps with per-request records off; peak RSS.
-5. The whole command (issue 11): ``python -m simulator.run`` on the WHOLE scenario below (8 replicas
+4. A three-stage pipeline (issue 15): each stage the reference scenario's deployment, linked end to end
+   (:mod:`simulator.pipeline`), on the fast engine, against the single-stage reference scenario: simulated
+   requests per wall-second per stage visit, and the ratio (target: the pipeline within 2x, i.e. >= 0.5).
+5. With --memory: a simulated 24 h at 400 rps with per-request records off; peak RSS.
+6. The whole command (issue 11): ``python -m simulator.run`` on the WHOLE scenario below (8 replicas
    x 2 instances, exponential 10 ms, Poisson 1280 rps, 4000 s: ~5.1 M requests, records on, plots on)
    as a subprocess, wall time from start to exit: first start with an empty numba cache (a fresh
    clone: everything compiled, the cache written) and second start (the cache loaded); against the
@@ -193,14 +196,16 @@ def main():
     ap.add_argument("--ciw-requests", type=int, default=200_000)
     ap.add_argument("--whole-duration-s", type=float, default=WHOLE["duration_s"],
                     help="simulated seconds of the whole-command scenario (default 4000: ~5.1 M requests)")
-    ap.add_argument("--only", choices=("engine", "whole"), default=None, help="run one section only")
+    ap.add_argument("--only", choices=("engine", "pipeline", "whole"), default=None, help="run one section only")
     ap.add_argument("--memory", action="store_true", help="also run a simulated 24 h at 400 rps")
     a = ap.parse_args()
-    if a.only != "whole":
+    if a.only in (None, "engine"):
         engine_section(a)
+    if a.only in (None, "pipeline"):
+        pipeline_section(a)
     if a.memory:
         memory_section()            # before the whole-command section: its peak RSS is this run's alone
-    if a.only != "engine":
+    if a.only in (None, "whole"):
         rows, (mean_ms, mean_obv) = whole_process(a.whole_duration_s)
         print(f"\nthe whole command: python -m simulator.run WHOLE.yaml --out DIR (8 replicas x 2 instances, "
               f"exponential 10 ms, Poisson 1280 rps, {a.whole_duration_s:g} s, records and plots on)")
@@ -239,6 +244,37 @@ def engine_section(a):
     print(f"mean wait M/M/8: fast {s_m['queue_ms']['mean']:.3f} ms, ciw {cwq * 1e3:.3f} ms")
     print(f"reference scenario: mean batch {s_fast['mean_batch_size']:.2f}, "
           f"p99 {s_fast['latency_ms']['p99']:.2f} ms (fast) vs {s_ref['latency_ms']['p99']:.2f} ms (reference)")
+
+
+def three_stage(n):
+    """The reference scenario's deployment three times in a row, ``n`` requests offered."""
+    base = load_scenario(os.path.join(ROOT, "configs", "reference.yaml"))
+    d = base.to_dict()
+    stage = {"service": d.pop("service"), "batching": d.pop("batching"), "cluster": d.pop("cluster"),
+             "autoscaler": d.pop("autoscaler")}
+    d["duration_s"] = n / base.workload.rate_rps
+    d["slo_ms"] = 3 * base.slo_ms
+    stage["hop"] = stage["service"].pop("overhead")          # a single model's overhead is a stage's hop
+    d["pipeline"] = {"stages": [dict(stage, name=f"s{k}") for k in range(3)]}
+    return scenario_from_dict(d)
+
+
+def pipeline_section(a):
+    from simulator.pipeline import simulate_pipeline
+    rate = load_scenario(os.path.join(ROOT, "configs", "reference.yaml")).workload.rate_rps
+    simulate_pipeline(three_stage(20_000))                 # compile / warm caches
+    n = a.requests // 2
+    single = load_scenario(os.path.join(ROOT, "configs", "reference.yaml"), [f"duration_s={n / rate}"])
+    simulate(single)
+    one, s1, w1 = rate_of(single, "fast")
+    t = time.perf_counter()
+    r = simulate_pipeline(three_stage(n))
+    w3 = time.perf_counter() - t
+    visits = sum(v["requests"] for v in r.summary["stages"].values())
+    print_rows([("reference scenario, one stage, fast engine", s1["requests"], w1),
+                ("reference deployment x 3 stages (per stage visit), fast engine", visits, w3)])
+    print(f"three-stage pipeline / single stage, per stage visit: {(visits / w3) / one:.2f} "
+          f"(target >= 0.5: within 2x); end-to-end p99 {r.summary['latency_ms']['p99']:.2f} ms")
 
 
 def memory_section():

@@ -454,6 +454,187 @@ def parse_autoscaler(d: Any, path: str, base_dir: str = "") -> AutoscalerSpec:
     return AutoscalerSpec(kind=kind, interval_s=interval, params=params)
 
 
+# --------------------------------------------------------------------------- pipeline
+
+ACCURACY_RULES = ("product", "mean")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One model variant a pipeline stage can serve: its per-batch compute (``service``: ``per_batch`` /
+    ``batch_slope``, as a single model's; the per-request overhead is the stage's ``hop``, not the
+    variant's), its accuracy in [0, 1], and its start-up delay (None: the stage's ``cluster.startup_s``)."""
+
+    name: str
+    accuracy: float
+    service: ServiceSpec
+    startup: Dist | None = None
+
+    def to_dict(self) -> dict:
+        sv = self.service.to_dict()
+        sv.pop("overhead")
+        d = {"name": self.name, "accuracy": self.accuracy, "service": sv}
+        if self.startup is not None:
+            d["startup_s"] = self.startup.to_dict("s")
+        return d
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a pipeline: a deployment exactly as a single-model scenario's (``batching``,
+    ``cluster``, ``autoscaler``) serving one of its ``variants`` (``variant``: the one replicas start
+    with). ``hop``: time outside Triton per request after this stage's response (client / router -> load
+    balancer -> Triton -> back; a single model's ``service.overhead``): the request reaches the next
+    stage, or the client after the last stage, ``hop`` after the batch holding it completes."""
+
+    name: str
+    variants: tuple[VariantSpec, ...]
+    variant: str
+    hop: Dist = Dist("deterministic", 0.0, 0.0)
+    batching: BatchingSpec = BatchingSpec()
+    cluster: ClusterSpec = ClusterSpec()
+    autoscaler: AutoscalerSpec = AutoscalerSpec()
+
+    def variant_index(self, name: str) -> int:
+        return [v.name for v in self.variants].index(name)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "variants": [v.to_dict() for v in self.variants], "variant": self.variant,
+                "hop": self.hop.to_dict("ms"), "batching": self.batching.to_dict(),
+                "cluster": self.cluster.to_dict(), "autoscaler": self.autoscaler.to_dict()}
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A chain of stages (``stages`` in the order a request visits them). A request's accuracy combines the
+    accuracies of the variants that served it by ``accuracy``: ``product`` (the default: the chance that
+    every stage is right, assuming independent errors) or ``mean``."""
+
+    stages: tuple[StageSpec, ...]
+    accuracy: str = "product"
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "stages": [st.to_dict() for st in self.stages]}
+
+
+STAGE_KEYS = {"name", "variants", "variant", "service", "accuracy", "startup_s", "hop", "hop_ms", "batching",
+              "cluster", "autoscaler", "next"}
+VARIANT_KEYS = {"name", "accuracy", "service", "startup_s"}
+
+
+def _parse_variant(v: Any, path: str) -> VariantSpec:
+    check_keys(v, VARIANT_KEYS, path)
+    name = string(v, "name", path, required=True)
+    if "service" not in v or not v["service"]:
+        fail(f"{path}.service", "is required: the variant's per-batch compute (per_batch: {1: {mean_ms: ...}, ...})")
+    if isinstance(v["service"], Mapping) and ("overhead" in v["service"] or "overhead_ms" in v["service"]):
+        fail(f"{path}.service.overhead", "a variant has no overhead of its own: give the stage's hop (hop_ms or hop)")
+    return VariantSpec(name=name, accuracy=number(v, "accuracy", path, 1.0, lo=0, hi=1),
+                       service=parse_service(v["service"], f"{path}.service"),
+                       startup=parse_dist(v["startup_s"], f"{path}.startup_s", "s") if "startup_s" in v else None)
+
+
+def _parse_stage(st: Any, path: str, base_dir: str) -> tuple[StageSpec, Any]:
+    check_keys(st, STAGE_KEYS, path)
+    name = string(st, "name", path, required=True)
+    if "variants" in st:
+        for k in ("service", "accuracy", "startup_s"):
+            if k in st:
+                fail(f"{path}.{k}", "give it per variant (variants[i]." + k + ") when the stage lists variants")
+        vs = st["variants"]
+        if not isinstance(vs, list) or not vs:
+            fail(f"{path}.variants", "must be a non-empty list of {name, accuracy, service}")
+        variants = tuple(_parse_variant(v, f"{path}.variants[{i}]") for i, v in enumerate(vs))
+    else:
+        if "service" not in st:
+            fail(f"{path}.service", "is required (or list variants: [{name, accuracy, service}, ...])")
+        variants = (_parse_variant({"name": "default", "service": st["service"],
+                                    **{k: st[k] for k in ("accuracy", "startup_s") if k in st}}, path),)
+    names = [v.name for v in variants]
+    for i, n in enumerate(names):
+        if names.index(n) != i:
+            fail(f"{path}.variants[{i}].name", f"duplicate variant name {n!r}")
+    variant = string(st, "variant", path, names[0])
+    if variant not in names:
+        fail(f"{path}.variant", f"must be one of the stage's variants: {', '.join(names)} (got {variant!r})")
+    if "hop" in st and "hop_ms" in st:
+        fail(f"{path}.hop_ms", "give either hop (a distribution) or hop_ms, not both")
+    hop = parse_dist(st["hop"], f"{path}.hop", "ms") if "hop" in st else \
+        Dist("deterministic", number(st, "hop_ms", path, 0.0, lo=0), 0.0)
+    return StageSpec(name=name, variants=variants, variant=variant, hop=hop,
+                     batching=parse_batching(st.get("batching") or {}, f"{path}.batching"),
+                     cluster=parse_cluster(st.get("cluster") or {}, f"{path}.cluster"),
+                     autoscaler=parse_autoscaler(st.get("autoscaler"), f"{path}.autoscaler", base_dir)), \
+        st.get("next", "__default__")
+
+
+def chain_order(names: list[str], nexts: list[Any], path: str) -> list[int]:
+    """The order a request visits the stages: from the first stage listed, each stage's ``next`` (default:
+    the stage listed after it; ``null`` or ``[]``: the last stage). One successor per stage (a chain:
+    fan-out is not supported); every stage must be visited exactly once (no cycle, none unreachable)."""
+    succ = []
+    for i, nx in enumerate(nexts):
+        p = f"{path}.stages[{i}].next"
+        if isinstance(nx, str) and nx == "__default__":
+            succ.append(i + 1 if i + 1 < len(names) else None)
+            continue
+        if nx in (None, []):
+            succ.append(None)
+            continue
+        if isinstance(nx, list):
+            if len(nx) > 1:
+                fail(p, f"names {len(nx)} stages: fan-out is not supported (a chain: one next stage)")
+            nx = nx[0]
+        if not isinstance(nx, str) or nx not in names:
+            fail(p, f"must name a stage: one of {', '.join(names)} (got {nx!r})")
+        succ.append(names.index(nx))
+    order, seen, cur = [], set(), 0
+    while cur is not None:
+        if cur in seen:
+            fail(f"{path}.stages[{order[-1]}].next",
+                 f"makes a cycle: {' -> '.join(names[k] for k in order)} -> {names[cur]}")
+        seen.add(cur)
+        order.append(cur)
+        cur = succ[cur]
+    missing = [names[k] for k in range(len(names)) if k not in seen]
+    if missing:
+        fail(f"{path}.stages", f"stage(s) {', '.join(missing)} never reached from the first stage "
+                               f"({names[0]}) by following next")
+    return order
+
+
+def fastest_path_ms(p: PipelineSpec) -> float:
+    """The lower bound an end-to-end SLO must exceed: the sum over stages of the fastest variant's mean
+    batch-1 compute (its smallest listed batch size: below it the service model does not shrink) plus the
+    stage's mean hop (no queueing, no batching delay)."""
+    tot = 0.0
+    for st in p.stages:
+        tot += min(v.service.per_batch[0][1].mean_value for v in st.variants)   # the smallest listed batch size
+        tot += st.hop.mean_value
+    return tot
+
+
+def parse_pipeline(d: Any, path: str, base_dir: str) -> PipelineSpec:
+    check_keys(d, {"stages", "accuracy"}, path)
+    sts = d.get("stages")
+    if not isinstance(sts, list) or not sts:
+        fail(f"{path}.stages", "must be a non-empty list of stages ({name, service | variants, batching, ...})")
+    parsed = [_parse_stage(st, f"{path}.stages[{i}]", base_dir) for i, st in enumerate(sts)]
+    names = [s.name for s, _ in parsed]
+    for i, n in enumerate(names):
+        if names.index(n) != i:
+            fail(f"{path}.stages[{i}].name", f"duplicate stage name {n!r}")
+    order = chain_order(names, [nx for _, nx in parsed], path)
+    stages = tuple(parsed[k][0] for k in order)
+    ivs = {st.autoscaler.interval_s for st in stages}
+    if len(ivs) > 1:
+        k = next(i for i, st in enumerate(stages) if st.autoscaler.interval_s != stages[0].autoscaler.interval_s)
+        fail(f"{path}.stages[{order[k]}].autoscaler.interval_s",
+             f"must equal the first stage's ({stages[0].autoscaler.interval_s:g} s): one control interval per "
+             f"pipeline (got {stages[k].autoscaler.interval_s:g})")
+    return PipelineSpec(stages=stages, accuracy=choice(d, "accuracy", path, ACCURACY_RULES, "product"))
+
+
 # --------------------------------------------------------------------------- scenario
 
 
@@ -471,13 +652,17 @@ class Scenario:
     autoscaler: AutoscalerSpec = AutoscalerSpec()
     name: str = ""
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    pipeline: PipelineSpec | None = None        # a pipeline scenario: service / batching / cluster per stage
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "seed": self.seed, "duration_s": self.duration_s, "warmup_s": self.warmup_s,
              "slo_ms": self.slo_ms, "record_requests": self.record_requests,
-             "workload": self.workload.to_dict(), "service": self.service.to_dict(),
-             "batching": self.batching.to_dict(), "cluster": self.cluster.to_dict(),
-             "autoscaler": self.autoscaler.to_dict()}
+             "workload": self.workload.to_dict()}
+        if self.pipeline is not None:
+            d["pipeline"] = self.pipeline.to_dict()
+        else:
+            d.update({"service": self.service.to_dict(), "batching": self.batching.to_dict(),
+                      "cluster": self.cluster.to_dict(), "autoscaler": self.autoscaler.to_dict()})
         if self.provenance:
             d["provenance"] = copy.deepcopy(dict(self.provenance))
         return d
@@ -487,7 +672,8 @@ class Scenario:
 
 
 TOP_KEYS = {"name", "seed", "duration_s", "warmup_s", "slo_ms", "record_requests", "workload", "service",
-            "batching", "cluster", "autoscaler", "provenance"}
+            "batching", "cluster", "autoscaler", "provenance", "pipeline"}
+PER_STAGE_KEYS = ("service", "batching", "cluster", "autoscaler")
 
 
 def scenario_from_dict(d: Any, source: str = "", base_dir: str = "") -> Scenario:
@@ -496,7 +682,11 @@ def scenario_from_dict(d: Any, source: str = "", base_dir: str = "") -> Scenario
         if not isinstance(d, Mapping):
             fail("", f"top level must be a mapping of {', '.join(sorted(TOP_KEYS))}")
         check_keys(d, TOP_KEYS, "")
-        for req in ("workload", "service"):
+        if "pipeline" in d:
+            for k in PER_STAGE_KEYS:
+                if k in d:
+                    fail(k, f"in a pipeline scenario, give it per stage: pipeline.stages[i].{k}")
+        for req in ("workload",) + (() if "pipeline" in d else ("service",)):
             if req not in d:
                 fail(req, "is required")
         dur = number(d, "duration_s", "", 60.0, lo=0, lo_open=True)
@@ -510,12 +700,22 @@ def scenario_from_dict(d: Any, source: str = "", base_dir: str = "") -> Scenario
             slo_ms=number(d, "slo_ms", "", 100.0, lo=0, lo_open=True),
             record_requests=boolean(d, "record_requests", "", True),
             workload=parse_workload(d["workload"], "workload", base_dir),
-            service=parse_service(d["service"], "service"),
+            service=parse_service(d["service"], "service") if "pipeline" not in d else ServiceSpec(),
             batching=parse_batching(d.get("batching") or {}, "batching"),
             cluster=parse_cluster(d.get("cluster") or {}, "cluster"),
             autoscaler=parse_autoscaler(d.get("autoscaler"), "autoscaler", base_dir),
             provenance=dict(d.get("provenance") or {}),
+            pipeline=parse_pipeline(d["pipeline"], "pipeline", base_dir) if "pipeline" in d else None,
         )
+        if sc.pipeline is not None:
+            if sc.workload.kind == "closed_loop":
+                fail("workload.kind", "a pipeline takes open-loop arrivals: poisson, trace, schedule or timestamps "
+                                      "(closed_loop users are not supported with pipeline:)")
+            lo = fastest_path_ms(sc.pipeline)
+            if sc.slo_ms <= lo:
+                fail("slo_ms", f"must exceed the fastest possible path through the pipeline, {lo:.3g} ms (the sum "
+                               f"over stages of the fastest variant's mean batch-1 compute + the mean hop) "
+                               f"(got {sc.slo_ms:g})")
         if sc.workload.kind == "closed_loop" and sc.cluster.max_replicas > 0 and sc.workload.users < 1:
             fail("workload.users", "must be >= 1")
         return sc

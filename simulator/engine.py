@@ -274,16 +274,21 @@ class Simulation:
         self._collect_gone()
 
     def start(self) -> Observation | None:
+        self.begin()
+        return self._next_obs()
+
+    def begin(self) -> None:
+        """t = 0: the ``cluster.replicas`` present at the start, ready at once (what :meth:`start` does before
+        running to the first tick; a pipeline begins every stage, then runs them tick by tick itself)."""
         self._t0 = time.perf_counter()
         for _ in range(self.sc.cluster.replicas):
             self._add(0.0, ready_now=True)
-        return self._next_obs()
 
     def _next_obs(self) -> Observation | None:
         t_next = (self.tick + 1) * self.interval
         if t_next > self.sc.duration_s + 1e-9:
             self._run_until(self.sc.duration_s)
-            self._finish()
+            self.finish()
             return None
         self._run_until(t_next)
         self.tick += 1
@@ -340,18 +345,21 @@ class Simulation:
         row = obs.to_dict()
         row["desired"] = ready + pending
         row["held"] = 0
-        row["replica_seconds"] = self._cost(0.0, t)
+        row["replica_seconds"] = self.replica_seconds(0.0, t)
         self.timeline.append(row)
         return obs
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
+        """End of the run: stop the offered load (not a fed deployment's: its upstream may still send), let
+        every request in flight finish."""
         if not self.fed:
             self.dp.stop_arrivals()
         self.dp.advance(math.inf)
         self._collect_gone()
         self._wall = time.perf_counter() - self._t0
 
-    def _cost(self, a: float, b: float) -> float:
+    def replica_seconds(self, a: float, b: float) -> float:
+        """Replica-seconds (cost) in ``[a, b]``: every replica from its request until it is gone."""
         tot = 0.0
         for r in self.replicas.values():
             end = r.gone_s if not math.isnan(r.gone_s) else b
@@ -385,8 +393,8 @@ class Simulation:
             "mean_batch_size": safe_div(ga[A_INFER], ga[A_EXEC]),
             "slo_ms": sc.slo_ms,
             "slo_violation_rate": safe_div(ga[A_SLO_VIOL], n_req),
-            "replica_seconds": self._cost(sc.warmup_s, sc.duration_s),
-            "mean_replicas": self._cost(sc.warmup_s, sc.duration_s) / window,
+            "replica_seconds": self.replica_seconds(sc.warmup_s, sc.duration_s),
+            "mean_replicas": self.replica_seconds(sc.warmup_s, sc.duration_s) / window,
             "held_decisions": self.held_decisions,
             "scaling_actions": sum(1 for i in range(1, len(self.timeline))
                                    if self.timeline[i]["desired"] != self.timeline[i - 1]["desired"]),

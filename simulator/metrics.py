@@ -34,6 +34,15 @@ def hist_bin(ms):
     return b
 
 
+def hist_bins(ms: np.ndarray) -> np.ndarray:
+    """:func:`hist_bin` of every element of an array (the same bins)."""
+    ms = np.asarray(ms, dtype=float)
+    pos = ms > 0.0
+    b = np.zeros(ms.shape, dtype=np.int64)
+    b[pos] = ((np.log10(ms[pos]) - H_LO) * H_PER_DECADE).astype(np.int64)
+    return np.clip(b, 0, H_BINS - 1)
+
+
 def hist_quantiles(h: np.ndarray, qs) -> list[float]:
     """Quantiles (ms) of a latency histogram; NaN when empty."""
     total = int(h.sum())

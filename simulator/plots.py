@@ -89,3 +89,67 @@ def timeline(result, path: str) -> None:
             a.axvspan(0, sc.warmup_s, color="grey", alpha=0.1)
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.07, top=0.96, hspace=0.08)
     fig.savefig(path, dpi=110)
+
+
+def pipeline_latency_cdf(result, path: str) -> None:
+    """End-to-end latency CDF of a pipeline run, with each stage's own (arrival at the stage -> its response)."""
+    sc = result.scenario
+    fig = _figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    curves = [("end to end", result.latency_histogram, 2.0)] + \
+        [(f"stage {st.name}", r.latency_histogram, 1.0) for st, r in zip(sc.pipeline.stages, result.stage_results)]
+    for label, h, lw in curves:
+        x, y = latency_cdf_points(h)
+        if len(x):
+            ax.plot(np.concatenate([[x[0] / 10 ** (1 / H_PER_DECADE)], x]), np.concatenate([[0.0], y]), lw=lw,
+                    label=label)
+    ax.set_xscale("log")
+    _plain_log_labels(ax.xaxis)
+    ax.axvline(sc.slo_ms, color="crimson", ls="--", lw=1, label=f"SLO {sc.slo_ms:g} ms (end to end)")
+    for q in (0.5, 0.95, 0.99):
+        ax.axhline(q, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of requests ≤ x")
+    ax.set_title(f"Latency CDF — {sc.name or 'pipeline'} (seed {sc.seed})")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.12, top=0.92)
+    fig.savefig(path, dpi=110)
+
+
+def pipeline_timeline(result, path: str) -> None:
+    """Per stage: desired and ready replicas and arrivals; end to end: latency percentiles against the SLO."""
+    sc = result.scenario
+    names = [st.name for st in sc.pipeline.stages]
+    rows = {n: [r for r in result.timeline if r["stage"] == n] for n in names + ["e2e"]}
+    fig = _figure(figsize=(8, 2.4 * (len(names) + 1) + 0.6))
+    axes = fig.subplots(len(names) + 1, 1, sharex=True)
+    for ax, n in zip(axes, names):
+        tl = rows[n]
+        t = np.array([r["time_s"] for r in tl])
+        ax.step(t, [r["desired"] for r in tl], where="post", label="desired", lw=1.2)
+        ax.step(t, [r["replicas_ready"] for r in tl], where="post", label="ready", lw=1.2)
+        ax.set_ylabel(f"{n}: replicas")
+        ax2 = ax.twinx()
+        ax2.plot(t, [r["arrival_rps"] for r in tl], color="grey", lw=0.8, label="arrivals (req/s)")
+        ax2.set_ylabel("req/s")
+        ax.legend(loc="upper left")
+        ax2.legend(loc="upper right")
+    ax = axes[-1]
+    tl = rows["e2e"]
+    t = np.array([r["time_s"] for r in tl])
+    for k, lab in (("latency_p50_ms", "p50"), ("latency_p95_ms", "p95"), ("latency_p99_ms", "p99")):
+        ax.plot(t, [r[k] for r in tl], label=f"end-to-end {lab}", lw=1)
+    ax.axhline(sc.slo_ms, color="crimson", ls="--", lw=1, label="SLO")
+    ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis)
+    ax.set_ylabel("latency (ms)")
+    ax.set_xlabel("simulated time (s)")
+    ax.legend(loc="upper left")
+    axes[0].set_title(f"{sc.name or 'pipeline'}: {' -> '.join(names)} (seed {sc.seed})")
+    for a in axes:
+        a.grid(alpha=0.3)
+        if sc.warmup_s > 0:
+            a.axvspan(0, sc.warmup_s, color="grey", alpha=0.1)
+    fig.subplots_adjust(left=0.1, right=0.9, bottom=0.06, top=0.96, hspace=0.1)
+    fig.savefig(path, dpi=110)

@@ -61,6 +61,40 @@ def write_outputs(res, folder, plots: bool = True) -> list[str]:
     return files
 
 
+def write_pipeline_outputs(res, folder, plots: bool = True) -> list[str]:
+    """Write a :class:`~simulator.pipeline.PipelineResult` into ``folder`` (as :func:`write_outputs`:
+    end-to-end ``requests.parquet`` and per-visit ``stages.parquet``, per-stage timeline rows)."""
+    folder = str(folder)
+    files = res.write(folder, {"servesim_version": VERSION})
+    dump_scenario(res.scenario, os.path.join(folder, "scenario.yaml"))
+    files.append("scenario.yaml")
+    if plots:
+        from simulator import plots as P
+        P.pipeline_latency_cdf(res, os.path.join(folder, "latency_cdf.png"))
+        P.pipeline_timeline(res, os.path.join(folder, "timeline.png"))
+        files += ["latency_cdf.png", "timeline.png"]
+    return files
+
+
+def print_pipeline_summary(s: dict, out: str | None = None, files: list[str] | None = None) -> None:
+    lat = s["latency_ms"]
+    f = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+    print(f"pipeline {' -> '.join(s['pipeline'])}: requests {s['requests']}  completed {s['completed']}  "
+          f"failed {s['failed']}  throughput {f(s['throughput_rps'])} req/s")
+    print(f"end-to-end latency ms: mean {f(lat['mean'])}  p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  "
+          f"p99 {f(lat['p99'])}; SLO {s['slo_ms']:g} ms violated by {100 * s['slo_violation_rate']:.2f}%")
+    print(f"accuracy ({s['accuracy']['rule']}) {f(s['accuracy']['mean'])}; replica-seconds "
+          f"{s['replica_seconds']:.1f} (mean {s['mean_replicas']:.2f} replicas)")
+    for name, st in s["stages"].items():
+        print(f"  stage {name} [{st['variant']}]: latency mean {f(st['latency_ms']['mean'])} p95 "
+              f"{f(st['latency_ms']['p95'])} ms, queue {f(st['queue_ms']['mean'])} ms, batch "
+              f"{f(st['mean_batch_size'])}, replica-seconds {st['replica_seconds']:.1f}, failed here {st['failed_here']}")
+    print(f"engine {s['engine']}, seed {s['seed']}, {s['sim_stage_visits_per_wall_s']:,.0f} simulated stage "
+          f"visits/wall-s")
+    if out:
+        print(f"wrote {out}/" + ", ".join(files or ()))
+
+
 def prefetch_output_modules(records: bool, plots: bool) -> None:
     """Import the libraries :func:`write_outputs` needs (pyarrow ~0.2 s, matplotlib ~0.6 s) in a
     background thread, so that they load while the compiled engine, which releases the GIL,
@@ -133,13 +167,20 @@ def main(argv=None) -> int:
 
             prefetch_output_modules(sc.record_requests, not a.no_plots)
             try:
-                res = simulate(sc, engine=a.engine, progress=progress, memory_budget=a.memory_budget)
+                if sc.pipeline is not None:
+                    from simulator.pipeline import simulate_pipeline
+                    res = simulate_pipeline(sc, engine=a.engine, progress=progress, memory_budget=a.memory_budget)
+                else:
+                    res = simulate(sc, engine=a.engine, progress=progress, memory_budget=a.memory_budget)
                 progress(sc.duration_s)
             finally:
                 for bar in bars:
                     bar.close()
-            files = write_outputs(res, of.path, plots=not a.no_plots)
-        print_summary(res.summary, a.out, files)
+            if sc.pipeline is not None:
+                files = write_pipeline_outputs(res, of.path, plots=not a.no_plots)
+            else:
+                files = write_outputs(res, of.path, plots=not a.no_plots)
+        (print_pipeline_summary if sc.pipeline is not None else print_summary)(res.summary, a.out, files)
         return 0
     return run_cli(body)
 
