@@ -39,22 +39,32 @@ def latency_cdf(result, path: str) -> None:
     sc = result.scenario
     fig = _figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    x, y = latency_cdf_points(result.latency_histogram)
-    if len(x):
-        ax.plot(np.concatenate([[x[0] / 10 ** (1 / H_PER_DECADE)], x]), np.concatenate([[0.0], y]),
-                lw=1.5, label="simulated")
-        ax.set_xscale("log")
-        _plain_log_labels(ax.xaxis)
-    ax.axvline(sc.slo_ms, color="crimson", ls="--", lw=1, label=f"SLO {sc.slo_ms:g} ms")
-    for q in (0.5, 0.95, 0.99):
-        ax.axhline(q, color="grey", lw=0.5, ls=":")
-    ax.set_xlabel("client latency (ms)")
-    ax.set_ylabel("fraction of requests ≤ x")
-    ax.set_title(f"Latency CDF — {sc.name or 'scenario'} (seed {sc.seed})")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
+    _cdf_axes(ax, [("simulated", result.latency_histogram, 1.5)], sc.slo_ms, f"SLO {sc.slo_ms:g} ms",
+              "client latency (ms)", f"Latency CDF — {sc.name or 'scenario'} (seed {sc.seed})")
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.12, top=0.92)   # fixed: tight_layout costs ~1 s
     fig.savefig(path, dpi=110)
+
+
+def _cdf_axes(ax, curves, slo_ms: float, slo_label: str, xlabel: str, title: str) -> None:
+    """Latency CDFs ``curves`` ((label, histogram, line width), ...) on a log axis, the SLO and p50/95/99 lines."""
+    drawn = False
+    for label, h, lw in curves:
+        x, y = latency_cdf_points(h)
+        if len(x):
+            ax.plot(np.concatenate([[x[0] / 10 ** (1 / H_PER_DECADE)], x]), np.concatenate([[0.0], y]), lw=lw,
+                    label=label)
+            drawn = True
+    if drawn:
+        ax.set_xscale("log")
+        _plain_log_labels(ax.xaxis)
+    ax.axvline(slo_ms, color="crimson", ls="--", lw=1, label=slo_label)
+    for q in (0.5, 0.95, 0.99):
+        ax.axhline(q, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of requests ≤ x")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
 
 
 def timeline(result, path: str) -> None:
@@ -98,21 +108,8 @@ def pipeline_latency_cdf(result, path: str) -> None:
     ax = fig.subplots()
     curves = [("end to end", result.latency_histogram, 2.0)] + \
         [(f"stage {st.name}", r.latency_histogram, 1.0) for st, r in zip(sc.pipeline.stages, result.stage_results)]
-    for label, h, lw in curves:
-        x, y = latency_cdf_points(h)
-        if len(x):
-            ax.plot(np.concatenate([[x[0] / 10 ** (1 / H_PER_DECADE)], x]), np.concatenate([[0.0], y]), lw=lw,
-                    label=label)
-    ax.set_xscale("log")
-    _plain_log_labels(ax.xaxis)
-    ax.axvline(sc.slo_ms, color="crimson", ls="--", lw=1, label=f"SLO {sc.slo_ms:g} ms (end to end)")
-    for q in (0.5, 0.95, 0.99):
-        ax.axhline(q, color="grey", lw=0.5, ls=":")
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("fraction of requests ≤ x")
-    ax.set_title(f"Latency CDF — {sc.name or 'pipeline'} (seed {sc.seed})")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
+    _cdf_axes(ax, curves, sc.slo_ms, f"SLO {sc.slo_ms:g} ms (end to end)", "latency (ms)",
+              f"Latency CDF — {sc.name or 'pipeline'} (seed {sc.seed})")
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.12, top=0.92)
     fig.savefig(path, dpi=110)
 

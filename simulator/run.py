@@ -77,8 +77,7 @@ def write_pipeline_outputs(res, folder, plots: bool = True) -> list[str]:
 
 
 def print_pipeline_summary(s: dict, out: str | None = None, files: list[str] | None = None) -> None:
-    lat = s["latency_ms"]
-    f = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+    lat, f = s["latency_ms"], _fmt
     print(f"pipeline {' -> '.join(s['pipeline'])}: requests {s['requests']}  completed {s['completed']}  "
           f"failed {s['failed']}  throughput {f(s['throughput_rps'])} req/s")
     print(f"end-to-end latency ms: mean {f(lat['mean'])}  p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  "
@@ -119,9 +118,12 @@ def output_folder(out: str, force: bool = False) -> OutputFolder:
     return OutputFolder(out, "simulator.run", force=force, legacy=json_has_keys("summary.json", "servesim_version"))
 
 
+def _fmt(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
 def print_summary(s: dict, out: str | None = None, files: list[str] | None = None) -> None:
-    lat = s["latency_ms"]
-    f = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+    lat, f = s["latency_ms"], _fmt
     print(f"requests {s['requests']}  completed {s['completed']}  failed {s['failed']}  "
           f"throughput {f(s['throughput_rps'])} req/s")
     print(f"latency ms: mean {f(lat['mean'])}  p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  p99 {f(lat['p99'])}  "
