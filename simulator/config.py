@@ -614,7 +614,8 @@ def fastest_path_ms(p: PipelineSpec) -> float:
     return tot
 
 
-def parse_pipeline(d: Any, path: str, base_dir: str) -> PipelineSpec:
+def parse_pipeline(d: Any, path: str, base_dir: str, joint: bool = False) -> PipelineSpec:
+    """``joint``: the scenario has a top-level (joint) pipeline policy, so the stages' own intervals are unused."""
     check_keys(d, {"stages", "accuracy"}, path)
     sts = d.get("stages")
     if not isinstance(sts, list) or not sts:
@@ -627,12 +628,36 @@ def parse_pipeline(d: Any, path: str, base_dir: str) -> PipelineSpec:
     order = chain_order(names, [nx for _, nx in parsed], path)
     stages = tuple(parsed[k][0] for k in order)
     ivs = {st.autoscaler.interval_s for st in stages}
-    if len(ivs) > 1:
+    if len(ivs) > 1 and not joint:
         k = next(i for i, st in enumerate(stages) if st.autoscaler.interval_s != stages[0].autoscaler.interval_s)
         fail(f"{path}.stages[{order[k]}].autoscaler.interval_s",
              f"must equal the first stage's ({stages[0].autoscaler.interval_s:g} s): one control interval per "
              f"pipeline (got {stages[k].autoscaler.interval_s:g})")
     return PipelineSpec(stages=stages, accuracy=choice(d, "accuracy", path, ACCURACY_RULES, "product"))
+
+
+def parse_pipeline_autoscaler(d: Mapping, base_dir: str) -> AutoscalerSpec:
+    """A pipeline scenario's top-level ``autoscaler:``: a joint pipeline policy (:mod:`simulator.pipeline_policy`)
+    whose interval is the pipeline's; then no stage may have its own. Without one: ``per_stage``, each stage's
+    own policy at the stages' common interval."""
+    from simulator.pipeline_policy import PIPELINE_REGISTRY
+    a = d.get("autoscaler")
+    stages = (d.get("pipeline") or {}).get("stages") or []
+    if a is None:
+        first = stages[0].get("autoscaler") if stages and isinstance(stages[0], Mapping) else None
+        iv = number(first or {}, "interval_s", "pipeline.stages[0].autoscaler", 15.0, lo=0, lo_open=True)
+        return AutoscalerSpec(kind="per_stage", interval_s=iv, params={})
+    if not isinstance(a, Mapping):
+        fail("autoscaler", f"must be a mapping (got {a!r})")
+    for i, st in enumerate(stages):
+        if isinstance(st, Mapping) and st.get("autoscaler") is not None:
+            fail(f"pipeline.stages[{i}].autoscaler", "not with a joint pipeline policy (the top-level autoscaler: "
+                                                     "decides for every stage); remove one of them")
+    kind = choice(a, "kind", "autoscaler", tuple(sorted(PIPELINE_REGISTRY)), None)
+    params = {k: v for k, v in a.items() if k not in ("kind", "interval_s")}
+    PIPELINE_REGISTRY[kind].validate_params(params, "autoscaler")
+    return AutoscalerSpec(kind=kind, interval_s=number(a, "interval_s", "autoscaler", 10.0, lo=0, lo_open=True),
+                          params=params)
 
 
 # --------------------------------------------------------------------------- scenario
@@ -660,6 +685,8 @@ class Scenario:
              "workload": self.workload.to_dict()}
         if self.pipeline is not None:
             d["pipeline"] = self.pipeline.to_dict()
+            if self.autoscaler.kind != "per_stage":
+                d["autoscaler"] = self.autoscaler.to_dict()
         else:
             d.update({"service": self.service.to_dict(), "batching": self.batching.to_dict(),
                       "cluster": self.cluster.to_dict(), "autoscaler": self.autoscaler.to_dict()})
@@ -673,7 +700,7 @@ class Scenario:
 
 TOP_KEYS = {"name", "seed", "duration_s", "warmup_s", "slo_ms", "record_requests", "workload", "service",
             "batching", "cluster", "autoscaler", "provenance", "pipeline"}
-PER_STAGE_KEYS = ("service", "batching", "cluster", "autoscaler")
+PER_STAGE_KEYS = ("service", "batching", "cluster")
 
 
 def scenario_from_dict(d: Any, source: str = "", base_dir: str = "") -> Scenario:
@@ -703,9 +730,11 @@ def scenario_from_dict(d: Any, source: str = "", base_dir: str = "") -> Scenario
             service=parse_service(d["service"], "service") if "pipeline" not in d else ServiceSpec(),
             batching=parse_batching(d.get("batching") or {}, "batching"),
             cluster=parse_cluster(d.get("cluster") or {}, "cluster"),
-            autoscaler=parse_autoscaler(d.get("autoscaler"), "autoscaler", base_dir),
+            autoscaler=parse_autoscaler(d.get("autoscaler"), "autoscaler", base_dir) if "pipeline" not in d else
+            parse_pipeline_autoscaler(d, base_dir),
             provenance=dict(d.get("provenance") or {}),
-            pipeline=parse_pipeline(d["pipeline"], "pipeline", base_dir) if "pipeline" in d else None,
+            pipeline=parse_pipeline(d["pipeline"], "pipeline", base_dir, joint="autoscaler" in d)
+            if "pipeline" in d else None,
         )
         if sc.pipeline is not None:
             if sc.workload.kind == "closed_loop":

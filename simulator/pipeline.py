@@ -25,10 +25,11 @@ Python object per request.
 Randomness: stage 0 uses the scenario's seed, so its arrivals and draws are those of the same single-model
 scenario; stage k > 0 uses :func:`stage_seed` (its own keyed streams, independent of stage 0's).
 
-Control: one interval for the whole pipeline (every stage's ``autoscaler.interval_s`` is equal, checked at
-load). :func:`simulate_pipeline` runs each stage's own policy on its own :class:`~simulator.policy.Observation`
-("per-stage HPA": what a Kubernetes user does today); :class:`PipelineSimulation` also steps with one decision
-per stage from a joint policy that reads a :class:`PipelineObservation`.
+Control: one interval for the whole pipeline: a joint policy's (the scenario's top-level ``autoscaler:``), else
+the stages' own, which must be equal (checked at load). Policies (:mod:`simulator.pipeline_policy`) read a
+:class:`PipelineObservation` and answer one decision per stage; ``per_stage`` (the default) runs each stage's own
+single-model policy on its own :class:`~simulator.policy.Observation` ("per-stage HPA": what a Kubernetes user
+does today); ``ipa`` is the IPA-style joint configurator (:mod:`simulator.ipa`).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ from simulator.config import Scenario, ServiceSpec
 from simulator.engine import Simulation
 from simulator.metrics import (A_ARRIVALS, A_DROPPED, A_FAIL, A_LAT2_S, A_LAT_S, A_OK, A_REJECTED, A_SLO_VIOL,
                                A_TIMEOUT, H_BINS, N_ACC, exact_quantiles, hist_bins, hist_quantiles, safe_div)
-from simulator.policy import Observation, make_policy
+from simulator.pipeline_policy import StageDecision, make_pipeline_policy
+from simulator.policy import Observation
 
 
 def stage_seed(seed: int, k: int) -> int:
@@ -69,7 +71,8 @@ def stage_scenario(sc: Scenario, k: int) -> Scenario:
                     record_requests=True, workload=sc.workload,
                     service=ServiceSpec(per_batch=v.service.per_batch, batch_slope=v.service.batch_slope,
                                         overhead=st.hop),
-                    batching=st.batching, cluster=cluster, autoscaler=st.autoscaler,
+                    batching=st.batching, cluster=cluster,
+                    autoscaler=dataclasses.replace(st.autoscaler, interval_s=sc.autoscaler.interval_s),
                     name=f"{sc.name}/{st.name}" if sc.name else st.name)
 
 
@@ -105,7 +108,7 @@ class PipelineSimulation:
         self.stage_scenarios = [stage_scenario(sc, k) for k in range(len(self.spec.stages))]
         self.stages = [Simulation(s, engine=engine, fed=k > 0, memory_budget=memory_budget)
                        for k, s in enumerate(self.stage_scenarios)]
-        self.interval = self.spec.stages[0].autoscaler.interval_s
+        self.interval = sc.autoscaler.interval_s      # the pipeline's (joint policy's, or the stages' common)
         self.progress = progress
         self.tick = 0
         n = len(self.stages)
@@ -234,13 +237,15 @@ class PipelineSimulation:
         return self.observe(t_next)
 
     def step(self, decisions: Sequence[Any]) -> PipelineObservation | None:
-        """Apply one answer per stage now (each by :meth:`Simulation.apply`), run to the next tick."""
+        """Apply one answer per stage now, run to the next tick. An answer is a
+        :class:`~simulator.pipeline_policy.StageDecision` or a bare replica count; its replicas go through
+        :meth:`Simulation.apply` (the single-model rule for a bad number)."""
         if len(decisions) != len(self.stages):
             raise ValueError(f"one decision per stage: {len(self.stages)} expected (got {len(decisions)})")
         rows = self.timeline[-len(self.stages) - 1:]
         for st, d, row in zip(self.stages, decisions, rows):
             held = st.held_decisions
-            row["desired"] = st.apply(d)
+            row["desired"] = st.apply(d.replicas if isinstance(d, StageDecision) else d)
             row["held"] = st.held_decisions - held
         rows[-1]["desired"] = sum(r["desired"] for r in rows[:-1])
         return self._next_obs()
@@ -374,16 +379,18 @@ class PipelineResult:
 
 
 def simulate_pipeline(sc: Scenario, engine: str = "fast", progress: Callable[[float], None] | None = None,
-                      memory_budget: str | int | float | None = None) -> PipelineResult:
-    """Run a pipeline scenario to the end with each stage's own policy deciding on its own observation."""
-    policies = [make_policy(st.autoscaler) for st in sc.pipeline.stages]
-    for p in policies:
-        p.reset()
+                      memory_budget: str | int | float | None = None, policy=None) -> PipelineResult:
+    """Run a pipeline scenario to the end under its policy (:func:`simulator.pipeline_policy.make_pipeline_policy`:
+    the top-level joint ``autoscaler:``, else each stage's own on its own observation), or ``policy``."""
+    pol = policy if policy is not None else make_pipeline_policy(sc)
+    pol.reset()
     sim = PipelineSimulation(sc, engine=engine, progress=progress, memory_budget=memory_budget)
     obs = sim.start()
     while obs is not None:
-        obs = sim.step([p.decide(o) for p, o in zip(policies, obs.stages)])
-    return sim.result()
+        obs = sim.step(pol.decide(obs))
+    res = sim.result()
+    res.summary["policy"] = pol.kind
+    return res
 
 
 __all__ = ["PipelineObservation", "PipelineResult", "PipelineSimulation", "simulate_pipeline", "stage_scenario",

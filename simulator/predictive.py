@@ -24,9 +24,9 @@ history.
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any, Mapping
 
+from simulator.forecast import RateWindow, max_forecast, trend_forecast
 from simulator.policy import Observation, Policy, register
 from simulator.schema import check_keys, choice, number
 
@@ -49,33 +49,23 @@ class PredictivePolicy(Policy):
         self.reset()
 
     def reset(self) -> None:
-        self._hist: deque[tuple[float, float]] = deque()
+        self._hist = RateWindow(self.window_s)
         self._last_t: float | None = None
         self._last: int | None = None
 
     def forecast(self, now: float) -> float:
-        """Forecast peak rate (rps) of ``(now, now + horizon_s]`` from the history."""
-        vals = [v for _, v in self._hist]
-        if not vals:
-            return 0.0
-        peak = max(vals)
-        if self.predictor == "trend" and len(self._hist) >= 3:
-            ts = [t for t, _ in self._hist]
-            mt, mv = sum(ts) / len(ts), sum(vals) / len(vals)
-            sxx = sum((t - mt) ** 2 for t in ts)
-            if sxx > 0:
-                slope = sum((t - mt) * (v - mv) for t, v in self._hist) / sxx
-                peak = max(peak, mv + slope * (now + self.horizon_s - mt))
-        return peak
+        """Forecast peak rate (rps) of ``(now, now + horizon_s]`` from the history (:mod:`simulator.forecast`)."""
+        if self.predictor == "trend":
+            return trend_forecast(self._hist.points, now + self.horizon_s)
+        return max_forecast(self._hist.points)
 
     def decide(self, obs: Observation) -> int:
         now = float(obs.time_s)
         rate = float(obs.arrival_rps)
         if math.isfinite(rate):
-            self._hist.append((now, rate))
-        # an observation covers [t - interval, t): keep those overlapping the window
-        while self._hist and self._hist[0][0] <= now - self.window_s:
-            self._hist.popleft()
+            self._hist.add(now, rate)
+        else:
+            self._hist.trim(now)
         if self._last is not None and self._last_t is not None and now - self._last_t < self.horizon_s - 1e-9:
             return self._last
         peak = self.forecast(now)
