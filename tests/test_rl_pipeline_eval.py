@@ -1,0 +1,52 @@
+"""rl.pipeline_eval: its derived values by hand, and a smoke run of the whole command (5-minute windows)."""
+import json
+
+import numpy as np
+import pytest
+
+from rl import pipeline_eval as pe
+from simulator.config import ConfigError, load_scenario, scenario_from_dict
+
+
+def _two_stage(slo=60.0):
+    return scenario_from_dict({
+        "slo_ms": slo, "workload": {"kind": "poisson", "rate_rps": 10},
+        "pipeline": {"stages": [
+            {"name": "a", "service": {"mean_ms": 6}, "hop_ms": 2, "cluster": {"max_replicas": 4}},
+            {"name": "b", "service": {"mean_ms": 10}, "hop_ms": 2, "cluster": {"max_replicas": 2}}]}})
+
+
+def test_slo_shares_by_hand():
+    assert pe.slo_shares(_two_stage()) == pytest.approx([8 / 20, 12 / 20])
+
+
+def test_trace_scale_rule_by_hand():
+    sc = _two_stage()
+    rates = np.full(14 * 86400, 50.0)
+    rates[13 * 86400 + 1000:13 * 86400 + 2200] = 100.0       # day 14: a 20-min window at 100 rps
+    # bottleneck: min(4 x 30, 2 x 40) = 80 req/s; 0.8 x 80 / 100 = 0.64
+    scale, rule, p99 = pe.pipeline_trace_scale(rates, [13, 14], sc, [30.0, 40.0], 0.8)
+    assert p99 == pytest.approx(100.0) and scale == pytest.approx(0.64)
+    assert "80.0 req/s" in rule and "0.6400" in rule
+
+
+def test_not_a_pipeline_is_one_line(tmp_path, capsys):
+    rc = pe.main(["configs/example.yaml", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "not a pipeline scenario" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_quick_run_writes_tables(tmp_path, capsys):
+    rc = pe.main(["--out", str(tmp_path / "o"), "--quick", "--contenders", "hpa,ipa,oracle", "--no-plots"])
+    assert rc == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    by = {r["policy"]: r for r in res["summary"]}
+    assert set(by) == {"hpa", "ipa", "oracle"} and len(res["rows"]) == 3 * 4
+    for r in by.values():
+        assert r["replica_seconds"] > 0 and 0 < r["accuracy"] <= 1
+    # the per-stage HPA never changes variants: its accuracy is the starting variants' product
+    sc = load_scenario(pe.DEFAULT_SCENARIO)
+    start = np.prod([st.variants[st.variant_index(st.variant)].accuracy for st in sc.pipeline.stages])
+    assert by["hpa"]["accuracy"] == pytest.approx(start)
+    assert res["scale"] > 0 and "bottleneck" in res["scale_rule"]
