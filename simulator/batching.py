@@ -40,6 +40,11 @@ src/dynamic_batch_scheduler.cc of triton-inference-server/core):
    preferred size (``NormalizeModelConfig`` in common/src/model_config_utils.cc:
    "If preferred batch size is not specified set it to max-batch-size").
    Otherwise, if ``q >= max_batch_size``, a batch of ``max_batch_size`` is sent.
+   A preferred size above ``max_batch_size`` is skipped: Triton refuses such a model config
+   ("dynamic batching preferred size must be <= max batch size", ``ValidateModelConfig`` in
+   common/src/model_config_utils.cc), and a deployment whose serving configurations
+   (:mod:`simulator.variants`) differ in ``max_batch_size`` gives each the preferred sizes it can
+   form; with none left, ``max_batch_size`` is the only preferred size, as without any.
 4. Otherwise the batcher waits: the delay timer is measured from the *oldest
    pending* request's arrival (``queue_.OldestEnqueueTime()``); when
    ``now - oldest_arrival >= max_queue_delay_us`` the largest batch possible,
@@ -71,7 +76,8 @@ STATUS_NAMES = ("ok", "rejected", "timeout", "dropped")
 def batch_decision(q, oldest_s, now_s, max_batch, preferred, delay_us):
     """What a free instance does at ``now_s`` with ``q`` pending requests.
 
-    ``preferred`` is a sorted int array of preferred batch sizes (may be empty);
+    ``preferred`` is a sorted int array of preferred batch sizes (may be empty; those above
+    ``max_batch`` are skipped, rule 3);
     ``oldest_s`` is the arrival instant of the oldest pending request.
     Returns ``(n, deadline_s)``: send a batch of ``n`` now (``n > 0``), or send
     nothing and decide again at the absolute instant ``deadline_s`` (``-1``: the
@@ -90,7 +96,7 @@ def batch_decision(q, oldest_s, now_s, max_batch, preferred, delay_us):
         best = max_batch if q >= max_batch else 0
     else:
         for p in preferred:
-            if p <= q and p > best:
+            if p <= q and p > best and p <= max_batch:
                 best = p
     if best > 0 and not expired:
         return best, now_s

@@ -26,7 +26,7 @@ from numba import njit
 # numba's on-disk cache of this module keys on this file only: the batcher rules compiled into it come from
 # simulator.batching, so a change there must touch this file too (rules as of: the batch is capped at the
 # largest preferred size until the oldest request's delay expires; with a delay, one batch is sealed ahead while
-# every instance is busy).
+# every instance is busy; a preferred size above the max batch size is skipped).
 from simulator.batching import DROPPED, OK, REJECTED, TIMEOUT, batch_decision, may_seal_ahead
 from simulator.contention import contention_factor, new_rate_window, node_rate, note_arrival
 from simulator.metrics import (A_ARRIVALS, A_BUSY_S, A_COMPUTE_S, A_DROPPED, A_EXEC, A_FAIL, A_INFER,
@@ -149,13 +149,16 @@ def _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, 
 
 
 @njit(cache=True)
-def _try_dispatch(s, t, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head, q_len, q_sealed,
-                  i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer):
+def _try_dispatch(s, t, st, fs, rw, ip, pref, table, cfg_maxb, s_cfg, s_uid, s_nb, q_arr, q_id, q_user, q_head,
+                  q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer):
     """Run the batcher of slot ``s`` at time ``t``: start batches on free instances and, with every instance
     busy, seal one batch ahead (:mod:`simulator.batching` rule 2). A sealed batch is the first
     ``q_sealed[s]`` requests of the queue ring; they start, in order, before any other, and starting one
-    does not seal the next (that waits for the next arrival or delay timer)."""
+    does not seal the next (that waits for the next arrival or delay timer). The slot's serving configuration
+    ``c = s_cfg[s]`` gives its max batch size ``cfg_maxb[c]`` and service table ``table[c]``."""
     ninst = ip[P_INST]
+    c = s_cfg[s]
+    maxb = cfg_maxb[c]
     cap = q_arr.shape[1]
     started_sealed = False
     while True:
@@ -169,7 +172,7 @@ def _try_dispatch(s, t, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q
         if free < 0:
             timer[s] = INF
             if not started_sealed and q > sealed and may_seal_ahead(fs[F_DELAY_US], sealed):
-                n, deadline = batch_decision(q, q_arr[s, q_head[s]], t, ip[P_MAXB], pref, fs[F_DELAY_US])
+                n, deadline = batch_decision(q, q_arr[s, q_head[s]], t, maxb, pref, fs[F_DELAY_US])
                 if n > 0:
                     q_sealed[s] = n
                 elif deadline >= 0:
@@ -184,13 +187,13 @@ def _try_dispatch(s, t, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q
             started_sealed = True
         else:
             oldest = q_arr[s, q_head[s]]
-            n, deadline = batch_decision(q, oldest, t, ip[P_MAXB], pref, fs[F_DELAY_US])
+            n, deadline = batch_decision(q, oldest, t, maxb, pref, fs[F_DELAY_US])
             if n == 0:
                 timer[s] = deadline if deadline >= 0 else INF
                 return
         k = s_nb[s]
         s_nb[s] = k + 1
-        svc = draw(table[n - 1], uniform(ip[P_SEED], SERVICE, s_uid[s], k)) * 1e-3
+        svc = draw(table[c, n - 1], uniform(ip[P_SEED], SERVICE, s_uid[s], k)) * 1e-3
         st[S_NBUSY] += 1
         if fs[F_INTERF] > 0.0 or fs[F_RCONT] > 0.0:
             svc *= contention_factor(st[S_NBUSY], fs[F_CORES], fs[F_INTERF], fs[F_RCORES], fs[F_RCONT],
@@ -222,8 +225,8 @@ def _slot_empty(s, ninst, q_len, i_busy):
 
 
 @njit(cache=True, nogil=True)
-def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
-            s_state, s_uid, s_nb, ready, q_arr, q_id, q_user, q_head, q_len, q_sealed,
+def advance(until, arr, st, fs, rw, ip, pref, table, cfg_maxb, ovt, tht,
+            s_state, s_cfg, s_uid, s_nb, ready, q_arr, q_id, q_user, q_head, q_len, q_sealed,
             i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer,
             ht, hu, ukount, ia, ga, ih, gh, rec_f, rec_i, gone_uid, gone_t):
     """Process every data-plane event with time < ``until``. Returns a RET_* code.
@@ -293,8 +296,8 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
                 _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                                 b_id[s, i, j], b_user[s, i, j], a, tc, OK, start, n, s_uid[s],
                                 start - a, svc)
-            _try_dispatch(s, tc, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
-                          q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
+            _try_dispatch(s, tc, st, fs, rw, ip, pref, table, cfg_maxb, s_cfg, s_uid, s_nb, q_arr, q_id,
+                          q_user, q_head, q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
             if s_state[s] == DRAINING and _slot_empty(s, ninst, q_len, i_busy):
                 s_state[s] = FREE
                 gone_uid[st[S_NGONE]] = s_uid[s]
@@ -321,8 +324,8 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
             q_len[s] -= 1
             _finish_request(st, fs, ip, ia, ga, ih, gh, rec_f, rec_i, ovt, tht, ht, hu, ukount,
                             rid, u, a, tt, TIMEOUT, tt, 0, s_uid[s], 0.0, 0.0)
-            _try_dispatch(s, tt, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
-                          q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
+            _try_dispatch(s, tt, st, fs, rw, ip, pref, table, cfg_maxb, s_cfg, s_uid, s_nb, q_arr, q_id,
+                          q_user, q_head, q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
             if s_state[s] == DRAINING and _slot_empty(s, ninst, q_len, i_busy):
                 s_state[s] = FREE
                 gone_uid[st[S_NGONE]] = s_uid[s]
@@ -331,8 +334,8 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
         elif tm == tmin:
             # ---- batcher delay timer
             timer[ms] = INF
-            _try_dispatch(ms, tm, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
-                          q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
+            _try_dispatch(ms, tm, st, fs, rw, ip, pref, table, cfg_maxb, s_cfg, s_uid, s_nb, q_arr, q_id,
+                          q_user, q_head, q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
         else:
             # ---- arrival
             rid = st[S_NEXT_ID]
@@ -393,8 +396,8 @@ def advance(until, arr, st, fs, rw, ip, pref, table, ovt, tht,
                 q_id[s, p] = rid
                 q_user[s, p] = user
                 q_len[s] += 1
-                _try_dispatch(s, ta, st, fs, rw, ip, pref, table, s_uid, s_nb, q_arr, q_id, q_user, q_head,
-                              q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
+                _try_dispatch(s, ta, st, fs, rw, ip, pref, table, cfg_maxb, s_cfg, s_uid, s_nb, q_arr, q_id,
+                              q_user, q_head, q_len, q_sealed, i_busy, i_start, b_arr, b_id, b_user, b_n, b_svc, timer)
 
 
 @njit(cache=True)
@@ -466,22 +469,35 @@ class FastPlane:
 
     name = "fast"
 
-    def __init__(self, sc, model, think_table, arrivals, env=None, memory=None):
+    def __init__(self, sc, models, think_table, arrivals, env=None, memory=None):
+        """``models``: one :class:`~simulator.service.ServiceModel` per serving configuration
+        (:mod:`simulator.variants`), all with the deployment's overhead; a replica serves with
+        ``models[config]`` (:meth:`add_replica`)."""
         b = sc.batching
         self.sc = sc
         self.arrivals = arrivals                     # ArrivalSource or None (closed loop)
         self.closed = sc.workload.kind == "closed_loop"
-        self.ip = np.array([sc.seed, b.max_batch_size, b.instances, b.max_queue_size,
+        self.cfg_maxb = np.array([m.max_batch for m in models], dtype=np.int64)
+        self.max_batch = int(self.cfg_maxb.max())
+        self.ip = np.array([sc.seed, self.max_batch, b.instances, b.max_queue_size,
                             LB_CODES[sc.cluster.load_balancer], int(sc.record_requests), int(self.closed),
-                            int(model.overhead_zero)], dtype=np.int64)
+                            int(models[0].overhead_zero)], dtype=np.int64)
         stop = sc.duration_s
         self.fs = np.array([sc.warmup_s, sc.slo_ms * 1e-3, stop, float(b.max_queue_delay_us),
                             b.queue_timeout_us * 1e-6, 0.0, sc.cluster.interference,
                             float(sc.cluster.node_cores), sc.cluster.rate_contention,
                             sc.cluster.rate_window_s, sc.cluster.rate_cores], dtype=np.float64)
         self.rw = new_rate_window()
+        # the deployment's preferred sizes (batch_decision skips those above a configuration's max batch size);
+        # per configuration its service table, padded to the largest max batch size (rows past its own unread)
         self.pref = np.array(b.preferred_batch_sizes, dtype=np.int64)
-        self.table, self.ovt, self.tht = model.table, model.overhead, think_table
+        if len(models) == 1:
+            self.table = models[0].table[np.newaxis]
+        else:
+            self.table = np.zeros((len(models), self.max_batch, models[0].table.shape[1]))
+            for c, m in enumerate(models):
+                self.table[c, :m.max_batch] = m.table
+        self.ovt, self.tht = models[0].overhead, think_table
         self.st = np.zeros(9, dtype=np.int64)
         self._alloc_slots(max(4, 2 * sc.cluster.max_replicas + 2))
         qcap = b.max_queue_size if b.max_queue_size > 0 else 64
@@ -521,10 +537,11 @@ class FastPlane:
     # -- allocation
     def _alloc_slots(self, n: int) -> None:
         old = getattr(self, "s_state", None)
-        inst, mb = self.sc.batching.instances, self.sc.batching.max_batch_size
-        new = dict(s_state=np.zeros(n, np.int64), s_uid=np.full(n, -1, np.int64), s_nb=np.zeros(n, np.int64),
-                   ready=np.zeros(n, np.int64), timer=np.full(n, INF), q_head=np.zeros(n, np.int64),
-                   q_len=np.zeros(n, np.int64), q_sealed=np.zeros(n, np.int64), i_busy=np.full((n, inst), INF), i_start=np.zeros((n, inst)),
+        inst, mb = self.sc.batching.instances, self.max_batch
+        new = dict(s_state=np.zeros(n, np.int64), s_cfg=np.zeros(n, np.int64), s_uid=np.full(n, -1, np.int64),
+                   s_nb=np.zeros(n, np.int64), ready=np.zeros(n, np.int64), timer=np.full(n, INF),
+                   q_head=np.zeros(n, np.int64), q_len=np.zeros(n, np.int64), q_sealed=np.zeros(n, np.int64),
+                   i_busy=np.full((n, inst), INF), i_start=np.zeros((n, inst)),
                    b_arr=np.zeros((n, inst, mb)), b_id=np.zeros((n, inst, mb), np.int64),
                    b_user=np.zeros((n, inst, mb), np.int64), b_n=np.zeros((n, inst), np.int64),
                    b_svc=np.zeros((n, inst)), gone_uid=np.zeros(n, np.int64), gone_t=np.zeros(n))
@@ -566,8 +583,8 @@ class FastPlane:
             self.arr = np.concatenate([rest, new]) if len(rest) else new
             self.st[S_PTR] = 0
         while True:
-            r = advance(t, self.arr, self.st, self.fs, self.rw, self.ip, self.pref, self.table, self.ovt, self.tht,
-                        self.s_state, self.s_uid, self.s_nb, self.ready, self.q_arr, self.q_id, self.q_user,
+            r = advance(t, self.arr, self.st, self.fs, self.rw, self.ip, self.pref, self.table, self.cfg_maxb,
+                        self.ovt, self.tht, self.s_state, self.s_cfg, self.s_uid, self.s_nb, self.ready, self.q_arr, self.q_id, self.q_user,
                         self.q_head, self.q_len, self.q_sealed, self.i_busy, self.i_start, self.b_arr, self.b_id,
                         self.b_user, self.b_n, self.b_svc, self.timer, self.ht, self.hu, self.ukount,
                         self.ia, self.ga, self.ih, self.gh, self.rec_f, self.rec_i, self.gone_uid,
@@ -592,7 +609,8 @@ class FastPlane:
                 self._alloc_queue(2 * self.q_arr.shape[1])
 
     # -- control-plane operations (between advance calls)
-    def add_replica(self, uid: int) -> None:
+    def add_replica(self, uid: int, config: int = 0) -> None:
+        """A starting replica ``uid`` serving with configuration ``config`` (an index into the models)."""
         free = np.flatnonzero(self.s_state == FREE)
         if len(free) == 0:
             self._alloc_slots(2 * len(self.s_state))
@@ -601,6 +619,7 @@ class FastPlane:
         self.st[S_NSLOTS] = max(self.st[S_NSLOTS], s + 1)
         self.s_state[s] = STARTING
         self.s_uid[s] = uid
+        self.s_cfg[s] = config
         self.s_nb[s] = 0
         self.q_len[s] = 0
         self.q_sealed[s] = 0

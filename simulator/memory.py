@@ -14,7 +14,9 @@ layout, the same on any machine: they are the sizes of the data kept, not speeds
   (simulating and writing ``requests.parquet``);
 - the per-interval timeline: ``duration_s / interval_s x TIMELINE_ROW_BYTES``;
 - closed-loop users: ``users x USER_BYTES[engine]``;
-- the fast engine's replica slots: ``(2 max_replicas + 2) x instances x max_batch_size x 24``.
+- the fast engine's replica slots: ``(2 max_replicas + 2) x instances x max_batch_size x 24`` (with several
+  serving configurations, :mod:`simulator.variants`, the largest ``max_batch_size`` of them: the slots' batch
+  arrays are sized for it).
 
 Expected requests (:func:`expected_requests`): open loop, the workload's expected arrivals
 (:func:`simulator.workload.expected_arrivals`: rate x duration for poisson, the integral of
@@ -23,7 +25,12 @@ the schedule or trace rate, the timestamps' count); closed loop, an upper bound,
 failing user's think + overhead), where the latency floor is the mean overhead plus, when no
 request can fail without being computed (no ``max_queue_size``, no ``queue_timeout_us``,
 ``min_replicas > 0``), the mean compute time of a batch of 1; the rate is then also capped at
-:func:`simulator.service.saturation_rps` of ``max_replicas`` replicas.
+:func:`simulator.service.saturation_rps` of ``max_replicas`` replicas. With several serving configurations the
+bound takes the fastest one (the smallest batch-1 time, the largest saturation rate) and ``2 x max_replicas``
+replicas (a rolling update, maxSurge 100 %, serves with old and new replicas at once).
+
+``model`` (in the functions below): the scenario's :class:`~simulator.service.ServiceModel`, if already
+built, or a list of them, one per serving configuration (:func:`simulator.variants.serving_models`).
 
 The budget (:func:`memory_budget`): the ``budget`` argument (``--memory-budget``), else the
 environment variable ``SERVESIM_MEMORY_BUDGET``, else half of the machine's memory. Sizes
@@ -92,22 +99,39 @@ def memory_budget(budget: str | int | float | None = None) -> tuple[int, str]:
     return machine_memory_bytes() // 2, "half the machine's memory"
 
 
+def _models(sc: Scenario, model) -> list:
+    """``model`` (see the module docstring) as a list of service models, one per serving configuration."""
+    if isinstance(model, (list, tuple)):
+        return list(model)
+    from simulator.service import build_service_model
+    return [model or build_service_model(sc.service, sc.batching.max_batch_size)]
+
+
 def expected_requests(sc: Scenario, model=None) -> float:
-    """Requests the run is expected to send (closed loop: an upper bound); see the module docstring.
-    ``model``: the scenario's :class:`~simulator.service.ServiceModel`, if already built."""
+    """Requests the run is expected to send (closed loop: an upper bound); see the module docstring."""
     wl = sc.workload
     if wl.kind != "closed_loop":
         from simulator.workload import expected_arrivals
         return expected_arrivals(wl, sc.duration_s, sc.seed)
-    from simulator.service import build_service_model, saturation_rps
-    model = model or build_service_model(sc.service, sc.batching.max_batch_size)
+    from simulator.service import saturation_rps
+    models = _models(sc, model)
     b, c = sc.batching, sc.cluster
     fail_fast = b.max_queue_size > 0 or b.queue_timeout_us > 0 or c.min_replicas == 0
-    floor_s = sc.service.overhead.mean_value * 1e-3 + (0.0 if fail_fast else model.mean_ms(1) * 1e-3)
+    fastest_ms = min(m.mean_ms(1) for m in models)
+    floor_s = sc.service.overhead.mean_value * 1e-3 + (0.0 if fail_fast else fastest_ms * 1e-3)
     rate = wl.users / max(wl.think.mean_value + floor_s, MIN_CYCLE_S)
     if not fail_fast:
-        rate = min(rate, saturation_rps(sc, c.max_replicas, model))
+        surge = 2 if len(models) > 1 else 1
+        rate = min(rate, max(saturation_rps(sc, surge * c.max_replicas, m) for m in models))
     return rate * sc.duration_s
+
+
+def slot_batch_size(sc: Scenario, model=None) -> int:
+    """The batch size the fast engine's replica slots are sized for: ``batching.max_batch_size``, or with
+    several serving configurations the largest of theirs."""
+    if isinstance(model, (list, tuple)):
+        return max(m.max_batch for m in model)
+    return sc.batching.max_batch_size
 
 
 @dataclass(frozen=True)
@@ -135,7 +159,7 @@ def estimate_memory(sc: Scenario, engine: str = "fast", budget: str | int | floa
     parts = {"records": n * RECORD_BYTES[engine] if sc.record_requests else 0.0,
              "timeline": sc.duration_s / sc.autoscaler.interval_s * TIMELINE_ROW_BYTES,
              "users": sc.workload.users * USER_BYTES[engine] if sc.workload.kind == "closed_loop" else 0.0,
-             "slots": (2 * c.max_replicas + 2) * b.instances * b.max_batch_size * SLOT_ITEM_BYTES
+             "slots": (2 * c.max_replicas + 2) * b.instances * slot_batch_size(sc, model) * SLOT_ITEM_BYTES
              if engine == "fast" else 0.0}
     size, source = memory_budget(budget)
     return MemoryEstimate(requests=n, parts=parts, budget=size, budget_source=source)
@@ -161,7 +185,7 @@ def check_memory(sc: Scenario, engine: str = "fast", budget: str | int | float |
     else:
         fix = "lower cluster.max_replicas, batching.instances or batching.max_batch_size"
         what = f"{2 * sc.cluster.max_replicas + 2} replica slots x {sc.batching.instances} instances x " \
-               f"batches of {sc.batching.max_batch_size}"
+               f"batches of {slot_batch_size(sc, model)}"
     raise ConfigError(f"this run would need about {need} of memory ({what}), over the memory budget of "
                       f"{limit}: {fix} (or raise the budget with --memory-budget / {BUDGET_ENV})")
 
@@ -176,5 +200,5 @@ def records_overflow(est: MemoryEstimate, engine: str, t: float) -> ConfigError:
 
 
 __all__ = ["RECORD_BYTES", "TIMELINE_ROW_BYTES", "USER_BYTES", "BUDGET_ENV", "MemoryEstimate", "parse_size",
-           "format_size", "machine_memory_bytes", "memory_budget", "expected_requests", "estimate_memory",
-           "check_memory", "records_overflow"]
+           "format_size", "machine_memory_bytes", "memory_budget", "expected_requests", "slot_batch_size",
+           "estimate_memory", "check_memory", "records_overflow"]

@@ -21,7 +21,9 @@ Metric definitions (per interval ``[t - interval_s, t)``):
 - ``busy_fraction``: compute-busy time of all instances of ready replicas / (instances x ready x interval).
 - ``inflight``: requests inside servers (queued + executing) at the end of the interval.
 - ``replicas``: replicas currently requested (ready + starting, not draining);
-  ``replicas_ready``, ``replicas_pending`` (starting).
+  ``replicas_ready``, ``replicas_pending`` (starting). During a rolling update to another serving
+  configuration (:mod:`simulator.variants`) ``replicas`` counts the new configuration's only (the
+  Deployment's ``spec.replicas``), while old replicas that still serve count in ``replicas_ready``.
 - ``failures``: rejected + timed-out requests in the interval.
 """
 from __future__ import annotations

@@ -116,8 +116,9 @@ class Batch:
 class Replica:
     """One Triton server: a FIFO queue, a dynamic batcher, ``instances`` model instances."""
 
-    def __init__(self, uid: int, instances: int, env: simpy.Environment):
+    def __init__(self, uid: int, instances: int, env: simpy.Environment, config: int = 0):
         self.uid = uid
+        self.config = config                                      # its serving configuration (simulator.variants)
         self.state = STARTING
         self.queue: deque[Request] = deque()
         self.sealed: list[Request] = []                          # a batch sealed ahead, waiting for an instance
@@ -139,14 +140,20 @@ class RefPlane:
 
     name = "reference"
 
-    def __init__(self, sc, model, think_table, arrivals, env: simpy.Environment, memory=None):
+    def __init__(self, sc, models, think_table, arrivals, env: simpy.Environment, memory=None):
+        """``models``: one :class:`~simulator.service.ServiceModel` per serving configuration
+        (:mod:`simulator.variants`), all with the deployment's overhead; a replica serves with
+        ``models[config]`` (:meth:`add_replica`)."""
         b = sc.batching
         self.sc, self.env = sc, env
         self.arrivals = arrivals
         self.closed = sc.workload.kind == "closed_loop"
         self.seed = sc.seed
-        self.max_batch = b.max_batch_size
+        # per serving configuration: max batch size and service table (the preferred sizes are the deployment's:
+        # batch_decision skips those above a configuration's max batch size)
+        self.max_batch = [m.max_batch for m in models]
         self.preferred = np.array(b.preferred_batch_sizes, dtype=np.int64)
+        self.tables = [m.table for m in models]
         self.delay_us = float(b.max_queue_delay_us)
         self.instances = b.instances
         self.max_queue = b.max_queue_size
@@ -161,7 +168,7 @@ class RefPlane:
         self.warmup = sc.warmup_s
         self.slo_s = sc.slo_ms * 1e-3
         self.stop = sc.duration_s
-        self.model = model
+        self.model = models[0]                     # its overhead (the hop) is every configuration's
         self.think_table = think_table
         self.record = sc.record_requests
         self.memory = memory                       # simulator.memory.MemoryEstimate or None
@@ -374,7 +381,7 @@ class RefPlane:
                 # at the instant a sealed batch started (the next arrival or delay timer does)
                 if not started_sealed and rep.queue and may_seal_ahead(self.delay_us, len(rep.sealed)):
                     n, deadline = batch_decision(len(rep.queue), rep.queue[0].arrival, t,
-                                                 self.max_batch, self.preferred, self.delay_us)
+                                                 self.max_batch[rep.config], self.preferred, self.delay_us)
                     if n == 0:
                         self._set_timer(rep, deadline)
                     else:
@@ -388,7 +395,7 @@ class RefPlane:
             if not rep.queue:
                 return
             n, deadline = batch_decision(len(rep.queue), rep.queue[0].arrival, t,
-                                         self.max_batch, self.preferred, self.delay_us)
+                                         self.max_batch[rep.config], self.preferred, self.delay_us)
             if n == 0:
                 self._set_timer(rep, deadline)
                 return
@@ -418,7 +425,7 @@ class RefPlane:
         """Start the batch ``reqs`` (already out of the queue) on ``instance`` at ``t``."""
         k = rep.n_batches
         rep.n_batches += 1
-        svc = float(draw(self.model.table[len(reqs) - 1], uniform(self.seed, SERVICE, rep.uid, k))) * 1e-3
+        svc = float(draw(self.tables[rep.config][len(reqs) - 1], uniform(self.seed, SERVICE, rep.uid, k))) * 1e-3
         self.n_busy += 1
         if self.interference > 0.0 or self.rate_cont > 0.0:
             svc *= contention_factor(self.n_busy, self.cores, self.interference, self.rate_cores, self.rate_cont,
@@ -467,8 +474,9 @@ class RefPlane:
             while self.env.peek() < t:
                 self.env.step()
 
-    def add_replica(self, uid: int) -> None:
-        rep = Replica(uid, self.instances, self.env)
+    def add_replica(self, uid: int, config: int = 0) -> None:
+        """A starting replica ``uid`` serving with configuration ``config`` (an index into the models)."""
+        rep = Replica(uid, self.instances, self.env, config)
         self.replicas[uid] = rep
         self.env.process(self._batcher(rep))
 
