@@ -55,7 +55,7 @@ DEFAULT_RL_CONFIG = os.path.join(ROOT, "configs", "rl.yaml")
 CONTENDERS = ("hpa", "kpa", "ipa", "oracle")
 HPA_GRID = [(u, w) for u in (0.5, 0.6, 0.7, 0.8, 0.9) for w in (60.0, 300.0)]
 KPA_GRID = [2.0, 4.0, 8.0, 12.0, 16.0]
-UTIL_GRID = [0.5, 0.6, 0.7, 0.8, 0.9]
+UTIL_GRID = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 WARMUP_S = 60.0
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from simulator.batching import DROPPED, OK, REJECTED, STATUS_NAMES, TIMEOUT
 from simulator.config import Scenario, ServiceSpec
 from simulator.engine import Simulation
+from simulator.variants import ServingConfig
 from simulator.metrics import (A_ARRIVALS, A_DROPPED, A_FAIL, A_LAT2_S, A_LAT_S, A_OK, A_REJECTED, A_SLO_VIOL,
                                A_TIMEOUT, H_BINS, N_ACC, exact_quantiles, hist_bins, hist_quantiles, safe_div)
 from simulator.pipeline_policy import StageDecision, make_pipeline_policy
@@ -58,20 +59,40 @@ def stage_seed(seed: int, k: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def config_batch_sizes(stage) -> list[int]:
+    """The max batch sizes a stage can be reconfigured to: the powers of two up to its ``max_batch_size``, and
+    that size itself (IPA's batch sizes are powers of two)."""
+    mbs = stage.batching.max_batch_size
+    return sorted({2 ** i for i in range(int(math.log2(mbs)) + 1)} | {mbs})
+
+
+def stage_configs(stage) -> tuple[list[ServingConfig], list[tuple[str, int]], int]:
+    """Every serving configuration of a stage (:mod:`simulator.variants`): each variant at each of
+    :func:`config_batch_sizes` (named ``variant@b``, with the variant's start-up delay), their (variant,
+    batch size) keys, and the index of the one it starts with (its ``variant`` at its ``max_batch_size``)."""
+    cfgs, keys = [], []
+    for v in stage.variants:
+        for b in config_batch_sizes(stage):
+            cfgs.append(ServingConfig(f"{v.name}@{b}", ServiceSpec(per_batch=v.service.per_batch,
+                                                                    batch_slope=v.service.batch_slope,
+                                                                    overhead=stage.hop), b, v.startup))
+            keys.append((v.name, b))
+    return cfgs, keys, keys.index((stage.variant, stage.batching.max_batch_size))
+
+
 def stage_scenario(sc: Scenario, k: int) -> Scenario:
     """Stage ``k`` of pipeline scenario ``sc`` as a single-model scenario: its batcher, cluster, autoscaler and
-    starting variant (its per-batch compute; the stage's hop as the per-request overhead; the variant's
-    start-up delay if it has one), the pipeline's workload (fed to stages after the first), duration, warm-up
+    starting variant (its per-batch compute; the stage's hop as the per-request overhead; a variant's own
+    start-up delay goes with its serving configuration, :func:`stage_configs`), the pipeline's workload (fed to stages after the first), duration, warm-up
     and end-to-end SLO (a stage's own ``slo_violation_frac`` is then the share of its visits that alone take
     longer than the whole pipeline may), per-request records on (the hand-over reads them)."""
     st = sc.pipeline.stages[k]
     v = st.variants[st.variant_index(st.variant)]
-    cluster = st.cluster if v.startup is None else dataclasses.replace(st.cluster, startup=v.startup)
     return Scenario(seed=stage_seed(sc.seed, k), duration_s=sc.duration_s, warmup_s=sc.warmup_s, slo_ms=sc.slo_ms,
                     record_requests=True, workload=sc.workload,
                     service=ServiceSpec(per_batch=v.service.per_batch, batch_slope=v.service.batch_slope,
                                         overhead=st.hop),
-                    batching=st.batching, cluster=cluster,
+                    batching=st.batching, cluster=st.cluster,
                     autoscaler=dataclasses.replace(st.autoscaler, interval_s=sc.autoscaler.interval_s),
                     name=f"{sc.name}/{st.name}" if sc.name else st.name)
 
@@ -83,13 +104,15 @@ class PipelineObservation:
     batches, replicas; ``slo_ms`` is the end-to-end SLO), ``e2e``: an :class:`Observation` of the whole
     pipeline (arrivals at the first stage; completions, latency percentiles and SLO violations end to end;
     replica fields are totals over stages; queue / batch / busy fields NaN), each stage's current
-    ``variants`` name, and the mean ``accuracy`` of the requests completed in the interval (NaN if none)."""
+    ``variants`` name and ``batch_sizes`` (max batch size), and the mean ``accuracy`` of the requests completed
+    in the interval (NaN if none)."""
 
     time_s: float
     interval_s: float
     stages: tuple[Observation, ...]
     e2e: Observation
     variants: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
     accuracy: float
 
 
@@ -106,8 +129,12 @@ class PipelineSimulation:
         self.engine = engine
         self.spec = sc.pipeline
         self.stage_scenarios = [stage_scenario(sc, k) for k in range(len(self.spec.stages))]
-        self.stages = [Simulation(s, engine=engine, fed=k > 0, memory_budget=memory_budget)
-                       for k, s in enumerate(self.stage_scenarios)]
+        made = [stage_configs(st) for st in self.spec.stages]
+        self.config_keys = [keys for _, keys, _ in made]          # per stage: config index -> (variant, batch)
+        self.stages = [Simulation(s, engine=engine, fed=k > 0, memory_budget=memory_budget, configs=cfgs,
+                                  config=first)
+                       for k, (s, (cfgs, _, first)) in enumerate(zip(self.stage_scenarios, made))]
+        self.held_configs = [0] * len(self.stages)      # decisions naming an unknown variant or batch size
         self.interval = sc.autoscaler.interval_s      # the pipeline's (joint policy's, or the stages' common)
         self.progress = progress
         self.tick = 0
@@ -157,10 +184,16 @@ class PipelineSimulation:
         self.stages[k].feed(t)
 
     def _served_accuracy(self, k: int, local: np.ndarray) -> np.ndarray:
-        """Accuracy of the variant each of stage ``k``'s requests ``local`` was served by."""
-        st = self.spec.stages[k]
-        acc = np.array([v.accuracy for v in st.variants])
-        return np.full(len(local), acc[st.variant_index(st.variant)])
+        """Accuracy of the variant each of stage ``k``'s requests ``local`` was served by (the serving
+        configuration of the replica in its record)."""
+        if len(local) == 0:
+            return np.zeros(0)
+        st, sim = self.spec.stages[k], self.stages[k]
+        acc = {v.name: v.accuracy for v in st.variants}
+        by_config = np.array([acc[v] for v, _ in self.config_keys[k]])
+        uids = sim.dp.records()["replica"][local]
+        cfg = np.array([sim.replicas[int(u)].config for u in uids], dtype=np.int64)
+        return by_config[cfg]
 
     def _collect(self, k: int) -> None:
         """Stage ``k``'s requests finished since the last call: hand the successes on, or end them."""
@@ -243,12 +276,34 @@ class PipelineSimulation:
         if len(decisions) != len(self.stages):
             raise ValueError(f"one decision per stage: {len(self.stages)} expected (got {len(decisions)})")
         rows = self.timeline[-len(self.stages) - 1:]
-        for st, d, row in zip(self.stages, decisions, rows):
+        for k, (st, d, row) in enumerate(zip(self.stages, decisions, rows)):
+            if isinstance(d, StageDecision) and (d.variant is not None or d.max_batch_size is not None):
+                idx = self.config_index(k, d.variant, d.max_batch_size)
+                if idx is None:
+                    self.held_configs[k] += 1
+                    row["held_config"] = 1
+                else:
+                    st.reconfigure(idx)                  # first: the count below is then the new config's
+                    row["variant"], row["max_batch_size"] = self.config_keys[k][idx]
             held = st.held_decisions
             row["desired"] = st.apply(d.replicas if isinstance(d, StageDecision) else d)
             row["held"] = st.held_decisions - held
         rows[-1]["desired"] = sum(r["desired"] for r in rows[:-1])
         return self._next_obs()
+
+    def config_index(self, k: int, variant: str | None, max_batch_size: int | None) -> int | None:
+        """Stage ``k``'s serving configuration for (``variant``, ``max_batch_size``), None meaning the current
+        one's; None when the stage has no such configuration (an unknown variant, a batch size it cannot take)."""
+        cur_v, cur_b = self.config_keys[k][self.stages[k].config]
+        key = (cur_v if variant is None else variant, cur_b if max_batch_size is None else max_batch_size)
+        try:
+            return self.config_keys[k].index(key)
+        except ValueError:
+            return None
+
+    def current(self, k: int) -> tuple[str, int]:
+        """Stage ``k``'s current (variant, max batch size): what its replicas are asked for."""
+        return self.config_keys[k][self.stages[k].config]
 
     def observe(self, t: float) -> PipelineObservation:
         obs = tuple(st.observe(t) for st in self.stages)
@@ -272,14 +327,16 @@ class PipelineSimulation:
         for k, st in enumerate(self.stages):
             row = dict(st.timeline[-1])
             row["stage"] = self.spec.stages[k].name
-            row["variant"] = self.spec.stages[k].variant
+            row["variant"], row["max_batch_size"] = self.current(k)
+            row["held_config"] = 0
             self.timeline.append(row)
         row = e2e.to_dict()
         row.update(stage="e2e", variant="", accuracy=accuracy, desired=e2e.replicas, held=0,
                    replica_seconds=sum(st.replica_seconds(0.0, t) for st in self.stages))
         self.timeline.append(row)
-        return PipelineObservation(time_s=t, interval_s=iv, stages=obs, e2e=e2e,
-                                   variants=tuple(s.variant for s in self.spec.stages), accuracy=accuracy)
+        cur = [self.current(k) for k in range(len(self.stages))]
+        return PipelineObservation(time_s=t, interval_s=iv, stages=obs, e2e=e2e, variants=tuple(v for v, _ in cur),
+                                   batch_sizes=tuple(b for _, b in cur), accuracy=accuracy)
 
     # ---------------------------------------------------------------- results
     def result(self) -> "PipelineResult":
@@ -296,8 +353,14 @@ class PipelineSimulation:
         stages = {}
         for k, (spec, r) in enumerate(zip(self.spec.stages, stage_res)):
             s = r.summary
+            by_variant: dict[str, float] = {}
+            for (v, _), name in zip(self.config_keys[k], [c.name for c in self.stages[k].configs]):
+                by_variant[v] = by_variant.get(v, 0.0) + s["variant_seconds"].get(name, 0.0)
             stages[spec.name] = {
-                "variant": spec.variant, "requests": s["requests"], "completed": s["completed"],
+                "variant": spec.variant, "final_variant": self.current(k)[0],
+                "final_max_batch_size": self.current(k)[1], "reconfigurations": s["reconfigurations"],
+                "held_configs": self.held_configs[k], "variant_seconds": by_variant,
+                "requests": s["requests"], "completed": s["completed"],
                 "failed": s["failed"], "latency_ms": s["latency_ms"], "queue_ms": s["queue_ms"],
                 "compute_ms": s["compute_ms"], "mean_batch_size": s["mean_batch_size"],
                 "replica_seconds": s["replica_seconds"], "mean_replicas": s["mean_replicas"],

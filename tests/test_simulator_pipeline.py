@@ -16,8 +16,9 @@ from simulator.pipeline import PipelineSimulation, simulate_pipeline
 
 
 def _stage(name, service, **kw):
-    d = {"name": name, "service": service, "batching": {"max_batch_size": 1},
-         "autoscaler": {"kind": "static", "interval_s": 10}}
+    d = {"name": name, "batching": {"max_batch_size": 1}, "autoscaler": {"kind": "static", "interval_s": 10}}
+    if service is not None:
+        d["service"] = service
     d.update(kw)
     return d
 
@@ -60,7 +61,6 @@ def test_accuracy_product_and_mean():
     st = [_stage("a", None, variants=[{"name": "s", "accuracy": 0.8, "service": {"mean_ms": 5}},
                                       {"name": "l", "accuracy": 0.9, "service": {"mean_ms": 9}}], variant="l"),
           _stage("b", {"mean_ms": 5}, accuracy=0.5)]
-    del st[0]["service"]
     for rule, want in (("product", 0.45), ("mean", 0.7)):
         sc = _pipe(st, pipeline={"stages": st, "accuracy": rule})
         s = simulate_pipeline(sc).summary
@@ -196,3 +196,41 @@ def test_bad_pipeline_scenarios():
         with pytest.raises(ConfigError) as e:
             scenario_from_dict(d)
         assert msg in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def _variant_pipe():
+    return _pipe([
+        _stage("a", None, variants=[
+            {"name": "fast", "accuracy": 0.7, "service": {"per_batch": {1: {"kind": "gamma", "mean_ms": 5, "cv": 0.3},
+                                                                        4: {"kind": "gamma", "mean_ms": 12, "cv": 0.3}}}},
+            {"name": "slow", "accuracy": 0.9, "service": {"per_batch": {1: {"kind": "gamma", "mean_ms": 15, "cv": 0.3},
+                                                                        4: {"kind": "gamma", "mean_ms": 40, "cv": 0.3}}},
+             "startup_s": 4}],
+            batching={"max_batch_size": 4, "max_queue_delay_us": 1000},
+            cluster={"replicas": 2, "max_replicas": 4, "startup_s": 2}),
+        _stage("b", {"mean_ms": 4}, accuracy=0.5, cluster={"replicas": 1, "max_replicas": 2})],
+        workload={"kind": "poisson", "rate_rps": 120}, duration_s=80, slo_ms=150)
+
+
+def test_switching_a_variant_rolls_and_changes_accuracy():
+    from simulator.pipeline_policy import StageDecision as D
+    sc = _variant_pipe()
+    plan = [[D(2), D(1)], [D(2), D(1)], [D(3, "slow"), D(1)], [D(3), D(1)], [D(3), D(1)], [D(3, "slow", 2), D(1)],
+            [D(3, "nope"), D(1)], [D(3), D(1)]]
+    fast, ref = _scripted(sc, "fast", plan), _scripted(sc, "reference", plan)
+    for k in fast.requests:
+        assert np.array_equal(fast.requests[k], ref.requests[k], equal_nan=True), k
+    st = fast.summary["stages"]["a"]
+    assert st["reconfigurations"] == 2 and st["held_configs"] == 1
+    assert st["final_variant"] == "slow" and st["final_max_batch_size"] == 2
+    assert st["variant_seconds"]["fast"] > 0 and st["variant_seconds"]["slow"] > st["variant_seconds"]["fast"]
+    acc = fast.requests["accuracy"]
+    t0 = fast.requests["arrival_s"]
+    ok = ~np.isnan(acc)
+    # before the switch (t = 30 s) every request was served by 'fast' (0.7 x 0.5); long after it, by 'slow'
+    assert np.allclose(acc[ok & (t0 < 29)], 0.35) and np.allclose(acc[ok & (t0 > 45)], 0.45)
+    mixed = acc[ok & (t0 >= 30) & (t0 < 36)]
+    assert set(np.round(mixed, 6)) <= {0.35, 0.45}
+    rows = [r for r in fast.timeline if r["stage"] == "a"]
+    assert [r["variant"] for r in rows][:4] == ["fast", "fast", "slow", "slow"]
+    assert [r["held_config"] for r in rows][6] == 1
