@@ -40,6 +40,7 @@ import time
 import numpy as np
 import yaml
 
+from rl import sanity
 from rl.common import DAY_S, load_trace, select_windows
 from simulator.config import ConfigError, WorkloadSpec, load_scenario
 from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
@@ -223,6 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--replica-weight", type=float, default=0.01,
                     help="IPA's cost weight: accuracy one replica is worth (default 0.01)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--allow-degenerate", action="store_true",
+                    help="write the tables even when a sanity check fails (exit 0; the failure is recorded)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 5-minute windows, one setting per contender (no tuning grid), one seed")
     a = ap.parse_args(argv)
@@ -230,9 +233,14 @@ def main(argv=None) -> int:
     def body() -> int:
         with OutputFolder(a.out, "rl.pipeline_eval", force=a.force,
                           legacy=json_has_keys("results.json", "contenders")) as of:
-            evaluate(a, of.path)
+            result, checks = evaluate(a, of.path)
+        print(f"wrote {a.out}/results.csv, summary.csv, by_window.csv, results.json"
+              f"{'' if a.no_plots else ', tradeoff.png, timeline_*.png'}")
+        bad = sanity.failure(checks)
+        if bad and not a.allow_degenerate:
+            raise sanity.DegenerateResult(f"{bad} (results written to {a.out}; --allow-degenerate accepts them)")
         return 0
-    return run_cli(body)
+    return run_cli(body, errors=(sanity.DegenerateResult,))
 
 
 def _load(a):
@@ -257,7 +265,7 @@ def _load(a):
         float(cfg.get("slo_target", 0.01)), float(tr.get("target_util", 0.8)), names
 
 
-def evaluate(a, folder: str) -> dict:
+def evaluate(a, folder: str) -> tuple[dict, list]:
     t0 = time.time()
     base, trace, tune_days, eval_days, slo_t, util, names = _load(a)
     rates = load_trace(trace)
@@ -312,15 +320,20 @@ def evaluate(a, folder: str) -> dict:
             f" replica-s" for n in names), flush=True)
     summary = _aggregate(rows, ["policy"])
     by_window = _aggregate(rows, ["policy", "window"])
+    mins = sum(st.cluster.min_replicas for st in base.pipeline.stages)
+    checks = [sanity.policies_scale({r["policy"]: r["mean_replicas"] for r in summary}, mins),
+              sanity.pipeline_oracle_best(summary, slo_t, a.replica_weight)]
     result = {"contenders": names, "scenario": base.to_dict(), "scenario_file": os.path.abspath(a.scenario),
               "trace": trace, "scale": scale, "scale_rule": rule, "p99_rps": p99, "slo_target": slo_t,
               "stage_capacity_rps": caps, "slo_shares": slo_shares(base),
               "replica_weight": a.replica_weight, "interval_s": a.interval_s, "seeds": seeds,
               "tune_windows": tune_w, "eval_windows": eval_w, "tuned": tuned, "summary": summary,
-              "by_window": by_window, "rows": rows, "wall_s": time.time() - t0}
+              "by_window": by_window, "rows": rows, "sanity": sanity.record(checks, a.allow_degenerate),
+              "wall_s": time.time() - t0}
     _write(folder, result, rows, summary, by_window, timelines, eval_w, names, not a.no_plots)
     _print(summary)
-    return result
+    print("\n".join(sanity.section(checks)))
+    return result, checks
 
 
 def _aggregate(rows, keys):

@@ -17,6 +17,8 @@ function of what the command measured; the commands print the section, record it
   hindsight (within ``COST_TOL``) at no more violations (within ``VIOL_TOL_PTS`` points of the larger of
   the static count's and the target); :mod:`rl.oracle` holds by construction, so a failure means the oracle
   or the capacity model is wrong.
+- :func:`pipeline_oracle_best` -- pipelines: the oracle meets the SLO target with the best IPA objective of
+  the contenders that do.
 - :func:`validation_load` -- on the real stack, every policy's real load reached the replica range it was
   meant to test (needs more than ``min_replicas`` for ``MIN_SHARE`` of the run by the calibrated fleet
   capacities) and the load generator delivered what was planned (at least ``MIN_DELIVERED`` of it).
@@ -106,6 +108,30 @@ def oracle_is_bound(pairs: Iterable[Mapping], slo_target: float, cost_tol: float
         detail = (f"in all {len(ps)} runs the oracle costs at most the best static count in hindsight "
                   f"(highest ratio {ratio:.3f}) at no more violations")
     return Check("oracle is a bound", not bad, detail, values={"runs": ps})
+
+
+def pipeline_oracle_best(summary: Iterable[Mapping], slo_target: float, replica_weight: float) -> Check:
+    """Pipelines (:mod:`rl.pipeline_eval`): the oracle meets the SLO-violation target and its IPA objective
+    (``accuracy - replica_weight x mean replicas``) is at least that of every contender meeting the target;
+    ``summary``: per policy ``{"policy", "accuracy", "mean_replicas", "slo_violation_rate"}``."""
+    rows = {r["policy"]: r for r in summary}
+    if "oracle" not in rows:
+        return Check("oracle is a bound", True, "oracle not evaluated (skipped)")
+
+    def obj(r):
+        return r["accuracy"] - replica_weight * r["mean_replicas"]
+    o = rows["oracle"]
+    if o["slo_violation_rate"] > slo_target + VIOL_TOL_PTS:
+        return Check("oracle is a bound", False, f"the oracle violates the SLO for {o['slo_violation_rate']:.2%} of "
+                     f"requests (target {slo_target:.2%}): not a bound", values={"oracle": dict(o)})
+    beat = [n for n, r in rows.items() if n != "oracle" and r["slo_violation_rate"] <= slo_target
+            and obj(r) > obj(o) + 1e-9]
+    if beat:
+        r = rows[beat[0]]
+        return Check("oracle is a bound", False, f"{beat[0]} meets the SLO target with a better objective "
+                     f"({obj(r):.4f}) than the oracle ({obj(o):.4f}): not a bound", values={"policies": rows})
+    return Check("oracle is a bound", True, f"the oracle meets the SLO target ({o['slo_violation_rate']:.2%}) with "
+                 f"the best objective ({obj(o):.4f}) of the contenders that do", values={"policies": rows})
 
 
 def validation_load(per_policy: Mapping[str, Mapping], min_replicas: int, min_share: float = MIN_SHARE,

@@ -38,7 +38,8 @@ def test_not_a_pipeline_is_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quick_run_writes_tables(tmp_path, capsys):
-    rc = pe.main(["--out", str(tmp_path / "o"), "--quick", "--contenders", "hpa,ipa,oracle", "--no-plots"])
+    rc = pe.main(["--out", str(tmp_path / "o"), "--quick", "--contenders", "hpa,ipa,oracle", "--no-plots",
+                  "--allow-degenerate"])
     assert rc == 0
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     by = {r["policy"]: r for r in res["summary"]}
@@ -50,3 +51,17 @@ def test_quick_run_writes_tables(tmp_path, capsys):
     start = np.prod([st.variants[st.variant_index(st.variant)].accuracy for st in sc.pipeline.stages])
     assert by["hpa"]["accuracy"] == pytest.approx(start)
     assert res["scale"] > 0 and "bottleneck" in res["scale_rule"]
+    assert {c["name"] for c in res["sanity"]["checks"]} == {"some policy scales", "oracle is a bound"}
+
+
+def test_oracle_check_rejects_a_non_bound():
+    from rl.sanity import pipeline_oracle_best
+    good = [{"policy": "hpa", "accuracy": 0.70, "mean_replicas": 5.0, "slo_violation_rate": 0.005},
+            {"policy": "oracle", "accuracy": 0.76, "mean_replicas": 4.0, "slo_violation_rate": 0.008}]
+    assert pipeline_oracle_best(good, 0.01, 0.01).ok
+    late = [good[0], dict(good[1], slo_violation_rate=0.13)]
+    c = pipeline_oracle_best(late, 0.01, 0.01)
+    assert not c.ok and "13.00%" in c.detail
+    beaten = [dict(good[0], accuracy=0.9), good[1]]          # hpa: 0.9 - 0.05 > 0.76 - 0.04
+    c = pipeline_oracle_best(beaten, 0.01, 0.01)
+    assert not c.ok and c.detail.startswith("hpa meets the SLO target with a better objective")
