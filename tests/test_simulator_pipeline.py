@@ -234,3 +234,23 @@ def test_switching_a_variant_rolls_and_changes_accuracy():
     rows = [r for r in fast.timeline if r["stage"] == "a"]
     assert [r["variant"] for r in rows][:4] == ["fast", "fast", "slow", "slow"]
     assert [r["held_config"] for r in rows][6] == 1
+
+
+def test_ipa_policy_from_the_scenario_switches_with_the_load():
+    """A top-level autoscaler: {kind: ipa} configures the whole pipeline: at low load it serves the accurate
+    variant, under a 4x step it moves to the fast one (enough replicas of the slow one would exceed max)."""
+    d = _variant_pipe().to_dict()
+    for st in d["pipeline"]["stages"]:
+        st.pop("autoscaler", None)
+    d["autoscaler"] = {"kind": "ipa", "interval_s": 5, "replica_weight": 0.01, "max_utilization": 0.7}
+    d["workload"] = {"kind": "schedule", "segments": [{"kind": "step", "duration_s": 120, "rate_rps": 40,
+                                                       "to_rps": 330, "at_s": 50}]}
+    d["duration_s"] = 120
+    sc = scenario_from_dict(d)
+    r = simulate_pipeline(sc)
+    assert r.summary["policy"] == "ipa"
+    rows = [x for x in r.timeline if x["stage"] == "a"]
+    early = {x["variant"] for x in rows if 15 <= x["time_s"] <= 45}
+    late = {x["variant"] for x in rows if x["time_s"] >= 80}
+    assert early == {"slow"} and late == {"fast"}, (early, late)
+    assert r.summary["stages"]["a"]["reconfigurations"] >= 2
