@@ -373,7 +373,8 @@ def _write(folder, result, rows, summary, by_window, timelines, wins, names, plo
     for r in summary:
         ax.scatter(r["replica_seconds"], r["accuracy"], s=60 + 4000 * r["slo_violation_rate"], label=r["policy"])
         ax.annotate(f"{r['policy']} ({100 * r['slo_violation_rate']:.1f} % late)", (r["replica_seconds"], r["accuracy"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+                    textcoords="offset points", xytext=(6, 4 + 10 * (summary.index(r) % 2)), fontsize=8)
+    ax.margins(x=0.2, y=0.2)
     ax.set_xlabel("replica-seconds (all stages, mean per run)")
     ax.set_ylabel("mean accuracy of served requests")
     ax.set_title("Cost vs accuracy (marker area: SLO violations)")
