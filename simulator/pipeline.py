@@ -191,9 +191,7 @@ class PipelineSimulation:
         st, sim = self.spec.stages[k], self.stages[k]
         acc = {v.name: v.accuracy for v in st.variants}
         by_config = np.array([acc[v] for v, _ in self.config_keys[k]])
-        uids = sim.dp.records()["replica"][local]
-        cfg = np.array([sim.replicas[int(u)].config for u in uids], dtype=np.int64)
-        return by_config[cfg]
+        return by_config[sim.replica_configs(sim.dp.records()["replica"][local])]
 
     def _collect(self, k: int) -> None:
         """Stage ``k``'s requests finished since the last call: hand the successes on, or end them."""
