@@ -5,8 +5,9 @@ one of local, kubernetes (got 'docker')``.
 
 ``model:`` (:class:`ModelSpec`), exactly one of:
 
-- ``{builtin: NAME}`` (default ``mobilenetv4_conv_small``; also ``text_encoder_small``): a model of
-  servesim's, exported to ONNX once into the cache;
+- ``{builtin: NAME}`` (default ``mobilenetv4_conv_small``; also ``text_encoder_small``,
+  ``mobilenetv4_conv_medium``, ``label_encoder_small``: :mod:`cluster.stack.builtins`): a model of servesim's,
+  exported to ONNX once into the cache;
 - ``{onnx: path/to/model.onnx}``: the user's ONNX file, served like the built-ins (inputs and outputs read
   from the graph; the first axis of every input and output must be a dynamic batch axis);
 - ``{repository: DIR, name: NAME}``: model ``NAME`` of the user's Triton model repository ``DIR``, served
@@ -29,7 +30,7 @@ from typing import Any
 from simulator.schema import boolean, check_keys, choice, fail, number, string
 
 BACKENDS = ("local", "kubernetes")
-BUILTIN_MODELS = ("mobilenetv4_conv_small", "text_encoder_small")
+BUILTIN_MODELS = ("mobilenetv4_conv_small", "text_encoder_small", "mobilenetv4_conv_medium", "label_encoder_small")
 MODEL_BACKENDS = ("auto", "python", "onnxruntime")
 K8S_IMAGE_KINDS = ("official", "pytriton")
 # NVIDIA's Triton container release whose server matches the bundled one (tritonserver 2.51.0 = 24.10)
