@@ -168,7 +168,8 @@ def merge_stages(raw: Mapping, over: Any, path: str) -> dict:
     return out
 
 
-def parse_run(d: Any, path: str, base_raw: Mapping, source: str, base_dir: str, stack: StackSettings | None = None) -> RunSpec:
+def parse_run(d: Any, path: str, base_raw: Mapping, source: str, base_dir: str,
+              stack: StackSettings | None = None) -> RunSpec:
     check_keys(d, {"name", "set", "stages", "events"}, path)
     name = string(d, "name", path, required=True)
     if not name or not all(c.isalnum() or c in "-_" for c in name):

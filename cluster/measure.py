@@ -151,9 +151,10 @@ single-model one with these differences (a single model's folder is unchanged):
     (the client's time from the previous stage's response to this send: the chaining overhead; empty for
     the first stage). A request's end-to-end latency is, to a few microseconds, the sum of its visits' ``latency_ms``
     and ``gap_ms``.
-``runs/<run>/stages/<stage>/``: ``metrics.csv``, ``batches.csv``, ``replicas.csv``, ``cluster.csv``, ``observations.csv``, ``config.pbtxt``, ``logs/``
-    As a single model's, for the stage's deployment (observations from its visits; ``slo_ms`` is the
-    end-to-end SLO). ``runs/<run>/logs/`` holds the load generator's log.
+``runs/<run>/stages/<stage>/``: ``metrics.csv``, ``batches.csv``, ``replicas.csv``, ``cluster.csv``, ...
+    ``observations.csv``, ``config.pbtxt`` and ``logs/`` as a single model's, for the stage's deployment
+    (observations from its visits; ``slo_ms`` is the end-to-end SLO). ``runs/<run>/logs/`` holds the load
+    generator's log.
 ``runs/<run>/events.csv``
     ``t_s, stage, kind, value, detail``.
 ``runs/<run>/run.json``
@@ -258,6 +259,49 @@ def load_keys(sc, stack, start_at: float) -> dict:
     return plan
 
 
+def apply_event(be, kind: str, value: int) -> str:
+    """Apply a timed event to backend ``be`` (``scale`` to ``value`` replicas, or ``kill`` the ``value``-th
+    ready one); its ``detail`` for ``events.csv``."""
+    if kind == "scale":
+        be.scale(value)
+        return f"desired {value}"
+    return f"SIGKILL {be.kill(value)}"
+
+
+def drive_load(run: RunSpec, plan: dict, wdir: Path, start_at: float, act, ready, quiet: bool = False):
+    """The load of ``plan`` (work folder ``wdir/loadgen``) with ``run``'s events applied on time by
+    ``act(event) -> detail`` (an exception is recorded as ``failed: ...``; the run goes on), under a progress
+    bar showing ``ready()``; returns the load result and the events applied, ``(epoch time, *event[1:],
+    detail)``."""
+    applied: list[tuple] = []
+    stop_evt = threading.Event()
+
+    def _events():
+        for ev in run.events:
+            if stop_evt.wait(max(0.0, start_at + ev[0] - time.time())):
+                return
+            try:
+                detail = act(ev)
+            except Exception as e:  # recorded, the run goes on
+                detail = f"failed: {e}"
+            applied.append((time.time(), *ev[1:], detail))
+    threading.Thread(target=_events, name="events", daemon=True).start()
+    sc = run.scenario
+    bar = None if quiet else _tqdm(total=round(sc.duration_s), desc=f"[{run.name}] {sc.workload.kind}", unit="s")
+
+    def _progress(el, c):
+        if bar is not None:
+            bar.n = max(0, min(round(el), bar.total))
+            bar.set_postfix(sent=c.get("sent"), ok=c.get("ok"), failed=c.get("failed"), ready=ready(), refresh=False)
+            bar.refresh()
+    try:
+        return run_load(plan, wdir / "loadgen", progress=_progress), applied
+    finally:
+        stop_evt.set()
+        if bar is not None:
+            bar.close()
+
+
 def run_one(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet: bool = False) -> dict:
     sc, stack = run.scenario, cfg.stack
     served = served_for(stack)
@@ -265,9 +309,7 @@ def run_one(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet: bool
     rdir.mkdir(parents=True, exist_ok=True)
     wdir = work / "runs" / run.name
     be = make_backend(stack, sc, wdir / "server")
-    applied: list[tuple[float, str, int, str]] = []
     scraper = None
-    bar = None
     try:
         if not quiet:
             print(f"[{run.name}] deploying {sc.cluster.replicas} replica(s) ({stack.backend} backend) ...",
@@ -280,38 +322,10 @@ def run_one(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet: bool
         scraper = Scraper(be, served.name, stack.scrape_interval_s).start()
         start_at = time.time() + 3.0
         plan = build_plan(run, url, stack, start_at, served, wdir / "loadgen")
-        stop_evt = threading.Event()
-
-        def _events():
-            for at, kind, val in run.events:
-                if stop_evt.wait(max(0.0, start_at + at - time.time())):
-                    return
-                try:
-                    if kind == "scale":
-                        be.scale(val)
-                        applied.append((time.time(), kind, val, f"desired {val}"))
-                    else:
-                        name = be.kill(val)
-                        applied.append((time.time(), kind, val, f"SIGKILL {name}"))
-                except Exception as e:  # recorded, the run goes on
-                    applied.append((time.time(), kind, val, f"failed: {e}"))
-        et = threading.Thread(target=_events, name="events", daemon=True)
-        et.start()
-        if not quiet:
-            bar = _tqdm(total=round(sc.duration_s), desc=f"[{run.name}] {sc.workload.kind}", unit="s")
-
-        def _progress(el, c):
-            if bar is not None:
-                bar.n = max(0, min(round(el), bar.total))
-                bar.set_postfix(sent=c.get("sent"), ok=c.get("ok"), failed=c.get("failed"),
-                                ready=be.ready_replicas, refresh=False)
-                bar.refresh()
-        res = run_load(plan, wdir / "loadgen", progress=_progress)
-        stop_evt.set()
+        res, applied = drive_load(run, plan, wdir, start_at, lambda ev: apply_event(be, *ev[1:3]),
+                                  lambda: be.ready_replicas, quiet)
         scraper.stop()
     finally:
-        if bar is not None:
-            bar.close()
         if scraper is not None:
             scraper.stop()
         log = be.replica_log()
@@ -348,11 +362,9 @@ def run_pipeline(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet:
     rdir.mkdir(parents=True, exist_ok=True)
     wdir = work / "runs" / run.name
     dep = PipelineDeployment(sc, stack, wdir / "server")
-    applied: list[tuple[float, str, str, int, str]] = []
     scrapers: dict[str, Scraper] = {}
     logs: dict[str, list] = {}
     errors: dict[str, list] = {}
-    bar = None
     try:
         if not quiet:
             print(f"[{run.name}] deploying " + ", ".join(
@@ -369,36 +381,10 @@ def run_pipeline(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet:
         start_at = time.time() + 3.0
         from .stack.chain import chain_plan
         plan = {**chain_plan(dep.stages, wdir / "loadgen", sc.seed), **load_keys(sc, stack, start_at)}
-        stop_evt = threading.Event()
-
-        def _events():
-            for at, kind, val, stage in run.events:
-                if stop_evt.wait(max(0.0, start_at + at - time.time())):
-                    return
-                be = dep.stage(stage).backend
-                try:
-                    if kind == "scale":
-                        be.scale(val)
-                        applied.append((time.time(), stage, kind, val, f"desired {val}"))
-                    else:
-                        applied.append((time.time(), stage, kind, val, f"SIGKILL {be.kill(val)}"))
-                except Exception as e:  # recorded, the run goes on
-                    applied.append((time.time(), stage, kind, val, f"failed: {e}"))
-        threading.Thread(target=_events, name="events", daemon=True).start()
-        if not quiet:
-            bar = _tqdm(total=round(sc.duration_s), desc=f"[{run.name}] {sc.workload.kind}", unit="s")
-
-        def _progress(el, c):
-            if bar is not None:
-                bar.n = max(0, min(round(el), bar.total))
-                bar.set_postfix(sent=c.get("sent"), ok=c.get("ok"), failed=c.get("failed"),
-                                ready="/".join(str(st.backend.ready_replicas) for st in dep.stages), refresh=False)
-                bar.refresh()
-        res = run_load(plan, wdir / "loadgen", progress=_progress)
-        stop_evt.set()
+        res, applied = drive_load(run, plan, wdir, start_at,
+                                  lambda ev: apply_event(dep.stage(ev[3]).backend, *ev[1:3]),
+                                  lambda: "/".join(str(st.backend.ready_replicas) for st in dep.stages), quiet)
     finally:
-        if bar is not None:
-            bar.close()
         for scr in scrapers.values():
             scr.stop()
         for st in dep.stages:
@@ -412,7 +398,7 @@ def run_pipeline(run: RunSpec, cfg: MeasureConfig, out: Path, work: Path, quiet:
     rows = [(*r[:-1], names[int(r[-1])] if r[-1] != "" else "") for r in rows]
     _write_csv(rdir / "requests.csv", REQUEST_FILE_COLUMNS + ("end_stage",), rows)
     _write_csv(rdir / "events.csv", ("t_s", "stage", "kind", "value", "detail"),
-               ((round(t - t0, 4), st, k, v, d) for t, st, k, v, d in applied))
+               ((round(t - t0, 4), st, k, v, d) for t, k, v, st, d in applied))
     copy_logs(wdir, rdir / "logs", servers=None)
     visits = read_visit_log(res.visits_path, t0, len(names))
     summ = window_summary(reqs, sc)

@@ -207,3 +207,63 @@ def test_shipped_pipeline_measurement():
         "small": PUBLISHED_TOP1["mobilenetv4_conv_small"], "medium": PUBLISHED_TOP1["mobilenetv4_conv_medium"]}
     reps = {st.cluster.replicas for r in cfg.runs for st in r.scenario.pipeline.stages}
     assert reps == {1, 2}
+
+
+# --------------------------------------------------------------------------- Kubernetes: a Deployment + Service per stage
+
+
+def test_kubernetes_renders_one_deployment_and_service_per_stage(fake_api, tmp_path):
+    import time
+
+    import kubernetes_validate as kv
+
+    from cluster.stack.chain import PipelineDeployment
+    from cluster.stack.config import KubernetesSettings
+    cfg = ccfg.load_measure_config(_file(tmp_path))
+    stack = cfg.stack.__class__(backend="kubernetes", ready_timeout_s=10, stage_models=cfg.stack.stage_models,
+                                kubernetes=KubernetesSettings(api_url=fake_api.url, namespace="ssim-test", hpa=True,
+                                                              request_timeout_s=3))
+    dep = PipelineDeployment(cfg.runs[0].scenario, stack, tmp_path / "k8s")
+    try:
+        dep.deploy()
+        objs = fake_api.objects
+        for k, (stage, model) in enumerate((("image", "mobilenetv4_conv_small"), ("labels", "label_encoder_small"))):
+            app = f"servesim-triton-{stage}"
+            d = objs[("deployments", "ssim-test", app)]
+            assert d["spec"]["selector"]["matchLabels"] == {"app": app} == d["spec"]["template"]["metadata"]["labels"]
+            pod = d["spec"]["template"]["spec"]
+            assert {"name": "SERVESIM_MODEL", "value": model} in pod["initContainers"][0]["env"]
+            assert [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v] == \
+                [f"servesim-model-config-{stage}"]
+            assert f'name: "{model}"' in objs[("configmaps", "ssim-test", f"servesim-model-config-{stage}")]["data"][
+                "config.pbtxt"]
+            svc = objs[("services", "ssim-test", app)]
+            assert svc["spec"]["selector"] == {"app": app}
+            assert [p.get("nodePort") for p in svc["spec"]["ports"]] == [30800 + k, None]
+            assert objs[("horizontalpodautoscalers", "ssim-test", app)]["spec"]["scaleTargetRef"]["name"] == app
+            assert dep.stages[k].backend.endpoints["lb"] == f"http://127.0.0.1:{30800 + k}"
+            for r in dep.stages[k].backend.rendered():
+                kv.validate(r, "1.30.0", strict=True)
+        # scaled independently: the labels stage to 2, the image stage keeps 1
+        dep.stage("labels").backend.scale(2)
+        dep.stage("labels").backend.wait_ready(2, 5)
+        time.sleep(0.3)
+        assert [st.backend.ready_replicas for st in dep.stages] == [1, 2]
+        assert sum(p["metadata"]["labels"]["app"] == "servesim-triton-labels" for p in fake_api.pods.values()) == 2
+    finally:
+        dep.teardown()
+    assert not [key for key in fake_api.objects if key[0] in ("deployments", "services", "configmaps")]
+
+
+def test_calibration_refuses_a_pipeline_measurement_in_one_line(tmp_path):
+    import json
+
+    from calibration.measurements import CalibrationError, load_manifest
+    from cluster.measure import FORMAT
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "scenario": {"pipeline": {"stages": []}}}))
+    with pytest.raises(CalibrationError, match=r"manifest\.json: a pipeline measurement .*single-model measurements "
+                                               r"only so far") as e:
+        load_manifest(tmp_path)
+    assert "\n" not in str(e.value)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "scenario": {"service": {}}}))
+    assert load_manifest(tmp_path)["format"] == FORMAT

@@ -176,7 +176,8 @@ def parse_stage_models(d: Any, pipeline, path: str = "model", base_dir: str = ""
                 fail(f"{p}.variants", f"must map each variant ({', '.join(vnames)}) to its model")
             for v in vd:
                 if v not in vnames:
-                    fail(f"{p}.variants.{v}", f"no variant {v!r} in stage {st.name} (its variants: {', '.join(vnames)})")
+                    fail(f"{p}.variants.{v}",
+                         f"no variant {v!r} in stage {st.name} (its variants: {', '.join(vnames)})")
             for v in vnames:
                 if v not in vd:
                     fail(f"{p}.variants", f"no model for variant {v!r} of stage {st.name}: give {p}.variants.{v}: "
@@ -209,6 +210,8 @@ class KubernetesSettings:
     models_image: str = MODELS_IMAGE    # the init container's image: holds the model repository in /models
     hpa: bool = False                   # also apply the HorizontalPodAutoscaler manifest
     request_timeout_s: float = 5.0
+    stage: str = ""                     # a pipeline stage's deployment (its own names; set by for_stage)
+    stage_index: int = 0                # ... its position (its Service's NodePort and URL port: + index)
 
     @property
     def server_image(self) -> str:
@@ -235,10 +238,12 @@ class StackSettings:
     def for_stage(self, k: int, stage: str, variant: str) -> "StackSettings":
         """The settings of stage ``k`` (named ``stage``) of a pipeline serving ``variant``: its model, and
         fixed ports moved out of the other stages' way (load balancer ``lb_port + k``, replicas from
-        ``base_port + 200 k``)."""
+        ``base_port + 200 k``; on Kubernetes the stage's own resource names and NodePort ``+ k``:
+        :mod:`cluster.stack.kubernetes`)."""
         return dataclasses.replace(self, model=self.stage_models.spec(stage, variant), stage_models=None,
                                    lb_port=self.lb_port + k if self.lb_port else 0,
-                                   base_port=self.base_port + 200 * k if self.base_port else 0)
+                                   base_port=self.base_port + 200 * k if self.base_port else 0,
+                                   kubernetes=dataclasses.replace(self.kubernetes, stage=stage, stage_index=k))
 
 
 def parse_kubernetes(d: Any, path: str) -> KubernetesSettings:

@@ -110,7 +110,8 @@ def run_load(plan: dict, workdir: str | Path, progress=None, timeout_margin_s: f
     dict, seconds), spawn_rate, arrivals (list of run-time seconds, open loop), batch_size,
     timeout_s, max_inflight, n_images, start_at_epoch (begin the load at this wall-clock time, if
     still ahead), stream (live feed, see module docstring), stages (a pipeline: per stage ``url``,
-    ``model``, ``outputs``, ``input`` (stages after the first), ``forward`` (stages before the last)). ``progress(elapsed_s, counts)`` is called
+    ``model``, ``outputs``, ``input`` (stages after the first), ``forward`` (stages before the last)).
+    ``progress(elapsed_s, counts)`` is called
     about once a second; ``on_records(message)`` for every live-feed line (``plan["stream"]``).
     """
     from . import procs

@@ -12,8 +12,8 @@ Ecosystem", arXiv:2404.10518, Tables 10 and 11):
 
 ReLU + BatchNorm throughout. Weights are random (seeded): the served compute is what matters for latency,
 not the accuracy. The two are the size variants of the built-in pipeline's first stage
-(``configs/pipeline.yaml``, :mod:`cluster.stack.builtins`); their accuracies there, :data:`PUBLISHED_TOP1`, are the paper's
-published ImageNet-1k top-1 figures (MNv4-Conv-S 73.8 % at 224 px, MNv4-Conv-M 79.9 % at 256 px; the
+(``configs/pipeline.yaml``, :mod:`cluster.stack.builtins`); their accuracies there, :data:`PUBLISHED_TOP1`,
+are the paper's published ImageNet-1k top-1 figures (MNv4-Conv-S 73.8 % at 224 px, MNv4-Conv-M 79.9 % at 256 px; the
 paper's Table 10/11 "Top-1" column), quoted, never measured here (the weights are random). Both are served at
 224 px here, so a client sends the same image to either.
 

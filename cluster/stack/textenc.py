@@ -91,7 +91,7 @@ def build_model(seed: int = 0):
 
 
 def build_label_encoder(seed: int = 0):
-    """``label_encoder_small``: top-``SEQ_LEN`` class ids of the ``logits`` input -> the text encoder (seed ``seed``)."""
+    """``label_encoder_small``: the top-``SEQ_LEN`` class ids of the ``logits`` input -> the text encoder."""
     import torch
     from torch import nn
 
