@@ -178,6 +178,10 @@ def load_manifest(root: Path) -> dict:
         raise CalibrationError(f"{mp}: no 'format' key (expected format {FORMAT!r})")
     if fmt != FORMAT:
         raise CalibrationError(f"{mp}: format {fmt!r} is not supported (this calibration reads {FORMAT!r})")
+    if isinstance(man.get("scenario"), dict) and "pipeline" in man["scenario"]:
+        raise CalibrationError(f"{mp}: a pipeline measurement (its scenario has pipeline:); calibration fits "
+                               f"single-model measurements only so far (the stages' data: runs/<run>/stages/<stage>/, "
+                               f"sweep/<stage>/<variant>/; cluster/RESULTS_FORMAT.md)")
     return man
 
 

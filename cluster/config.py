@@ -43,6 +43,13 @@ also list ``events`` at given times: ``{at_s: 30, scale: 2}`` (ask the backend
 for 2 replicas) or ``{at_s: 30, kill: 0}`` (SIGKILL the replica in position 0 of
 the ready list: fault injection).
 
+A pipeline scenario (``pipeline:``, simulator schema: stages with their own ``batching`` / ``cluster`` and
+``variants``) is measured stage by stage (``configs/pipeline.yaml``, :func:`cluster.measure.run_pipeline`):
+``model: {stages: {STAGE: MODEL | {variants: {VARIANT: MODEL}}}}`` names what each stage's variants serve
+(:func:`cluster.stack.config.parse_stage_models`); a run may override keys of named stages with ``stages:``
+(``{image: {variant: medium, cluster: {replicas: 2}}}``, merged like ``set:``), and each event names its
+stage (``{at_s: 20, scale: 2, stage: image}``).
+
 Errors are :class:`simulator.config.ConfigError` naming the file, key path and
 allowed values, e.g. ``configs/x.yaml: stack.backend: must be one of local,
 kubernetes (got 'docker')``.
@@ -58,7 +65,7 @@ from typing import Any, Mapping
 from simulator.config import ConfigError, Scenario, load_raw, scenario_from_dict
 from simulator.schema import boolean, check_keys, fail, int_list, number, string
 
-from .stack.config import StackSettings, parse_model, parse_stack
+from .stack.config import StackSettings, parse_model, parse_stack, parse_stage_models
 
 TOP_KEYS = {"scenario", "scenario_file", "model", "stack", "measure"}
 
@@ -69,7 +76,7 @@ class RunSpec:
 
     name: str
     scenario: Scenario
-    events: tuple[tuple[float, str, int], ...] = ()      # (at_s, 'scale'|'kill', value)
+    events: tuple[tuple, ...] = ()      # (at_s, 'scale'|'kill', value); a pipeline's: (at_s, kind, value, stage)
 
 
 @dataclass(frozen=True)
@@ -143,25 +150,57 @@ def parse_sweep(d: Any, path: str) -> SweepSettings:
         enabled=boolean(d, "enabled", path, True))
 
 
-def parse_run(d: Any, path: str, base_raw: Mapping, source: str, base_dir: str) -> RunSpec:
-    check_keys(d, {"name", "set", "events"}, path)
+def merge_stages(raw: Mapping, over: Any, path: str) -> dict:
+    """A pipeline scenario ``raw`` with ``over`` = ``{STAGE: {key: value}}`` merged into the named stages (as
+    :func:`merge` does; e.g. ``{image: {variant: medium, cluster: {replicas: 2}}}``)."""
+    if not isinstance(over, Mapping):
+        fail(path, "must map stage names to the keys to override, e.g. {image: {variant: medium}}")
+    out = copy.deepcopy(dict(raw))
+    stages = (out.get("pipeline") or {}).get("stages") or []
+    names = [st.get("name") if isinstance(st, Mapping) else None for st in stages]
+    for name, o in over.items():
+        if name not in names:
+            fail(f"{path}.{name}", f"no stage {name!r} in the pipeline (its stages: {', '.join(map(str, names))})")
+        if not isinstance(o, Mapping):
+            fail(f"{path}.{name}", "must be a mapping of the stage's keys to override")
+        i = names.index(name)
+        stages[i] = merge(stages[i], o)
+    return out
+
+
+def parse_run(d: Any, path: str, base_raw: Mapping, source: str, base_dir: str,
+              stack: StackSettings | None = None) -> RunSpec:
+    check_keys(d, {"name", "set", "stages", "events"}, path)
     name = string(d, "name", path, required=True)
     if not name or not all(c.isalnum() or c in "-_" for c in name):
         fail(f"{path}.name", f"must be letters, digits, '-' or '_' (got {name!r})")
     over = d.get("set") or {}
     if not isinstance(over, Mapping):
         fail(f"{path}.set", "must be a mapping of scenario keys to override")
+    raw = merge(base_raw, over)
+    if d.get("stages") is not None:
+        if "pipeline" not in raw:
+            fail(f"{path}.stages", "only for a pipeline scenario (overrides per stage; use set: here)")
+        raw = merge_stages(raw, d["stages"], f"{path}.stages")
     try:
-        sc = scenario_from_dict(merge(base_raw, over), base_dir=base_dir)
+        sc = scenario_from_dict(raw, base_dir=base_dir)
     except ConfigError as e:
         raise ConfigError(f"{path}.set (scenario after overrides): {e}") from None
+    pipe = sc.pipeline
+    if pipe is not None and stack is not None and stack.stage_models is not None:
+        for st in pipe.stages:
+            known = dict(stack.stage_models.stages)
+            if st.name not in known or st.variant not in dict(known[st.name]):
+                fail(f"{path}.stages.{st.name}", f"serves variant {st.variant!r}, which model: names no model for "
+                                                 f"(model.stages.{st.name})")
     events = []
     evs = d.get("events") or []
     if not isinstance(evs, list):
-        fail(f"{path}.events", "must be a list of {at_s, scale: n} or {at_s, kill: i}")
+        fail(f"{path}.events", "must be a list of {at_s, scale: n} or {at_s, kill: i}"
+                               + (" with stage: NAME" if pipe else ""))
     for i, ev in enumerate(evs):
         p = f"{path}.events[{i}]"
-        check_keys(ev, {"at_s", "scale", "kill"}, p)
+        check_keys(ev, {"at_s", "scale", "kill"} | ({"stage"} if pipe else set()), p)
         at = number(ev, "at_s", p, required=True, lo=0)
         if at >= sc.duration_s:
             fail(f"{p}.at_s", f"must be < the run's duration_s ({sc.duration_s}) (got {at})")
@@ -169,12 +208,26 @@ def parse_run(d: Any, path: str, base_raw: Mapping, source: str, base_dir: str) 
         if len(kinds) != 1:
             fail(p, "needs exactly one of scale (replica count) or kill (index into the ready replicas)")
         k = kinds[0]
+        cluster = sc.cluster
+        if pipe is not None:
+            names = [st.name for st in pipe.stages]
+            stage = string(ev, "stage", p, required=True)
+            if stage not in names:
+                fail(f"{p}.stage", f"must be one of the pipeline's stages: {', '.join(names)} (got {stage!r})")
+            cluster = pipe.stages[names.index(stage)].cluster
         if k == "scale":
-            v = number(ev, "scale", p, lo=sc.cluster.min_replicas, hi=sc.cluster.max_replicas, integer=True)
+            v = number(ev, "scale", p, lo=cluster.min_replicas, hi=cluster.max_replicas, integer=True)
         else:
             v = number(ev, "kill", p, lo=0, integer=True)
-        events.append((at, k, v))
+        events.append((at, k, v) if pipe is None else (at, k, v, stage))
     return RunSpec(name=name, scenario=sc, events=tuple(sorted(events)))
+
+
+def deployments_batching(sc: Scenario) -> list[tuple[str, Any]]:
+    """(key prefix, batching) of each deployment of ``sc``: its own, or each pipeline stage's."""
+    if sc.pipeline is None:
+        return [("", sc.batching)]
+    return [(f"pipeline.stages[{i}].", st.batching) for i, st in enumerate(sc.pipeline.stages)]
 
 
 def measure_config_from_dict(d: Any, source: str = "", base_dir: str = "") -> MeasureConfig:
@@ -202,10 +255,18 @@ def measure_config_from_dict(d: Any, source: str = "", base_dir: str = "") -> Me
         except ConfigError as e:
             raise ConfigError(f"scenario.{e}" if "scenario" in d else f"scenario_file: {e}") from None
         stack = parse_stack(d.get("stack"), base_dir=base_dir)
-        stack = dataclasses.replace(stack, model=parse_model(d.get("model"), "model", base_dir))
-        if scenario.batching.device == "gpu" and not stack.tritonserver and stack.backend == "local":
-            fail("batching.device", "gpu needs a GPU build of tritonserver: the bundled one is CPU only "
-                 "(set stack.tritonserver: PATH, e.g. the binary of NVIDIA's Triton container)")
+        if scenario.pipeline is not None:
+            stack = dataclasses.replace(stack, stage_models=parse_stage_models(d.get("model"), scenario.pipeline,
+                                                                               "model", base_dir))
+        elif isinstance(d.get("model"), Mapping) and "stages" in d["model"]:
+            fail("model.stages", "only with a pipeline scenario (a scenario with a pipeline: block); give one "
+                                 "model block here, e.g. model: {builtin: mobilenetv4_conv_small}")
+        else:
+            stack = dataclasses.replace(stack, model=parse_model(d.get("model"), "model", base_dir))
+        for where, b in deployments_batching(scenario):
+            if b.device == "gpu" and not stack.tritonserver and stack.backend == "local":
+                fail(f"{where}batching.device", "gpu needs a GPU build of tritonserver: the bundled one is CPU "
+                     "only (set stack.tritonserver: PATH, e.g. the binary of NVIDIA's Triton container)")
         m = d.get("measure") or {}
         check_keys(m, {"runs", "sweep", "startup"}, "measure")
         runs_raw = m.get("runs")
@@ -213,7 +274,7 @@ def measure_config_from_dict(d: Any, source: str = "", base_dir: str = "") -> Me
             runs_raw = [{"name": "baseline"}]
         if not isinstance(runs_raw, list) or not runs_raw:
             fail("measure.runs", "must be a non-empty list of {name, set, events}")
-        runs = tuple(parse_run(r, f"measure.runs[{i}]", raw_sc, source, sc_dir) for i, r in enumerate(runs_raw))
+        runs = tuple(parse_run(r, f"measure.runs[{i}]", raw_sc, source, sc_dir, stack) for i, r in enumerate(runs_raw))
         names = [r.name for r in runs]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -192,19 +192,22 @@ class FakeCluster:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def sync_pods(self, ns: str):
-        dep = self.objects.get(("deployments", ns, "servesim-triton"))
-        want = dep["spec"]["replicas"] if dep else 0
-        live = [p for p in self.pods.values() if p["metadata"].get("deletionTimestamp") is None]
-        for _ in range(want - len(live)):
-            name = f"servesim-triton-{self.n:04d}"
-            self.n += 1
-            self.pods[name] = {"metadata": {"name": name, "namespace": ns, "labels": {"app": "servesim-triton"},
-                                            "creationTimestamp": self.now()},
-                               "status": {"podIP": f"10.1.0.{self.n}", "conditions": [
-                                   {"type": "Ready", "status": "False"}]},
-                               "_born": time.time()}
-        for p in sorted(live, key=lambda p: -p["_born"])[:max(0, len(live) - want)]:
-            del self.pods[p["metadata"]["name"]]          # terminated at once
+        """Each Deployment's pods (labelled ``app`` = its name, as the manifests' pods are) follow its replicas."""
+        deps = {name: d for (kind, n_s, name), d in self.objects.items() if kind == "deployments" and n_s == ns}
+        for app in sorted(set(deps) | {p["metadata"]["labels"]["app"] for p in self.pods.values()}):
+            want = deps[app]["spec"]["replicas"] if app in deps else 0
+            live = [p for p in self.pods.values() if p["metadata"]["labels"]["app"] == app and
+                    p["metadata"].get("deletionTimestamp") is None]
+            for _ in range(want - len(live)):
+                name = f"{app}-{self.n:04d}"
+                self.n += 1
+                self.pods[name] = {"metadata": {"name": name, "namespace": ns, "labels": {"app": app},
+                                                "creationTimestamp": self.now()},
+                                   "status": {"podIP": f"10.1.0.{self.n}", "conditions": [
+                                       {"type": "Ready", "status": "False"}]},
+                                   "_born": time.time()}
+            for p in sorted(live, key=lambda p: -p["_born"])[:max(0, len(live) - want)]:
+                del self.pods[p["metadata"]["name"]]          # terminated at once
         for p in self.pods.values():
             if time.time() - p["_born"] >= self.ready_delay_s:
                 p["status"]["conditions"] = [{"type": "Ready", "status": "True",
@@ -236,7 +239,9 @@ class FakeCluster:
                     gone = self.pods.pop(name, None) or {"metadata": {"name": name}}
                     self.sync_pods(ns)       # the ReplicaSet replaces it
                     return 200, {k: v for k, v in gone.items() if not k.startswith("_")}
-                items = [{k: v for k, v in p.items() if not k.startswith("_")} for p in self.pods.values()]
+                sel = dict(x.split("=", 1) for x in (query.get("labelSelector") or [""])[0].split(",") if "=" in x)
+                items = [{k: v for k, v in p.items() if not k.startswith("_")} for p in self.pods.values()
+                         if all(p["metadata"]["labels"].get(k) == v for k, v in sel.items())]
             return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
         m = re.fullmatch(r"/(?:api/v1|apis/apps/v1|apis/autoscaling/v2)/namespaces/([^/]+)/([a-z]+)(?:/([^/]+))?"
                          r"(/scale)?", path)

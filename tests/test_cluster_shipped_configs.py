@@ -13,7 +13,7 @@ from simulator.config import ConfigError, load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
-MEASUREMENT = ("baseline.yaml", "text_encoder.yaml")
+MEASUREMENT = ("baseline.yaml", "text_encoder.yaml", "pipeline.yaml")
 RL = ("rl.yaml",)
 
 

@@ -2,8 +2,17 @@
 
 - ``mobilenetv4_conv_small`` (:mod:`cluster.stack.model`): an image classifier, UINT8 pixels in; on a CPU its
   cost per image hardly falls with batch size (Triton rarely batches it);
+- ``mobilenetv4_conv_medium`` (:mod:`cluster.stack.model`): the larger MobileNetV4 (same input and output):
+  the slower, more accurate variant of the built-in pipeline's first stage;
 - ``text_encoder_small`` (:mod:`cluster.stack.textenc`): a transformer text encoder, token ids in; its cost
-  per item falls strongly with batch size, so the dynamic batcher matters.
+  per item falls strongly with batch size, so the dynamic batcher matters;
+- ``label_encoder_small`` (:mod:`cluster.stack.textenc`): the text encoder over the top-8 classes of an image
+  model's ``logits`` (what the image models answer): the built-in pipeline's second stage.
+
+The built-in two-stage pipeline (``configs/pipeline.yaml``): stage ``image`` serves
+``mobilenetv4_conv_small`` or ``mobilenetv4_conv_medium`` (the variants, with the published ImageNet top-1 of
+their architectures, :data:`cluster.stack.model.PUBLISHED_TOP1`), stage ``labels`` serves
+``label_encoder_small`` fed stage 1's ``logits`` unchanged.
 
 ``python -m cluster.stack.builtins curve NAME`` measures a model's per-batch compute curve with onnxruntime
 directly (one intra-op thread, as a Triton instance runs it): median milliseconds per batch and per item
@@ -23,17 +32,29 @@ from .config import BUILTIN_MODELS
 
 def builtin_export(name: str, seed: int = 0, force: bool = False, verbose: bool = False) -> tuple[Path, dict]:
     """(cached ONNX path, description) of built-in ``name``; exported now if missing."""
-    if name == mobilenet.MODEL_NAME:
-        return mobilenet.export_onnx(seed, force, verbose), {
-            "architecture": "MobileNetV4-Conv-Small (random weights)", "parameters": mobilenet.PARAMETERS}
+    if name in mobilenet.ARCHS:
+        small = name == mobilenet.MODEL_NAME
+        return mobilenet.export_onnx(seed, force, verbose, name), {
+            "architecture": f"MobileNetV4-Conv-{'Small' if small else 'Medium'} (random weights)",
+            "parameters": mobilenet.PARAMETERS if small else mobilenet.MEDIUM_PARAMETERS,
+            "published_top1": mobilenet.PUBLISHED_TOP1[name]}
+    enc = (f"transformer text encoder, {textenc.LAYERS} layers x {textenc.WIDTH} wide, {textenc.SEQ_LEN} tokens "
+           f"(random weights)")
     if name == textenc.MODEL_NAME:
-        out = mobilenet.cache_dir() / f"{textenc.MODEL_NAME}-{textenc.onnx_key(seed)}.onnx"
-        path = mobilenet.export_cached(out, lambda: textenc.build_model(seed), textenc.example_input(2, seed),
-                                       [textenc.INPUT_NAME], [textenc.OUTPUT_NAME], textenc.check_onnx, textenc.OPSET,
-                                       force, f"{name} ({textenc.PARAMETERS / 1e6:.2f} M parameters)" if verbose else "")
-        return path, {"architecture": f"transformer text encoder, {textenc.LAYERS} layers x {textenc.WIDTH} wide, "
-                                      f"{textenc.SEQ_LEN} tokens (random weights)", "parameters": textenc.PARAMETERS}
-    raise ValueError(f"unknown built-in model {name!r} (built-ins: {', '.join(BUILTIN_MODELS)})")
+        build, dummy, inp, check = (lambda: textenc.build_model(seed), textenc.example_input(2, seed),
+                                    textenc.INPUT_NAME, textenc.check_onnx)
+    elif name == textenc.LABEL_NAME:
+        import torch
+        build, dummy, inp, check = (lambda: textenc.build_label_encoder(seed),
+                                    torch.from_numpy(textenc.example_logits(2, seed)), textenc.LABEL_INPUT,
+                                    textenc.check_label_onnx)
+        enc = f"top-{textenc.SEQ_LEN} classes of {textenc.LABEL_INPUT} -> {enc}"
+    else:
+        raise ValueError(f"unknown built-in model {name!r} (built-ins: {', '.join(BUILTIN_MODELS)})")
+    out = mobilenet.cache_dir() / f"{name}-{textenc.onnx_key(seed, name)}.onnx"
+    path = mobilenet.export_cached(out, build, dummy, [inp], [textenc.OUTPUT_NAME], check, textenc.OPSET, force,
+                                   f"{name} ({textenc.PARAMETERS / 1e6:.2f} M parameters)" if verbose else "")
+    return path, {"architecture": enc, "parameters": textenc.PARAMETERS}
 
 
 def builtin_items(name: str, n: int, seed: int = 0):
@@ -41,8 +62,10 @@ def builtin_items(name: str, n: int, seed: int = 0):
     the generic synthesiser (:func:`cluster.stack.served.synthesise`)."""
     if name == textenc.MODEL_NAME:
         return {textenc.INPUT_NAME: textenc.token_ids(n, seed)}
-    if name == mobilenet.MODEL_NAME:
+    if name in mobilenet.ARCHS:
         return {mobilenet.INPUT_NAME: mobilenet.synthetic_images(n, seed)}
+    if name == textenc.LABEL_NAME:
+        return {textenc.LABEL_INPUT: textenc.example_logits(n, seed)}
     return None
 
 

@@ -5,13 +5,28 @@ one of local, kubernetes (got 'docker')``.
 
 ``model:`` (:class:`ModelSpec`), exactly one of:
 
-- ``{builtin: NAME}`` (default ``mobilenetv4_conv_small``; also ``text_encoder_small``): a model of
-  servesim's, exported to ONNX once into the cache;
+- ``{builtin: NAME}`` (default ``mobilenetv4_conv_small``; also ``text_encoder_small``,
+  ``mobilenetv4_conv_medium``, ``label_encoder_small``: :mod:`cluster.stack.builtins`): a model of servesim's,
+  exported to ONNX once into the cache;
 - ``{onnx: path/to/model.onnx}``: the user's ONNX file, served like the built-ins (inputs and outputs read
   from the graph; the first axis of every input and output must be a dynamic batch axis);
 - ``{repository: DIR, name: NAME}``: model ``NAME`` of the user's Triton model repository ``DIR``, served
   with its own ``config.pbtxt``, only the batcher keys of the scenario's ``batching:`` block overridden
   (see :mod:`cluster.stack.served`).
+
+A pipeline scenario (``pipeline:``) names a model per stage and variant instead (:class:`StageModels`,
+:func:`parse_stage_models`)::
+
+    model:
+      stages:
+        image:                       # a stage with variants: one model block per variant
+          variants:
+            small: {builtin: mobilenetv4_conv_small}
+            medium: {builtin: mobilenetv4_conv_medium}
+        labels: {builtin: label_encoder_small}   # a stage with one variant: its model block
+
+Every stage and every variant needs one; a name that is not a stage or a variant of the pipeline is bad
+input. The client sends stage k's first output as stage k+1's only input (checked before anything runs).
 
 plus, for any of them, ``inputs: sample.npz`` (request payloads to send instead of generated ones: one array
 per input name, first axis = items) and, for ``onnx`` / ``builtin``, ``name`` (the Triton model name) and
@@ -22,14 +37,15 @@ measurement file.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from simulator.schema import boolean, check_keys, choice, fail, number, string
 
 BACKENDS = ("local", "kubernetes")
-BUILTIN_MODELS = ("mobilenetv4_conv_small", "text_encoder_small")
+BUILTIN_MODELS = ("mobilenetv4_conv_small", "text_encoder_small", "mobilenetv4_conv_medium", "label_encoder_small")
 MODEL_BACKENDS = ("auto", "python", "onnxruntime")
 K8S_IMAGE_KINDS = ("official", "pytriton")
 # NVIDIA's Triton container release whose server matches the bundled one (tritonserver 2.51.0 = 24.10)
@@ -111,6 +127,73 @@ def parse_model(d: Any, path: str = "model", base_dir: str = "") -> ModelSpec:
 
 
 @dataclass(frozen=True)
+class StageModels:
+    """What each stage of a pipeline serves: ``stages`` = ((stage, ((variant, ModelSpec), ...)), ...) in the
+    pipeline's order (the ``model: {stages: ...}`` block of a pipeline measurement)."""
+
+    stages: tuple[tuple[str, tuple[tuple[str, ModelSpec], ...]], ...]
+
+    def spec(self, stage: str, variant: str) -> ModelSpec:
+        return dict(dict(self.stages)[stage])[variant]
+
+    def variants(self, stage: str) -> tuple[str, ...]:
+        return tuple(v for v, _ in dict(self.stages)[stage])
+
+    def to_dict(self) -> dict:
+        return {"stages": {st: {"variants": {v: m.to_dict() for v, m in vs}} for st, vs in self.stages}}
+
+
+MODEL_KEYS = {"builtin", "onnx", "repository", "name", "inputs", "backend"}
+
+
+def parse_stage_models(d: Any, pipeline, path: str = "model", base_dir: str = "") -> StageModels:
+    """The ``model:`` block of a pipeline measurement against ``pipeline`` (a
+    :class:`simulator.config.PipelineSpec`): ``{stages: {STAGE: MODEL | {variants: {VARIANT: MODEL}}}}``."""
+    names = [st.name for st in pipeline.stages]
+    example = f"{path}: {{stages: {{{names[0]}: {{builtin: ...}}, ...}}}}"
+    if d is None:
+        fail(path, f"a pipeline scenario needs a model per stage ({', '.join(names)}): {example}")
+    if isinstance(d, Mapping) and set(d) & MODEL_KEYS:
+        fail(path, f"a pipeline scenario gives one model per stage, not one for all: {example}")
+    check_keys(d, {"stages"}, path)
+    sd = d.get("stages")
+    if not isinstance(sd, Mapping) or not sd:
+        fail(f"{path}.stages", f"must map each stage ({', '.join(names)}) to its model")
+    for name in sd:
+        if name not in names:
+            fail(f"{path}.stages.{name}", f"no stage {name!r} in the pipeline (its stages: {', '.join(names)})")
+    out = []
+    for st in pipeline.stages:
+        p = f"{path}.stages.{st.name}"
+        if st.name not in sd:
+            fail(f"{path}.stages", f"no model for stage {st.name!r}: give {p}: {{builtin: ...}}")
+        e = sd[st.name]
+        vnames = [v.name for v in st.variants]
+        if isinstance(e, Mapping) and "variants" in e:
+            check_keys(e, {"variants"}, p)
+            vd = e["variants"]
+            if not isinstance(vd, Mapping):
+                fail(f"{p}.variants", f"must map each variant ({', '.join(vnames)}) to its model")
+            for v in vd:
+                if v not in vnames:
+                    fail(f"{p}.variants.{v}",
+                         f"no variant {v!r} in stage {st.name} (its variants: {', '.join(vnames)})")
+            for v in vnames:
+                if v not in vd:
+                    fail(f"{p}.variants", f"no model for variant {v!r} of stage {st.name}: give {p}.variants.{v}: "
+                                          f"{{builtin: ...}}")
+            out.append((st.name, tuple((v, parse_model(vd[v], f"{p}.variants.{v}", base_dir)) for v in vnames)))
+        else:
+            if len(vnames) > 1:
+                fail(p, f"stage {st.name} has variants {', '.join(vnames)}: give one model per variant "
+                        f"({p}: {{variants: {{{vnames[0]}: {{builtin: ...}}, ...}}}})")
+            if e is None:
+                fail(p, "needs a model block, e.g. {builtin: label_encoder_small}")
+            out.append((st.name, ((vnames[0], parse_model(e, p, base_dir)),)))
+    return StageModels(tuple(out))
+
+
+@dataclass(frozen=True)
 class KubernetesSettings:
     """Kubernetes backend settings (see ``configs/k8s/`` and the README's MicroK8s section)."""
 
@@ -127,6 +210,8 @@ class KubernetesSettings:
     models_image: str = MODELS_IMAGE    # the init container's image: holds the model repository in /models
     hpa: bool = False                   # also apply the HorizontalPodAutoscaler manifest
     request_timeout_s: float = 5.0
+    stage: str = ""                     # a pipeline stage's deployment (its own names; set by for_stage)
+    stage_index: int = 0                # ... its position (its Service's NodePort and URL port: + index)
 
     @property
     def server_image(self) -> str:
@@ -148,6 +233,17 @@ class StackSettings:
     max_inflight: int = 512             # open-loop: concurrent requests the load generator can hold
     kubernetes: KubernetesSettings = KubernetesSettings()
     model: ModelSpec = field(default_factory=ModelSpec)   # the measurement file's top-level model: block
+    stage_models: StageModels | None = None               # a pipeline's: the model of each stage and variant
+
+    def for_stage(self, k: int, stage: str, variant: str) -> "StackSettings":
+        """The settings of stage ``k`` (named ``stage``) of a pipeline serving ``variant``: its model, and
+        fixed ports moved out of the other stages' way (load balancer ``lb_port + k``, replicas from
+        ``base_port + 200 k``; on Kubernetes the stage's own resource names and NodePort ``+ k``:
+        :mod:`cluster.stack.kubernetes`)."""
+        return dataclasses.replace(self, model=self.stage_models.spec(stage, variant), stage_models=None,
+                                   lb_port=self.lb_port + k if self.lb_port else 0,
+                                   base_port=self.base_port + 200 * k if self.base_port else 0,
+                                   kubernetes=dataclasses.replace(self.kubernetes, stage=stage, stage_index=k))
 
 
 def parse_kubernetes(d: Any, path: str) -> KubernetesSettings:

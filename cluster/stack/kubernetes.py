@@ -21,6 +21,12 @@ Uses the official ``kubernetes`` client only:
   ``t_gone`` = no longer listed; a container restart is recorded as ``crashed``;
 - ``teardown()`` deletes what ``deploy()`` created (not the namespace).
 
+A pipeline (:mod:`cluster.stack.chain`) runs one backend per stage: stage ``S`` (number ``k``, its settings'
+``kubernetes.stage`` / ``stage_index``) renders its own ConfigMap, Deployment, Service and HPA, named
+``servesim-model-config-S`` / ``servesim-triton-S`` with pod label ``app=servesim-triton-S`` (the Service
+and the HPA select only that stage's pods), its Service on NodePort ``30800 + k`` and reached at
+``service_url``'s port ``+ k`` (:meth:`KubernetesBackend.rendered`).
+
 If no cluster is reachable (no kubeconfig and not in a pod, or the API server
 does not answer) a :class:`KubernetesError` says so and how to fix it.
 """
@@ -46,6 +52,21 @@ from .served import served_for
 APP = "servesim-triton"
 CONFIGMAP = "servesim-model-config"
 LABEL = f"app={APP}"
+
+
+def stage_slug(stage: str) -> str:
+    """A stage name as a Kubernetes name part (lower-case letters, digits and '-', DNS-1123)."""
+    out = "".join(c if c.isalnum() else "-" for c in stage.lower()).strip("-")
+    return out or "stage"
+
+
+def stage_url(url: str, k: int) -> str:
+    """``url`` with its port moved by ``k`` (stage ``k``'s Service NodePort)."""
+    from urllib.parse import urlsplit, urlunsplit
+    u = urlsplit(url)
+    if not k or u.port is None:
+        return url
+    return urlunsplit(u._replace(netloc=f"{u.hostname}:{u.port + k}"))
 
 
 def manifests_dir(k) -> Path:
@@ -115,6 +136,9 @@ class KubernetesBackend(Backend):
     def __init__(self, scenario, stack, workdir, api=None):
         self.scenario, self.stack, self.k = scenario, stack, stack.kubernetes
         self.ns = self.k.namespace
+        suffix = f"-{stage_slug(self.k.stage)}" if self.k.stage else ""
+        self.app, self.configmap = APP + suffix, CONFIGMAP + suffix      # a pipeline stage's own names
+        self.label = f"app={self.app}"
         self.workdir = Path(workdir)
         self.manifests = load_manifests(manifests_dir(self.k))
         self.served = served_for(stack)
@@ -141,7 +165,8 @@ class KubernetesBackend(Backend):
 
     # ------------------------------------------------------------------ rendering
     def rendered(self) -> list[dict]:
-        """The resources deploy() applies, with the scenario's settings filled in."""
+        """The resources deploy() applies, with the scenario's settings filled in (a pipeline stage's with
+        its own names, pod label and NodePort: module docstring)."""
         out = []
         sc, b = self.scenario, self.scenario.batching
         for key, res in self.manifests.items():
@@ -152,6 +177,8 @@ class KubernetesBackend(Backend):
                 continue
             r = copy.deepcopy(res)
             r["metadata"]["namespace"] = self.ns
+            if self.k.stage:
+                self._rename(r)
             if kind == "ConfigMap" and name == CONFIGMAP:
                 r["data"] = {"config.pbtxt": self.served.config_pbtxt(b, self.stack.onnx_threads)}
             if kind == "Deployment" and name == APP:
@@ -166,6 +193,28 @@ class KubernetesBackend(Backend):
             out.append(r)
         order = {"ConfigMap": 0, "Deployment": 1, "Service": 2, "HorizontalPodAutoscaler": 3}
         return sorted(out, key=lambda r: order.get(r["kind"], 9))
+
+    def _rename(self, r: dict) -> None:
+        """Point resource ``r`` of the manifests at this stage: its names, the pod label and selectors, the
+        ConfigMap volume, the HPA's target and the Service's NodePort."""
+        names = {APP: self.app, CONFIGMAP: self.configmap}
+        md, spec = r["metadata"], r.get("spec") or {}
+        md["name"] = names.get(md["name"], md["name"])
+        if md.get("labels", {}).get("app") == APP:
+            md["labels"]["app"] = self.app
+        if r["kind"] == "Deployment":
+            spec["selector"]["matchLabels"]["app"] = self.app
+            spec["template"]["metadata"]["labels"]["app"] = self.app
+            for v in spec["template"]["spec"].get("volumes", []):
+                if "configMap" in v:
+                    v["configMap"]["name"] = names.get(v["configMap"]["name"], v["configMap"]["name"])
+        elif r["kind"] == "Service":
+            spec["selector"]["app"] = self.app
+            for port in spec.get("ports", []):
+                if "nodePort" in port:
+                    port["nodePort"] += self.k.stage_index
+        elif r["kind"] == "HorizontalPodAutoscaler":
+            spec["scaleTargetRef"]["name"] = names.get(spec["scaleTargetRef"]["name"], spec["scaleTargetRef"]["name"])
 
     def _render_pod(self, pod: dict, b) -> None:
         """The pod template for the served model: the server image and command (official: ``tritonserver``
@@ -265,16 +314,17 @@ class KubernetesBackend(Backend):
         from kubernetes.client.exceptions import ApiException
         n = max(0, int(n))
         try:
-            self.apps.patch_namespaced_deployment_scale(APP, self.ns, {"spec": {"replicas": n}},
+            self.apps.patch_namespaced_deployment_scale(self.app, self.ns, {"spec": {"replicas": n}},
                                                         _request_timeout=self.t)
         except ApiException as e:
-            raise KubernetesError(f"scaling deployment {self.ns}/{APP} to {n}: HTTP {e.status} {e.reason}") from None
+            raise KubernetesError(f"scaling deployment {self.ns}/{self.app} to {n}: HTTP {e.status} "
+                                  f"{e.reason}") from None
         with self._lock:
             self._desired = n
             self._last_scale = time.time()
 
     def _pods(self) -> list:
-        ret = self.core.list_namespaced_pod(self.ns, label_selector=LABEL, _request_timeout=self.t)
+        ret = self.core.list_namespaced_pod(self.ns, label_selector=self.label, _request_timeout=self.t)
         return list(ret.items or [])
 
     @staticmethod
@@ -306,7 +356,7 @@ class KubernetesBackend(Backend):
     def endpoints(self) -> dict:
         with self._lock:
             pods = list(self._pods_cache)
-        return {"lb": self.k.service_url,
+        return {"lb": stage_url(self.k.service_url, self.k.stage_index),
                 "replicas": {p.metadata.name: f"http://{p.status.pod_ip}:8000" for p in pods
                              if self._is_ready(p) and p.status.pod_ip}}
 
@@ -341,8 +391,8 @@ class KubernetesBackend(Backend):
     def _not_ready(self, n: int, timeout: float) -> Exception:
         gpu = (" (device: gpu: does a node offer free nvidia.com/gpu? the NVIDIA device plugin must run)"
                if self.scenario.batching.device == "gpu" else "")
-        return KubernetesError(f"{self.ready_replicas}/{n} pods of {self.ns}/{APP} ready after "
-                               f"{timeout:.0f} s{gpu} (kubectl -n {self.ns} describe pods -l {LABEL})")
+        return KubernetesError(f"{self.ready_replicas}/{n} pods of {self.ns}/{self.app} ready after "
+                               f"{timeout:.0f} s{gpu} (kubectl -n {self.ns} describe pods -l {self.label})")
 
     def teardown(self) -> None:
         if self._torn_down:

@@ -25,6 +25,17 @@ Two load shapes, both :class:`locust.LoadTestShape` s built from a
   sent and logged as ``client_overload``. :class:`OpenLoopShape` keeps the
   dispatcher alive until every request has finished or timed out.
 
+Pipelines (``plan["stages"]``, :mod:`cluster.stack.chain`): every request goes through the stages by
+**chained client calls**: the client sends the payload to stage 1's load balancer, takes the response's
+``forward`` output and sends it as the next stage's ``input`` to that stage's load balancer, and so on; a
+request that fails at a stage goes no further. The request log then holds the end-to-end figures (send to
+stage 1 -> the last stage's response; ``status`` and ``http_status`` of the stage that ended it, ``replica``
+= the serving replicas joined by ``/``, ``end_stage`` = that stage's index), and a second log
+(``plan["stages_out"]``) one row per stage visit: ``seq, stage, t_send, latency_ms, status, http_status,
+replica, error, gap_ms`` -- the visit's own client latency (send to the stage's load balancer -> its
+response) and ``gap_ms``, the client's time between the previous stage's response and this send (taking
+the output, building the next request: the chaining overhead; empty for the first stage).
+
 Live feed (``plan["stream"]: true``, used by the live controller of
 :mod:`cluster.validate`): every ``stream_interval_s`` (0.25 s) the child prints
 one JSON line ``{"sends": [[seq, t_send], ...], "done": [[seq, t_send,
@@ -51,6 +62,8 @@ from .errors import LoadGenError
 
 STATUSES = ("ok", "rejected", "timeout", "unavailable", "client_timeout", "client_overload", "error")
 REQUEST_COLUMNS = ("seq", "user", "t_sched", "t_send", "latency_ms", "status", "http_status", "replica", "error")
+PIPELINE_COLUMNS = REQUEST_COLUMNS + ("end_stage",)
+VISIT_COLUMNS = ("seq", "stage", "t_send", "latency_ms", "status", "http_status", "replica", "error", "gap_ms")
 
 
 def classify(exc: BaseException | None) -> tuple[str, str, str]:
@@ -86,6 +99,7 @@ def classify(exc: BaseException | None) -> tuple[str, str, str]:
 class LoadResult:
     requests_path: str
     meta: dict = field(default_factory=dict)
+    visits_path: str = ""             # a pipeline's per-stage-visit log
 
 
 def run_load(plan: dict, workdir: str | Path, progress=None, timeout_margin_s: float = 60.0,
@@ -95,7 +109,9 @@ def run_load(plan: dict, workdir: str | Path, progress=None, timeout_margin_s: f
     ``plan`` keys: url, model, mode ('closed'|'open'), duration_s, seed, users, think (Dist
     dict, seconds), spawn_rate, arrivals (list of run-time seconds, open loop), batch_size,
     timeout_s, max_inflight, n_images, start_at_epoch (begin the load at this wall-clock time, if
-    still ahead), stream (live feed, see module docstring). ``progress(elapsed_s, counts)`` is called
+    still ahead), stream (live feed, see module docstring), stages (a pipeline: per stage ``url``,
+    ``model``, ``outputs``, ``input`` (stages after the first), ``forward`` (stages before the last)).
+    ``progress(elapsed_s, counts)`` is called
     about once a second; ``on_records(message)`` for every live-feed line (``plan["stream"]``).
     """
     from . import procs
@@ -104,6 +120,8 @@ def run_load(plan: dict, workdir: str | Path, progress=None, timeout_margin_s: f
     plan = dict(plan)
     plan.setdefault("out", str(workdir / "requests_raw.csv"))
     plan.setdefault("meta_out", str(workdir / "loadgen.json"))
+    if plan.get("stages"):
+        plan.setdefault("stages_out", str(workdir / "stages_raw.csv"))
     plan_path = workdir / "loadgen_plan.json"
     arrivals = plan.pop("arrivals", None)
     if arrivals is not None:
@@ -161,9 +179,10 @@ def run_load(plan: dict, workdir: str | Path, progress=None, timeout_margin_s: f
         meta = json.loads(Path(plan["meta_out"]).read_text())
     except (OSError, ValueError) as e:
         raise LoadGenError(f"load generator wrote no metadata ({e}); log {log_path}") from None
-    if not Path(plan["out"]).exists():
-        raise LoadGenError(f"load generator wrote no request log; log {log_path}")
-    return LoadResult(plan["out"], meta)
+    for key in ("out", "stages_out"):
+        if key in plan and not Path(plan[key]).exists():
+            raise LoadGenError(f"load generator wrote no request log ({plan[key]}); log {log_path}")
+    return LoadResult(plan["out"], meta, plan.get("stages_out", ""))
 
 
 def subprocess_PIPE():
@@ -185,6 +204,7 @@ class LocustLoad:
     state: dict
     mode: str
     sends: list = field(default_factory=list)
+    visits: list = field(default_factory=list)      # a pipeline's stage visits (VISIT_COLUMNS)
 
 
 def request_inputs(plan: dict) -> list[list]:
@@ -238,17 +258,32 @@ def build_load(plan: dict) -> LocustLoad:
     inputs = request_inputs(plan)
     n_img = len(inputs)
     outputs = [th.InferRequestedOutput(o, binary_data=True) for o in plan.get("outputs", ["logits", "replica"])]
+    chain = plan.get("stages") or []
+    chain_outputs = [[th.InferRequestedOutput(o, binary_data=True) for o in st["outputs"]] for st in chain]
+    visits: list[tuple] = []
     records: list[tuple] = []
     sends: list[tuple] = []                 # (seq, t_send) in send order; only with plan["stream"]
     stream = bool(plan.get("stream", False))
     counts = {"sent": 0, "ok": 0, "failed": 0, "inflight": 0}
     state = {"t0": None, "done": False}
 
-    def client(concurrency: int = 1):
-        return th.InferenceServerClient(url, concurrency=concurrency, connection_timeout=min(timeout_s, 10.0),
+    def one_client(u: str, concurrency: int):
+        return th.InferenceServerClient(u, concurrency=concurrency, connection_timeout=min(timeout_s, 10.0),
                                         network_timeout=timeout_s)
 
+    def client(concurrency: int = 1):
+        """A client of the load balancer, or of every stage's (a pipeline)."""
+        if chain:
+            return [one_client(st["url"].replace("http://", "").rstrip("/"), concurrency) for st in chain]
+        return one_client(url, concurrency)
+
+    def served_by(r) -> str:
+        rep = r.as_numpy("replica")
+        return rep.reshape(-1)[0].decode() if rep is not None and rep.size else ""
+
     def send(cl, seq: int, user: int, t_sched: float, env) -> bool:
+        if chain:
+            return send_chain(cl, seq, user, t_sched, env)
         t_send = time.time()
         t0 = time.perf_counter()
         if stream:
@@ -259,8 +294,7 @@ def build_load(plan: dict) -> LocustLoad:
         replica = ""
         try:
             r = cl.infer(model, inputs[seq % n_img], outputs=outputs)
-            rep = r.as_numpy("replica")
-            replica = rep.reshape(-1)[0].decode() if rep is not None and rep.size else ""
+            replica = served_by(r)
         except gevent.GreenletExit:
             counts["inflight"] -= 1
             raise
@@ -273,6 +307,51 @@ def build_load(plan: dict) -> LocustLoad:
         records.append((seq, user, t_sched, t_send, lat, status, http, replica, msg))
         env.events.request.fire(request_type="infer", name=model, response_time=lat, response_length=0,
                                 exception=exc, context={"replica": replica})
+        return exc is None or status not in ("unavailable", "client_timeout")
+
+    def send_chain(cls, seq: int, user: int, t_sched: float, env) -> bool:
+        """One request through every stage by chained calls (module docstring); False if a connection broke."""
+        from tritonclient.utils import np_to_triton_dtype
+        t_send = time.time()
+        if stream:
+            sends.append((seq, t_send))
+        counts["sent"] += 1
+        counts["inflight"] += 1
+        inp = inputs[seq % n_img]
+        reps: list[str] = []
+        p0 = p_end = time.perf_counter()
+        status, http, msg, end, exc = "ok", "200", "", len(chain) - 1, None
+        try:
+            for k, st in enumerate(chain):
+                gap = (time.perf_counter() - p_end) * 1000.0 if k else float("nan")
+                ts, pk = time.time(), time.perf_counter()
+                exc, rep = None, ""
+                try:
+                    r = cls[k].infer(st["model"], inp, outputs=chain_outputs[k])
+                    rep = served_by(r)
+                except gevent.GreenletExit:
+                    raise
+                except Exception as e:  # noqa: BLE001 - every failure is a data point
+                    exc = e
+                p_end = time.perf_counter()
+                status, http, msg = classify(exc)
+                visits.append((seq, k, ts, (p_end - pk) * 1000.0, status, http, rep, msg, gap))
+                reps.append(rep)
+                if exc is not None:
+                    end = k
+                    break
+                if k + 1 < len(chain):
+                    a = r.as_numpy(st["forward"])
+                    nxt = th.InferInput(chain[k + 1]["input"], list(a.shape), np_to_triton_dtype(a.dtype))
+                    nxt.set_data_from_numpy(a, binary_data=True)
+                    inp = [nxt]
+        finally:
+            counts["inflight"] -= 1
+        lat = (p_end - p0) * 1000.0
+        counts["ok" if status == "ok" else "failed"] += 1
+        records.append((seq, user, t_sched, t_send, lat, status, http, "/".join(reps), msg, end))
+        env.events.request.fire(request_type="infer", name="+".join(st["model"] for st in chain), response_time=lat,
+                                response_length=0, exception=exc, context={"replica": "/".join(reps)})
         return exc is None or status not in ("unavailable", "client_timeout")
 
     user_ids = iter(range(10 ** 9))
@@ -357,20 +436,34 @@ def build_load(plan: dict) -> LocustLoad:
         user_classes, shape = [Dispatcher], OpenLoopShape()
     else:
         raise ValueError(f"unknown load mode {mode!r} (closed or open)")
-    return LocustLoad(user_classes, shape, records, counts, state, mode, sends)
+    return LocustLoad(user_classes, shape, records, counts, state, mode, sends, visits)
 
 
-def write_records(records: list, path: str | Path) -> None:
-    """The request log as CSV (temp file + rename: nothing half-written)."""
+def _write_atomic(path: str | Path, header, rows) -> None:
+    """A CSV written to a temporary file and renamed: nothing half-written."""
     import csv
     out = Path(path)
     tmp = out.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(REQUEST_COLUMNS)
-        for r in sorted(records, key=lambda r: r[3]):
-            w.writerow((r[0], r[1], f"{r[2]:.6f}", f"{r[3]:.6f}", f"{r[4]:.3f}", *r[5:]))
+        w.writerow(header)
+        w.writerows(rows)
     os.replace(tmp, out)
+
+
+def write_records(records: list, path: str | Path, pipeline: bool = False) -> None:
+    """The request log as CSV; a pipeline's carries ``end_stage`` (:data:`PIPELINE_COLUMNS`; empty for a
+    request never sent)."""
+    cols = PIPELINE_COLUMNS if pipeline else REQUEST_COLUMNS
+    _write_atomic(path, cols, ((r[0], r[1], f"{r[2]:.6f}", f"{r[3]:.6f}", f"{r[4]:.3f}", *r[5:],
+                                *[""] * (len(cols) - len(r))) for r in sorted(records, key=lambda r: r[3])))
+
+
+def write_visits(visits: list, path: str | Path) -> None:
+    """A pipeline's stage-visit log as CSV (:data:`VISIT_COLUMNS`, epoch seconds)."""
+    _write_atomic(path, VISIT_COLUMNS, ((r[0], r[1], f"{r[2]:.6f}", f"{r[3]:.3f}", *r[4:8],
+                                         "" if r[8] != r[8] else f"{r[8]:.3f}")
+                                        for r in sorted(visits, key=lambda r: (r[0], r[1]))))
 
 
 def _child_main(plan_path: str) -> int:
@@ -440,7 +533,9 @@ def _child_main(plan_path: str) -> int:
         sg.kill()
         _flush()
     t_end = time.time()
-    write_records(records, plan["out"])
+    write_records(records, plan["out"], bool(plan.get("stages")))
+    if plan.get("stages"):
+        write_visits(load.visits, plan["stages_out"])
     st = env.stats.total
     exceptions = [{"count": v["count"], "msg": v["msg"]} for v in runner.exceptions.values()]
     meta = {"t0_epoch": state["t0"] or t_start, "t_start_epoch": t_start, "t_end_epoch": t_end,

@@ -4,7 +4,8 @@ Builds the same users and load shape as ``python -m cluster.stack.loadgen`` (:fu
 from the plan JSON named by ``$SERVESIM_PLAN`` (see ``configs/k8s/locust.yaml``; keys as in
 :func:`cluster.stack.loadgen.run_load`, with ``arrivals_file`` for open-loop plans). Each process that runs
 users writes its per-request log to ``$SERVESIM_OUT/requests-<host>-<pid>.csv`` when the test stops
-(columns: :data:`cluster.stack.loadgen.REQUEST_COLUMNS`, epoch seconds).
+(columns: :data:`cluster.stack.loadgen.REQUEST_COLUMNS`, epoch seconds), and for a pipeline plan its stage
+visits to ``stages-<host>-<pid>.csv`` (:data:`cluster.stack.loadgen.VISIT_COLUMNS`).
 """
 import json
 import os
@@ -12,7 +13,7 @@ import socket
 
 from locust import events
 
-from cluster.stack.loadgen import build_load, write_records
+from cluster.stack.loadgen import build_load, write_records, write_visits
 
 _plan_path = os.environ.get("SERVESIM_PLAN", "plan.json")
 with open(_plan_path) as _f:
@@ -30,4 +31,7 @@ def _write_log(environment, **kw):
         return
     out = os.environ.get("SERVESIM_OUT", ".")
     os.makedirs(out, exist_ok=True)
-    write_records(_load.records, os.path.join(out, f"requests-{socket.gethostname()}-{os.getpid()}.csv"))
+    tag = f"{socket.gethostname()}-{os.getpid()}"
+    write_records(_load.records, os.path.join(out, f"requests-{tag}.csv"), bool(_plan.get("stages")))
+    if _plan.get("stages"):
+        write_visits(_load.visits, os.path.join(out, f"stages-{tag}.csv"))

@@ -1,12 +1,21 @@
-"""MobileNetV4-Conv-Small in plain torch (random weights) and its cached ONNX export.
+"""MobileNetV4-Conv-Small and -Medium in plain torch (random weights) and their cached ONNX exports.
 
-The architecture follows MobileNetV4 (Qin et al., 2024, "MobileNetV4 - Universal
-Models for the Mobile Ecosystem", Table 10, "MNv4-Conv-S"): a conv stem, two
-fused conv stages, then Universal Inverted Bottleneck (UIB) blocks in their
-ExtraDW / IR / ConvNext forms, a 1x1 conv to 960 channels, global pooling, a
-1280-wide head and a 1000-class classifier; ReLU + BatchNorm throughout
-(~3.8 M parameters, ~0.2 GFLOPs at 224x224). Weights are random (seeded): the
-served compute is what matters for latency, not the accuracy.
+The architectures follow MobileNetV4 (Qin et al., 2024, "MobileNetV4 - Universal Models for the Mobile
+Ecosystem", arXiv:2404.10518, Tables 10 and 11):
+
+- ``mobilenetv4_conv_small`` ("MNv4-Conv-S"): a conv stem, two fused conv stages, then Universal Inverted
+  Bottleneck (UIB) blocks in their ExtraDW / IR / ConvNext forms, a 1x1 conv to 960 channels, global pooling,
+  a 1280-wide head and a 1000-class classifier (~3.8 M parameters, ~0.2 GFLOPs at 224x224);
+- ``mobilenetv4_conv_medium`` ("MNv4-Conv-M"): a FusedIB (edge residual) stage, then deeper and wider UIB
+  stages (ExtraDW / ConvNext / FFN forms) up to 256 channels, the same head (~9.7 M parameters, ~0.8 GFLOPs
+  at 224x224).
+
+ReLU + BatchNorm throughout. Weights are random (seeded): the served compute is what matters for latency,
+not the accuracy. The two are the size variants of the built-in pipeline's first stage
+(``configs/pipeline.yaml``, :mod:`cluster.stack.builtins`); their accuracies there, :data:`PUBLISHED_TOP1`,
+are the paper's published ImageNet-1k top-1 figures (MNv4-Conv-S 73.8 % at 224 px, MNv4-Conv-M 79.9 % at 256 px; the
+paper's Table 10/11 "Top-1" column), quoted, never measured here (the weights are random). Both are served at
+224 px here, so a client sends the same image to either.
 
 The exported graph takes what a client sends -- ``image``: UINT8
 ``[batch, 224, 224, 3]`` (HWC pixels) -- and does the usual preprocessing
@@ -28,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 MODEL_NAME = "mobilenetv4_conv_small"
+MEDIUM_NAME = "mobilenetv4_conv_medium"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 IMAGE_SHAPE = (224, 224, 3)
@@ -35,9 +45,13 @@ NUM_CLASSES = 1000
 EXPORT_VERSION = 1          # bump when the architecture / export changes
 OPSET = 17
 PARAMETERS = 3_774_024   # count_parameters(build_model()); checked by the tests
+MEDIUM_PARAMETERS = 9_715_512   # count_parameters(build_model(name=MEDIUM_NAME)); checked by the tests
+# ImageNet-1k top-1 as published (Qin et al. 2024, Tables 10 / 11), not measured here: see the module docstring
+PUBLISHED_TOP1 = {MODEL_NAME: 0.738, MEDIUM_NAME: 0.799}
 
 # (block kind, repeats, start-dw kernel, mid-dw kernel, stride, expand ratio, out channels)
-# 'cn' = conv-bn-relu (kernel = mid kernel); 'uir' = universal inverted residual.
+# 'cn' = conv-bn-relu (kernel = mid kernel); 'uir' = universal inverted residual; 'er' = FusedIB (edge
+# residual: a mid-kernel conv expanding by the ratio, then a 1x1 projection).
 ARCH = (
     # stage 0, 112x112 in
     ("cn", 1, 0, 3, 2, 1.0, 32), ("cn", 1, 0, 1, 1, 1.0, 32),
@@ -56,6 +70,35 @@ ARCH = (
     # stage 4, 7x7 in
     ("cn", 1, 0, 1, 1, 1.0, 960),
 )
+# MNv4-Conv-M (Table 11)
+MEDIUM_ARCH = (
+    # stage 0, 112x112 in
+    ("er", 1, 0, 3, 2, 4.0, 48),       # FusedIB
+    # stage 1, 56x56 in
+    ("uir", 1, 3, 5, 2, 4.0, 80),      # ExtraDW
+    ("uir", 1, 3, 3, 1, 2.0, 80),      # ExtraDW
+    # stage 2, 28x28 in
+    ("uir", 1, 3, 5, 2, 6.0, 160),     # ExtraDW
+    ("uir", 2, 3, 3, 1, 4.0, 160),     # ExtraDW
+    ("uir", 1, 3, 5, 1, 4.0, 160),     # ExtraDW
+    ("uir", 1, 3, 3, 1, 4.0, 160),     # ExtraDW
+    ("uir", 1, 3, 0, 1, 4.0, 160),     # ConvNext
+    ("uir", 1, 0, 0, 1, 2.0, 160),     # FFN
+    ("uir", 1, 3, 0, 1, 4.0, 160),     # ConvNext
+    # stage 3, 14x14 in
+    ("uir", 1, 5, 5, 2, 6.0, 256),     # ExtraDW
+    ("uir", 1, 5, 5, 1, 4.0, 256),     # ExtraDW
+    ("uir", 2, 3, 5, 1, 4.0, 256),     # ExtraDW
+    ("uir", 1, 0, 0, 1, 4.0, 256),     # FFN
+    ("uir", 1, 3, 0, 1, 4.0, 256),     # ConvNext
+    ("uir", 1, 3, 5, 1, 2.0, 256),     # ExtraDW
+    ("uir", 1, 5, 5, 1, 4.0, 256),     # ExtraDW
+    ("uir", 2, 0, 0, 1, 4.0, 256),     # FFN
+    ("uir", 1, 5, 0, 1, 2.0, 256),     # ConvNext
+    # stage 4, 7x7 in
+    ("cn", 1, 0, 1, 1, 1.0, 960),
+)
+ARCHS = {MODEL_NAME: ARCH, MEDIUM_NAME: MEDIUM_ARCH}
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 
@@ -78,8 +121,9 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
     return new_v
 
 
-def build_model(seed: int = 0):
-    """The torch module (eval mode, random weights drawn from ``seed``)."""
+def build_model(seed: int = 0, name: str = MODEL_NAME):
+    """The torch module of MobileNetV4 ``name`` (:data:`ARCHS`; eval mode, random weights drawn from ``seed``)."""
+    arch = ARCHS[name]
     import torch
     from torch import nn
 
@@ -106,18 +150,34 @@ def build_model(seed: int = 0):
             y = self.pw_proj(self.dw_mid(self.pw_exp(self.dw_start(x))))
             return x + y if self.skip else y
 
-    class MobileNetV4ConvSmall(nn.Module):
+    class FusedIB(nn.Module):
+        """FusedIB (edge residual): k x k conv expanding to ``cin * expand`` channels, then a 1x1 projection."""
+
+        def __init__(self, cin, cout, k, stride, expand):
+            super().__init__()
+            mid = _make_divisible(cin * expand)
+            self.conv_exp = conv_bn(cin, mid, k, stride)
+            self.pw_proj = conv_bn(mid, cout, 1, act=False)
+            self.skip = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.pw_proj(self.conv_exp(x))
+            return x + y if self.skip else y
+
+    class MobileNetV4Conv(nn.Module):
         def __init__(self):
             super().__init__()
             self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255.0)
             self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255.0)
             blocks = [conv_bn(3, STEM_CHANNELS, 3, 2)]
             c = STEM_CHANNELS
-            for kind, reps, ks, km, s, e, cout in ARCH:
+            for kind, reps, ks, km, s, e, cout in arch:
                 for r in range(reps):
                     stride = s if r == 0 else 1
                     if kind == "cn":
                         blocks.append(conv_bn(c, cout, km, stride))
+                    elif kind == "er":
+                        blocks.append(FusedIB(c, cout, km, stride, e))
                     else:
                         blocks.append(UIR(c, cout, ks, km, stride, e))
                     c = cout
@@ -133,7 +193,7 @@ def build_model(seed: int = 0):
             return self.classifier(torch.flatten(x, 1))
 
     torch.manual_seed(seed)
-    m = MobileNetV4ConvSmall()
+    m = MobileNetV4Conv()
     # random but well-scaled BatchNorm statistics, so activations stay finite
     g = torch.Generator().manual_seed(seed + 1)
     for mod in m.modules():
@@ -147,21 +207,22 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def onnx_key(seed: int = 0) -> str:
-    spec = json.dumps({"arch": ARCH, "v": EXPORT_VERSION, "opset": OPSET, "seed": seed}, sort_keys=True)
+def onnx_key(seed: int = 0, name: str = MODEL_NAME) -> str:
+    spec = json.dumps({"arch": ARCHS[name], "v": EXPORT_VERSION, "opset": OPSET, "seed": seed}, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def onnx_path(seed: int = 0) -> Path:
-    return cache_dir() / f"{MODEL_NAME}-{onnx_key(seed)}.onnx"
+def onnx_path(seed: int = 0, name: str = MODEL_NAME) -> Path:
+    return cache_dir() / f"{name}-{onnx_key(seed, name)}.onnx"
 
 
-def export_onnx(seed: int = 0, force: bool = False, verbose: bool = False) -> Path:
-    """Export MobileNetV4-Conv-Small to ONNX (dynamic batch axis) once; return the cached path."""
+def export_onnx(seed: int = 0, force: bool = False, verbose: bool = False, name: str = MODEL_NAME) -> Path:
+    """Export MobileNetV4 ``name`` (small or medium) to ONNX (dynamic batch axis) once; return the cached path."""
     import torch
-    return export_cached(onnx_path(seed), lambda: build_model(seed), torch.zeros((2, *IMAGE_SHAPE), dtype=torch.uint8),
-                         [INPUT_NAME], [OUTPUT_NAME], _check_onnx, OPSET, force,
-                         f"{MODEL_NAME} ({PARAMETERS / 1e6:.2f} M parameters)" if verbose else "")
+    params = PARAMETERS if name == MODEL_NAME else MEDIUM_PARAMETERS
+    return export_cached(onnx_path(seed, name), lambda: build_model(seed, name),
+                         torch.zeros((2, *IMAGE_SHAPE), dtype=torch.uint8), [INPUT_NAME], [OUTPUT_NAME], _check_onnx,
+                         OPSET, force, f"{name} ({params / 1e6:.2f} M parameters)" if verbose else "")
 
 
 def export_cached(out: Path, build, dummy, input_names, output_names, check, opset: int, force: bool = False,

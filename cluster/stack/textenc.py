@@ -14,6 +14,15 @@ cheaper per item); 8 x 768 x 2 layers 10.4 / 57.6 (3.6, 2.9x cheaper: this one);
 Input ``input_ids``: INT64 ``[batch, SEQ_LEN]`` token ids in ``[0, VOCAB)``; output ``embedding``: FP32
 ``[batch, WIDTH]`` (mean-pooled last hidden state). The batch axis is dynamic. Exported to ONNX once into the
 cache (``.cache/servesim/``), never committed; weights from seed 0.
+
+``label_encoder_small`` (:func:`build_label_encoder`) is the second stage of the built-in two-stage pipeline
+(``configs/pipeline.yaml``): it takes what the image stage answers -- ``logits`` FP32 ``[batch, 1000]``, as the
+client receives them -- keeps the ``SEQ_LEN`` = 8 highest-scoring ImageNet class ids (an ONNX ``TopK`` inside the
+graph) and embeds that label sequence with this text encoder (class ``c`` is token ``c``; 1000 < ``VOCAB``):
+an image -> predicted-labels embedding, as a retrieval or captioning pipeline would index it. The client
+forwards stage 1's output tensor unchanged, so the pipeline needs no glue code between the stages; the
+top-k costs ~nothing beside the encoder, so its compute curve is the text encoder's (it batches well, where
+the image stage hardly does). Same weights as ``text_encoder_small`` (seed 0).
 """
 from __future__ import annotations
 
@@ -34,6 +43,9 @@ LAYERS = 2
 EXPORT_VERSION = 1
 OPSET = 17
 PARAMETERS = 20_474_880   # count_parameters(build_model()); checked by the tests
+LABEL_NAME = "label_encoder_small"
+LABEL_INPUT = "logits"        # the image models' output name: the client forwards it as is
+LABEL_CLASSES = 1000
 
 
 def build_model(seed: int = 0):
@@ -78,10 +90,28 @@ def build_model(seed: int = 0):
     return m.eval()
 
 
-def onnx_key(seed: int = 0) -> str:
-    spec = json.dumps({"v": EXPORT_VERSION, "opset": OPSET, "seed": seed, "vocab": VOCAB, "seq": SEQ_LEN,
-                       "width": WIDTH, "heads": HEADS, "ffn": FFN, "layers": LAYERS}, sort_keys=True)
-    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+def build_label_encoder(seed: int = 0):
+    """``label_encoder_small``: the top-``SEQ_LEN`` class ids of the ``logits`` input -> the text encoder."""
+    import torch
+    from torch import nn
+
+    class LabelEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = build_model(seed)
+
+        def forward(self, logits):
+            return self.encoder(torch.topk(logits, SEQ_LEN, dim=1).indices)
+
+    return LabelEncoder().eval()
+
+
+def onnx_key(seed: int = 0, name: str = MODEL_NAME) -> str:
+    spec = {"v": EXPORT_VERSION, "opset": OPSET, "seed": seed, "vocab": VOCAB, "seq": SEQ_LEN,
+            "width": WIDTH, "heads": HEADS, "ffn": FFN, "layers": LAYERS}
+    if name != MODEL_NAME:
+        spec["front"] = f"topk({LABEL_INPUT}[{LABEL_CLASSES}])"
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def example_input(batch: int, seed: int = 0):
@@ -96,13 +126,27 @@ def token_ids(n: int, seed: int = 0):
     return np.random.default_rng([seed, 11]).integers(0, VOCAB, size=(n, SEQ_LEN), dtype=np.int64)
 
 
+def example_logits(batch: int, seed: int = 0):
+    """``batch`` seeded standard-normal logits ``[batch, LABEL_CLASSES]`` (FP32)."""
+    import numpy as np
+    return np.random.default_rng([seed, 12]).standard_normal((batch, LABEL_CLASSES)).astype(np.float32)
+
+
 def check_onnx(path: str | Path, model) -> None:
     """The exported graph must match torch on a random batch of 3 (the dynamic axis works)."""
+    _check(path, model, INPUT_NAME, token_ids(3, 1))
+
+
+def check_label_onnx(path: str | Path, model) -> None:
+    """As :func:`check_onnx`, for the label encoder (logits in)."""
+    _check(path, model, LABEL_INPUT, example_logits(3, 1))
+
+
+def _check(path, model, input_name: str, x) -> None:
     import numpy as np
     import onnxruntime as ort
     import torch
-    x = token_ids(3, 1)
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT_NAME], {input_name: x})[0]
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     if got.shape != (3, WIDTH) or not np.allclose(got, want, rtol=1e-3, atol=1e-3):
