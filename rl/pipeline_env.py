@@ -200,7 +200,8 @@ class PipelineEnv(TraceEpisodes, gym.Env):
             load_reps = max(sum(t["requests"] / span / c for c in self.start_capacity), 1.0)
             info["episode_totals"] = dict(t, slo_violation_rate=t["violations"] / max(t["requests"], 1.0),
                                           mean_replicas=mean_reps, provision_ratio=mean_reps / load_reps,
-                                          accuracy=t["accuracy_sum"] / max(t["completions"], 1.0))
+                                          accuracy=t["accuracy_sum"] / t["completions"] if t["completions"] else
+                                          math.nan)        # none served: a slice of a gap in the trace
         return self.encoder.encode(obs), float(r), False, bool(truncated), info
 
 

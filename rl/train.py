@@ -77,7 +77,7 @@ def _callbacks_cls():
                 metrics_logger.log_value("mean_replicas", float(tot["mean_replicas"]), reduce="mean")
                 metrics_logger.log_value("failures", float(tot["failures"]), reduce="mean")
                 metrics_logger.log_value("provision_ratio", float(tot["provision_ratio"]), reduce="mean")
-                if "accuracy" in tot:                  # pipelines (rl.pipeline_env)
+                if math.isfinite(tot.get("accuracy", math.nan)):    # pipelines (rl.pipeline_env) that served
                     metrics_logger.log_value("accuracy", float(tot["accuracy"]), reduce="mean")
 
     return ServeSimMetrics

@@ -88,11 +88,11 @@ def test_env_checker_passes(cfg):
     check_env(PipelineEnv({"cfg": cfg}), skip_render_check=True)
 
 
-def _reward_case(tmp_path):
+def _reward_case(tmp_path, arr=None):
     """Two stages of deterministic 10 ms (batch 1, one replica each, no hop), SLO 25 ms: in [5, 10) five pairs
     of requests 1 ms apart: the second of each pair waits 9 ms at stage a (end to end 29 ms > 25: late), the
     first takes 20 ms. Stage a serves variant x (accuracy 0.8), b accuracy 0.5 (product: 0.4 per request)."""
-    arr = [0.0] + [t for k in range(5) for t in (5.05 + 0.2 * k, 5.051 + 0.2 * k)]
+    arr = arr or [0.0] + [t for k in range(5) for t in (5.05 + 0.2 * k, 5.051 + 0.2 * k)]
     csv = tmp_path / "ts.csv"
     csv.write_text("t\n" + "\n".join(f"{t:.3f}" for t in arr) + "\n")
     cl = {"replicas": 1, "min_replicas": 1, "max_replicas": 1, "startup_s": 0}
@@ -133,6 +133,17 @@ def test_reward_by_hand(tmp_path):
     assert trunc and not term
     tot = i2["episode_totals"]
     assert tot["accuracy"] == pytest.approx(0.4) and tot["slo_violation_rate"] == pytest.approx(0.5)
+
+
+def test_an_episode_that_serves_nothing_has_no_accuracy(tmp_path):
+    # (a slice of a gap in the trace): the one request at 0 is served before the first step
+    from rl.pipeline_env import PipelineEnv
+    env = PipelineEnv({"cfg": _reward_case(tmp_path, [0.0]), "use_scenario_workload": True})
+    env.reset(seed=0)
+    env.step([0, 0, 0])
+    _, r, _, trunc, info = env.step([0, 0, 0])
+    assert trunc and info["episode_totals"]["completions"] == 0 and math.isnan(info["episode_totals"]["accuracy"])
+    assert r == pytest.approx(-1.0)
 
 
 # --------------------------------------------------------------------------- the action mapping
