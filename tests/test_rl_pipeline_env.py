@@ -387,3 +387,23 @@ def test_perturbation_reaches_every_stage():
                 assert ba == bb and db.mean_value == pytest.approx(2 * da.mean_value)
             if va.startup is not None:
                 assert vb.startup.mean_value == pytest.approx(0.5 * va.startup.mean_value)
+
+
+def test_variant_capacities_follow_the_stage_rule():
+    from simulator.capacity import slo_shares, stage_capacities, variant_capacities, with_variants
+    from simulator.config import scenario_from_dict
+    sc = scenario_from_dict({
+        "slo_ms": 60.0, "workload": {"kind": "poisson", "rate_rps": 10},
+        "pipeline": {"stages": [
+            {"name": "a", "variants": [{"name": "fast", "service": {"mean_ms": 8}},
+                                       {"name": "slow", "service": {"mean_ms": 16}}], "hop_ms": 2},
+            {"name": "b", "service": {"mean_ms": 8}, "hop_ms": 2}]}})
+    caps = variant_capacities(sc, 0.01)
+    start = stage_capacities(sc, 0.01)
+    # the starting variants get exactly stage_capacities' figures
+    assert caps[0]["fast"] == start[0] and caps[1]["default"] == start[1]
+    # the slow variant: the stage's share of the path with it, (16 + 2) / (18 + 10), and its own capacity there
+    slow = with_variants(sc, ["slow", "default"])
+    assert slo_shares(slow)[0] == pytest.approx(18 / 28)
+    assert caps[0]["slow"] == stage_capacities(slow, 0.01)[0]
+    assert 0 < caps[0]["slow"] < caps[0]["fast"]
