@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rl.common import (DEFAULT_CONFIG, base_scenario, load_rl_config, load_trace, random_windows,
-                       select_windows, trace_scenario, write_json)
+                       require_single_model, select_windows, trace_scenario, write_json)
 from simulator.engine import simulate
 from simulator.policy import AutoscalerSpec
 from simulator.io import run_cli
@@ -204,6 +204,7 @@ def main(argv=None) -> int:
 
     def body() -> int:
         cfg = load_rl_config(a.config, scenario=a.scenario)
+        require_single_model(cfg, "rl.baselines")
         out = tune(cfg)
         write_json(a.out, out)
         print(f"wrote {a.out}")

@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "training": {"algo": "ppo", "iterations": 30, "train_batch_size": 2000, "minibatch_size": 250,
                  "num_epochs": 8, "lr": 3e-4, "gamma": 0.97, "entropy_coeff": 0.005, "hidden": [64, 64]},
     "population": {"seeds": 5, "grid": {}, "snapshot_every": 3, "select_seed": 1000},
+    # used when the scenario is a pipeline (a pipeline: block), ignored otherwise (resolve_pipeline)
+    "pipeline": {"capacity_rps_per_replica": "auto", "replica_weight": 0.01, "accuracy_weight": "auto"},
 }
 # hyper-parameters a population's grid may vary (population.grid / rl.train --grid): training.* and the
 # reward's lambda
@@ -163,6 +165,9 @@ def load_rl_config(path: str | None = None, scenario: str | None = None, trace: 
     if ep < 2 * sc.autoscaler.interval_s:
         raise ConfigError(f"{path}: env.episode_s: must be >= 2 control intervals ({2 * sc.autoscaler.interval_s})")
     cfg["env"]["episode_s"] = math.floor(ep / sc.autoscaler.interval_s) * sc.autoscaler.interval_s
+    if sc.pipeline is not None:
+        return resolve_pipeline(cfg, sc, path, need_trace)
+    cfg.pop("pipeline")
     cap = cfg["capacity_rps_per_replica"]
     if cap == "auto":
         from simulator.capacity import per_replica_capacity
@@ -173,22 +178,131 @@ def load_rl_config(path: str | None = None, scenario: str | None = None, trace: 
         cfg["capacity_rps_per_replica"] = float(cap)
     if act["kind"] == "rate":
         act["capacity_rps_per_replica"] = cfg["capacity_rps_per_replica"]
+    _resolve_trace(cfg, path, need_trace, lambda rates, tr: auto_trace_scale(
+        rates, tr["eval_days"], sc, float(cfg["slo_target"]), float(tr["target_util"])))
+    return cfg
+
+
+def _resolve_trace(cfg: dict, path: str, need_trace: bool, auto_scale) -> np.ndarray | None:
+    """``cfg["trace"]``: the path made absolute, ``target_util`` checked, ``scale: auto`` resolved by
+    ``auto_scale(rates, trace block) -> (scale, rule, p99)`` (None without the trace); returns the rates."""
     tr = cfg["trace"]
     tr["path"] = resolve_path(tr["path"])
     if not 0 < float(tr["target_util"]) <= 1:
         raise ConfigError(f"{path}: trace.target_util: must be in (0, 1] (got {tr['target_util']!r})")
+    rates = None
     if need_trace:
         rates = load_trace(tr["path"])
         day_range(tr["train_days"], len(rates), "trace.train_days")
         if tr["scale"] == "auto":
-            tr["scale"], tr["scale_rule"], tr["p99_rps"] = auto_trace_scale(
-                rates, tr["eval_days"], sc, float(cfg["slo_target"]), float(tr["target_util"]))
+            tr["scale"], tr["scale_rule"], tr["p99_rps"] = auto_scale(rates, tr)
     if tr["scale"] == "auto":
         tr["scale"] = None
     elif not isinstance(tr["scale"], (int, float)) or isinstance(tr["scale"], bool) or tr["scale"] <= 0:
         raise ConfigError(f"{path}: trace.scale: must be 'auto' or a number > 0 (got {tr['scale']!r})")
     else:
         tr.setdefault("scale_rule", "given (trace.scale)")
+    return rates
+
+
+def is_pipeline(cfg: Mapping) -> bool:
+    """Settings resolved for a pipeline scenario (:func:`resolve_pipeline`)."""
+    return cfg.get("pipeline") is not None
+
+
+def require_single_model(cfg: Mapping, what: str) -> None:
+    """ConfigError (one line) when ``cfg``'s scenario is a pipeline: ``what`` takes single-model scenarios."""
+    if is_pipeline(cfg):
+        raise ConfigError(f"{cfg['scenario_path']}: a pipeline scenario; {what} takes single-model scenarios "
+                          "(pipelines: python -m rl.train trains, python -m rl.pipeline_eval compares)")
+
+
+def _stage_capacities_given(given: Any, sc: Scenario, path: str) -> list[dict[str, float]]:
+    """``pipeline.capacity_rps_per_replica`` given as ``{stage: {variant: req/s}}`` (``{stage: req/s}`` for a
+    stage with one variant), every stage and variant named."""
+    where = f"{path}: pipeline.capacity_rps_per_replica"
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"{where}: must be auto or {{stage: {{variant: req/s}}}} (got {given!r})")
+    names = [st.name for st in sc.pipeline.stages]
+    bad = sorted(set(given) - set(names))
+    if bad:
+        raise ConfigError(f"{where}.{bad[0]}: not a stage of the pipeline ({', '.join(names)})")
+    out = []
+    for st in sc.pipeline.stages:
+        vs = [v.name for v in st.variants]
+        g = given.get(st.name)
+        if isinstance(g, (int, float)) and not isinstance(g, bool) and len(vs) == 1:
+            g = {vs[0]: g}
+        if not isinstance(g, Mapping) or sorted(g) != sorted(vs) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in g.values()):
+            raise ConfigError(f"{where}.{st.name}: must give a number > 0 (req/s) for each of the stage's variants "
+                              f"{', '.join(vs)} (got {g!r})")
+        out.append({v: float(g[v]) for v in vs})
+    return out
+
+
+def resolve_pipeline(cfg: dict, sc: Scenario, path: str, need_trace: bool) -> dict:
+    """The settings of a pipeline scenario (``cfg["pipeline"]``, resolved; :mod:`rl.pipeline_env`):
+
+    - ``capacity_rps_per_replica``: per stage ``{variant: req/s}``, ``auto`` =
+      :func:`simulator.capacity.variant_capacities` (each variant simulated at its stage's share of the SLO),
+      or given; the rate action provisions with them, the observation scales by them;
+    - the trace scale (``trace.scale: auto``): :func:`pipeline_trace_scale`'s rule on the evaluation days, the
+      rule ``rl.pipeline_eval`` evaluates with (its capacities: the starting variants');
+    - ``accuracy_weight`` (replica-seconds one unit of served accuracy is worth in the reward), ``auto`` =
+      ``cost_per_replica_s / (replica_weight x mean rate of the training days)``: then an episode's return at
+      that mean rate is IPA's objective ``accuracy - replica_weight x mean replicas`` (the one
+      ``rl.pipeline_eval`` tunes by) up to a positive factor, less the violation penalty;
+    - ``norm`` = interval x the sum of the stages' ``max_replicas`` (a step's reward is O(1)).
+
+    Only the ``rate`` action: per stage ``ceil(stage arrival rate / (u x capacity of the chosen variant))``;
+    ``env.action.stages`` records the mapping (stage names, variants, capacities)."""
+    pl = cfg["pipeline"]
+    bad = sorted(set(pl) - set(DEFAULTS["pipeline"]))
+    if bad:
+        raise ConfigError(f"{path}: pipeline.{bad[0]}: unknown key; allowed: {', '.join(DEFAULTS['pipeline'])}")
+    act = cfg["env"]["action"]
+    if act["kind"] != "rate":
+        raise ConfigError(f"{path}: env.action.kind: a pipeline scenario takes the rate action only (got "
+                          f"{act['kind']!r}; rl.train --action rate)")
+    rw = pl.get("replica_weight")
+    if isinstance(rw, bool) or not isinstance(rw, (int, float)) or not rw > 0:
+        raise ConfigError(f"{path}: pipeline.replica_weight: must be a number > 0 (got {rw!r})")
+    slo_t = float(cfg["slo_target"])
+    if pl["capacity_rps_per_replica"] == "auto":
+        from simulator.capacity import variant_capacities
+        caps = variant_capacities(sc, slo_t)
+        rule = (f"auto: per variant, the Poisson rate one replica serves with <= {slo_t:g} of its requests over "
+                f"the stage's share of the {sc.slo_ms:g} ms SLO (simulator.capacity.variant_capacities)")
+    else:
+        caps = _stage_capacities_given(pl["capacity_rps_per_replica"], sc, path)
+        rule = "given (pipeline.capacity_rps_per_replica)"
+    stages = sc.pipeline.stages
+    start = [c[st.variant] for c, st in zip(caps, stages)]
+    act["stages"] = [{"name": st.name, "variants": [v.name for v in st.variants], "capacity_rps_per_replica": c}
+                     for st, c in zip(stages, caps)]
+    cfg["capacity_rps_per_replica"] = None
+    rates = _resolve_trace(cfg, path, need_trace, lambda r, tr: pipeline_trace_scale(
+        r, tr["eval_days"], sc, start, float(tr["target_util"])))
+    aw = pl.get("accuracy_weight")
+    cost = float(cfg["env"]["reward"]["cost_per_replica_s"])
+    if aw == "auto":
+        if rates is None or cfg["trace"]["scale"] is None:
+            raise ConfigError(f"{path}: pipeline.accuracy_weight: auto needs the trace (the mean training rate); "
+                              "give a number")
+        a, b = day_range(cfg["trace"]["train_days"], len(rates), "trace.train_days")
+        mean_rps = float(rates[a:b].mean()) * float(cfg["trace"]["scale"])
+        aw = cost / (float(rw) * max(mean_rps, 1e-9))
+        aw_rule = (f"auto: cost_per_replica_s {cost:g} / (replica_weight {rw:g} x {mean_rps:.2f} req/s, the mean "
+                   f"rate of days {cfg['trace']['train_days']} at trace scale {cfg['trace']['scale']:.4f}) = {aw:.5g}")
+    elif isinstance(aw, bool) or not isinstance(aw, (int, float)) or aw < 0:
+        raise ConfigError(f"{path}: pipeline.accuracy_weight: must be auto or a number >= 0 (got {aw!r})")
+    else:
+        aw, aw_rule = float(aw), "given (pipeline.accuracy_weight)"
+    cfg["pipeline"] = {"stages": [st.name for st in stages], "capacity_rps_per_replica": caps,
+                       "capacity_rule": rule, "replica_weight": float(rw), "accuracy_weight": float(aw),
+                       "accuracy_weight_rule": aw_rule,
+                       "norm": float(sc.autoscaler.interval_s) * sum(st.cluster.max_replicas for st in stages)}
     return cfg
 
 
@@ -237,6 +351,22 @@ def auto_trace_scale(rates: np.ndarray, days, sc: Scenario, slo_target: float,
     rule = (f"auto: {target_util:g} x {caps[-1]:.1f} req/s ({sc.cluster.max_replicas} replicas at SLO "
             f"{sc.slo_ms:g} ms) / {p99:.1f} rps (p99 of the busiest 20-min window of days {list(days)})")
     return scale, rule, float(p99)
+
+
+def pipeline_trace_scale(rates: np.ndarray, days, sc, caps, target_util: float) -> tuple[float, str, float]:
+    """Rule: the p99 rate of the busiest 20-minute window of ``days``, scaled, is ``target_util`` x what the
+    pipeline's bottleneck stage serves at its ``max_replicas`` (``caps``:
+    :func:`simulator.capacity.stage_capacities`, x max replicas, minimum over stages). Returns (scale, the rule
+    in words with its numbers, that p99)."""
+    a, b = (days[0] - 1) * DAY_S, min(days[1] * DAY_S, len(rates))
+    seg = rates[a:b]
+    n = 1200
+    p99 = max(float(np.percentile(seg[i:i + n], 99)) for i in range(0, max(1, len(seg) - n + 1), 300))
+    cap = min(c * st.cluster.max_replicas for c, st in zip(caps, sc.pipeline.stages))
+    scale = target_util * cap / p99
+    rule = (f"{target_util:g} x {cap:.1f} req/s (what the bottleneck stage serves at max_replicas) / "
+            f"{p99:.1f} rps (p99 of the busiest 20-min window of days {days[0]}-{days[1]}) = {scale:.4f}")
+    return scale, rule, p99
 
 
 def base_scenario(cfg: Mapping) -> Scenario:
@@ -387,9 +517,11 @@ def reward_norm(cfg_or_interval, max_replicas: int | None = None) -> float:
     return float(cfg_or_interval) * float(max_replicas)
 
 
-def step_reward(replica_s: float, violations: float, cost_per_replica_s: float, lam: float, norm: float) -> float:
-    """``-(cost * replica_s + lambda * violations) / norm``."""
-    return -(cost_per_replica_s * replica_s + lam * violations) / norm
+def step_reward(replica_s: float, violations: float, cost_per_replica_s: float, lam: float, norm: float,
+                accuracy_credit: float = 0.0) -> float:
+    """``-(cost * replica_s + lambda * violations - accuracy_credit) / norm``; ``accuracy_credit`` (pipelines,
+    :mod:`rl.pipeline_env`): ``accuracy_weight x`` the summed accuracy of the interval's completions."""
+    return -(cost_per_replica_s * replica_s + lam * violations - accuracy_credit) / norm
 
 
 def interval_violations(obs) -> float:

@@ -42,24 +42,42 @@ RANDOMIZE_DEFAULTS: dict[str, Any] = {"enabled": "auto", "service": [0.8, 1.3], 
                                       "overhead": [0.7, 1.5], "contention": [0.7, 1.3]}
 
 
-def perturb_scenario(sc: Scenario, factors: Mapping[str, float]) -> Scenario:
-    """``sc`` with each term of :data:`PERTURB_KEYS` multiplied by its factor (missing keys: 1)."""
-    bad = sorted(set(factors) - set(PERTURB_KEYS))
-    if bad:
-        raise ValueError(f"unknown perturbation {bad[0]!r}")
-    f = {k: float(factors.get(k, 1.0)) for k in PERTURB_KEYS}
-    svc = sc.service
-    if f["service"] != 1.0 or f["overhead"] != 1.0:
-        svc = dataclasses.replace(svc, per_batch=tuple((b, d.scaled(f["service"])) for b, d in svc.per_batch),
-                                  overhead=svc.overhead.scaled(f["overhead"]))
-    cl = sc.cluster
+def _perturb_cluster(cl, f: Mapping[str, float]):
     if f["startup"] != 1.0:
         cl = dataclasses.replace(cl, startup=cl.startup.scaled(f["startup"]))
     if f["contention"] != 1.0:
         c = f["contention"]
         cl = dataclasses.replace(cl, interference=cl.interference * c, rate_contention=cl.rate_contention * c,
                                  rate_cores=cl.rate_cores * c)
-    return sc.replace(service=svc, cluster=cl)
+    return cl
+
+
+def _perturb_stage(st, f: Mapping[str, float]):
+    """A pipeline stage drifted: every variant's service times and own start-up, the hop (its per-request
+    time outside the server), the stage's cluster terms."""
+    variants = tuple(dataclasses.replace(
+        v, service=dataclasses.replace(v.service, per_batch=tuple((b, d.scaled(f["service"])) for b, d in v.service.per_batch)),
+        startup=v.startup.scaled(f["startup"]) if v.startup is not None and f["startup"] != 1.0 else v.startup)
+        for v in st.variants)
+    return dataclasses.replace(st, variants=variants, hop=st.hop.scaled(f["overhead"]),
+                               cluster=_perturb_cluster(st.cluster, f))
+
+
+def perturb_scenario(sc: Scenario, factors: Mapping[str, float]) -> Scenario:
+    """``sc`` with each term of :data:`PERTURB_KEYS` multiplied by its factor (missing keys: 1); a pipeline
+    scenario's every stage (``overhead``: the stage's hop)."""
+    bad = sorted(set(factors) - set(PERTURB_KEYS))
+    if bad:
+        raise ValueError(f"unknown perturbation {bad[0]!r}")
+    f = {k: float(factors.get(k, 1.0)) for k in PERTURB_KEYS}
+    if sc.pipeline is not None:
+        return sc.replace(pipeline=dataclasses.replace(
+            sc.pipeline, stages=tuple(_perturb_stage(st, f) for st in sc.pipeline.stages)))
+    svc = sc.service
+    if f["service"] != 1.0 or f["overhead"] != 1.0:
+        svc = dataclasses.replace(svc, per_batch=tuple((b, d.scaled(f["service"])) for b, d in svc.per_batch),
+                                  overhead=svc.overhead.scaled(f["overhead"]))
+    return sc.replace(service=svc, cluster=_perturb_cluster(sc.cluster, f))
 
 
 def parse_perturb(text: str | None, where: str = "--perturb") -> dict[str, float]:

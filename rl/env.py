@@ -38,8 +38,8 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
-from rl.common import base_scenario, day_range, interval_violations, load_rl_config, load_trace, reward_norm, \
-    step_reward
+from rl.common import base_scenario, day_range, interval_violations, load_rl_config, load_trace, \
+    require_single_model, reward_norm, step_reward
 from rl.drift import draw_factors, perturb_scenario
 from simulator.config import Segment, WorkloadSpec
 from simulator.engine import Simulation
@@ -63,35 +63,22 @@ def obs_spec_for(cfg: Mapping) -> dict:
                             forecast_s=forecast_horizon(base_scenario(cfg)))
 
 
-class ServeSimEnv(gym.Env):
-    """Autoscaling of the simulated Triton deployment; see the module docstring."""
+def env_settings(env_config: Mapping[str, Any]) -> dict:
+    """An environment's settings: ``env_config["cfg"]`` (resolved), else loaded from its ``config`` /
+    ``scenario`` / ``trace`` (:func:`rl.common.load_rl_config`; no trace with ``synthetic_only``)."""
+    cfg = env_config.get("cfg")
+    if cfg is None:
+        cfg = load_rl_config(env_config.get("config"), scenario=env_config.get("scenario"),
+                             trace=env_config.get("trace"), need_trace=env_config.get("synthetic_only") is not True)
+    return cfg
 
-    metadata = {"render_modes": []}
 
-    def __init__(self, env_config: Mapping[str, Any] | None = None):
-        env_config = dict(env_config or {})
-        cfg = env_config.get("cfg")
-        if cfg is None:
-            cfg = load_rl_config(env_config.get("config"), scenario=env_config.get("scenario"),
-                                 trace=env_config.get("trace"),
-                                 need_trace=env_config.get("synthetic_only") is not True)
-        self.cfg = cfg
-        self.synthetic_only = bool(env_config.get("synthetic_only", False)) or cfg["trace"].get("scale") is None
-        self.base = base_scenario(cfg)
-        self.model = build_service_model(self.base.service, self.base.batching.max_batch_size)
-        self.interval = float(self.base.autoscaler.interval_s)
-        self.episode_s = float(env_config.get("episode_s", cfg["env"]["episode_s"]))
-        self.n_steps = int(round(self.episode_s / self.interval))
-        self.capacity = float(cfg["capacity_rps_per_replica"])
-        self.obs_spec = obs_spec_for(cfg)
-        self.encoder = ObsEncoder(self.obs_spec)
-        self.action_map = dict(cfg["env"]["action"])
-        rw = cfg["env"]["reward"]
-        self.cost, self.lam = float(rw["cost_per_replica_s"]), float(rw["lambda"])
-        self.clip = None if rw.get("clip") is None else float(rw["clip"])
-        rnd = cfg["env"].get("randomize") or {}
-        self.randomize = rnd if rnd.get("active") and not env_config.get("nominal") else None
-        self.norm = reward_norm(cfg)
+class TraceEpisodes:
+    """The episodes of an RL environment (this module's docstring): a slice of the training days of the trace
+    (curriculum speedup, rate scale x jitter) or, with probability ``curriculum.synthetic_frac``, a synthetic
+    pattern up to ``top_rps()``; everything drawn from the generator the caller passes (the reset seed's)."""
+
+    def _init_episodes(self, cfg: Mapping, env_config: Mapping) -> None:
         cur = cfg["curriculum"]
         self.synthetic_frac = 1.0 if self.synthetic_only else float(cur["synthetic_frac"])
         self.levels = list(cur["levels"])
@@ -106,12 +93,10 @@ class ServeSimEnv(gym.Env):
             self.scale = float(cfg["trace"]["scale"])
         else:
             self.rates, self.scale = None, 1.0
-        self.observation_space = gym.spaces.Box(-self.encoder.clip, self.encoder.clip, (self.encoder.dim,),
-                                                dtype=np.float32)
-        self.action_space = gym.spaces.Discrete(len(self.action_map["values"]))
-        self.sim: Simulation | None = None
-        self.obs = None
-        self.episode_info: dict[str, Any] = {}
+
+    def top_rps(self) -> float:  # pragma: no cover - interface
+        """The highest rate of a synthetic pattern."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- episode sampling
     def level(self) -> dict:
@@ -125,7 +110,7 @@ class ServeSimEnv(gym.Env):
         return self.levels[-1]
 
     def _synthetic(self, rng: np.random.Generator, dur: float) -> tuple[WorkloadSpec, dict]:
-        top = self.capacity * self.base.cluster.max_replicas * 0.85
+        top = self.top_rps()
         kind = rng.choice(["spike", "ramp", "step", "sinusoid", "constant"])
         lo = float(rng.uniform(0.05, 0.5) * top)
         hi = float(rng.uniform(lo, top))
@@ -155,20 +140,61 @@ class ServeSimEnv(gym.Env):
         r0 = float(self.rates[start:start + max(1, int(speedup * 30))].mean()) * scale
         return wl, {"kind": "trace", "start_s": start, "speedup": speedup, "scale": scale}, r0
 
+    def _episode_workload(self, rng: np.random.Generator, dur: float, scenario_workload):
+        """``(workload, info, first rate or None)`` of the next episode (None: the scenario's own workload)."""
+        if self.use_scenario_workload:
+            return scenario_workload, {"kind": "scenario"}, None
+        if self.synthetic_only or rng.random() < self.synthetic_frac:
+            wl, info = self._synthetic(rng, dur)
+            from simulator.workload import schedule_rate
+            return wl, info, float(schedule_rate(wl.segments, np.array([0.0]))[0])
+        return self._trace(rng, dur)
+
+
+class ServeSimEnv(TraceEpisodes, gym.Env):
+    """Autoscaling of the simulated Triton deployment; see the module docstring."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, env_config: Mapping[str, Any] | None = None):
+        env_config = dict(env_config or {})
+        cfg = env_settings(env_config)
+        require_single_model(cfg, "rl.env.ServeSimEnv (rl.pipeline_env.PipelineEnv: pipelines)")
+        self.cfg = cfg
+        self.synthetic_only = bool(env_config.get("synthetic_only", False)) or cfg["trace"].get("scale") is None
+        self.base = base_scenario(cfg)
+        self.model = build_service_model(self.base.service, self.base.batching.max_batch_size)
+        self.interval = float(self.base.autoscaler.interval_s)
+        self.episode_s = float(env_config.get("episode_s", cfg["env"]["episode_s"]))
+        self.n_steps = int(round(self.episode_s / self.interval))
+        self.capacity = float(cfg["capacity_rps_per_replica"])
+        self.obs_spec = obs_spec_for(cfg)
+        self.encoder = ObsEncoder(self.obs_spec)
+        self.action_map = dict(cfg["env"]["action"])
+        rw = cfg["env"]["reward"]
+        self.cost, self.lam = float(rw["cost_per_replica_s"]), float(rw["lambda"])
+        self.clip = None if rw.get("clip") is None else float(rw["clip"])
+        rnd = cfg["env"].get("randomize") or {}
+        self.randomize = rnd if rnd.get("active") and not env_config.get("nominal") else None
+        self.norm = reward_norm(cfg)
+        self._init_episodes(cfg, env_config)
+        self.observation_space = gym.spaces.Box(-self.encoder.clip, self.encoder.clip, (self.encoder.dim,),
+                                                dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(len(self.action_map["values"]))
+        self.sim: Simulation | None = None
+        self.obs = None
+        self.episode_info: dict[str, Any] = {}
+
+    def top_rps(self) -> float:
+        return self.capacity * self.base.cluster.max_replicas * 0.85
+
     # ---------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         rng = self.np_random
         dur = self.n_steps * self.interval
         c = self.base.cluster
-        if self.use_scenario_workload:
-            wl, info, r0 = self.base.workload, {"kind": "scenario"}, None
-        elif self.synthetic_only or rng.random() < self.synthetic_frac:
-            wl, info = self._synthetic(rng, dur)
-            from simulator.workload import schedule_rate
-            r0 = float(schedule_rate(wl.segments, np.array([0.0]))[0])
-        else:
-            wl, info, r0 = self._trace(rng, dur)
+        wl, info, r0 = self._episode_workload(rng, dur, self.base.workload)
         if r0 is None:
             init = c.replicas
         else:
@@ -233,4 +259,4 @@ def make_env(env_config=None) -> ServeSimEnv:
     return ServeSimEnv(env_config)
 
 
-__all__ = ["ServeSimEnv", "forecast_horizon", "make_env", "obs_spec_for"]
+__all__ = ["ServeSimEnv", "TraceEpisodes", "env_settings", "forecast_horizon", "make_env", "obs_spec_for"]

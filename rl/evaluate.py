@@ -50,7 +50,7 @@ from rl.baselines import baseline_specs, run_one, summarize, tune
 from rl import sanity
 from rl.drift import PERTURB_KEYS, parse_perturb, perturb_label, perturb_scenario
 from rl.common import (DAY_S, DEFAULT_CONFIG, auto_trace_scale, base_scenario, jsonable, load_rl_config, load_trace,
-                       select_windows, trace_scenario, window_stats, write_json)
+                       require_single_model, select_windows, trace_scenario, window_stats, write_json)
 from simulator.io import OutputFolder, json_has_keys, run_cli
 from simulator.config import ConfigError
 from simulator.policy import StaticPolicy
@@ -94,15 +94,15 @@ def _windows(a, rates: np.ndarray, cfg: dict) -> list[dict]:
     return list(w.values())
 
 
-def policy_names(paths: list[str]) -> list[str]:
+def policy_names(paths: list[str], reserved=BASELINES) -> list[str]:
     """A short distinct name per policy file: its name without ``.pt``, with as many parent folders as it
-    takes to tell it from the others and from the baselines (``runs/a/trials/seed0/policy.pt`` ->
-    ``seed0/policy`` next to ``runs/b/policy.pt`` -> ``b/policy``)."""
+    takes to tell it from the others and from the ``reserved`` names (the baselines) (``runs/a/trials/seed0/policy.pt``
+    -> ``seed0/policy`` next to ``runs/b/policy.pt`` -> ``b/policy``)."""
     parts = [os.path.normpath(os.path.abspath(p))[:-3 if p.endswith(".pt") else None].split(os.sep) for p in paths]
     depth = [1] * len(paths)
     while True:
         names = ["/".join(q[-d:]) for q, d in zip(parts, depth)]
-        clash = [i for i, n in enumerate(names) if names.count(n) > 1 or n in BASELINES]
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1 or n in reserved]
         grow = [i for i in clash if depth[i] < len(parts[i])]
         if not grow:
             return names
@@ -181,6 +181,7 @@ def _evaluate(a, folder) -> tuple[list[dict], list]:
     if not pols and not base_names:
         raise ConfigError("nothing to evaluate: give policy files and/or --baselines")
     cfg = load_rl_config(a.config, scenario=a.scenario)
+    require_single_model(cfg, "rl.evaluate")
     trace = os.path.abspath(a.trace) if a.trace else cfg["trace"]["path"]
     rates = load_trace(trace)
     if a.scale == "config" and trace == cfg["trace"]["path"]:

@@ -1,4 +1,4 @@
-"""``python -m rl.pipeline_eval [SCENARIO.yaml] --out DIR`` -- IPA's comparison on a pipeline scenario.
+"""``python -m rl.pipeline_eval [SCENARIO.yaml] [POLICY.pt ...] --out DIR`` -- IPA's comparison on a pipeline scenario.
 
 Autoscalers of a whole inference pipeline compared on the same held-out Twitter-trace windows and simulator
 seeds, reporting what IPA's experiments report: cost (replica-seconds, all stages), accuracy (mean over served
@@ -15,6 +15,10 @@ Contenders:
 - ``oracle``: the same configurator told the actual peak rate of the coming interval plus the start-up lead
   (:class:`PipelineOracle`), its ``max_utilization`` tuned per run in hindsight (the cheapest setting meeting
   the SLO-violation target on that very run): a bound, not a deployable policy.
+- learned pipeline policies (``policy.pt`` files written by ``rl.train`` on a pipeline scenario, given as
+  arguments or ``--policies``; :mod:`simulator.pipeline_learned`): each runs as trained (its interval, its
+  selection on the tuning windows already made), named after its file (:func:`rl.evaluate.policy_names`); a file
+  trained on another pipeline, or naming a variant the scenario lacks, is refused with one line.
 
 Tuning (never on the evaluation days): every setting of a grid runs on the tuning windows (days 11-12, IPA's four
 patterns), one seed; the kept setting is the one that meets the SLO-violation target (``slo_target`` of
@@ -41,14 +45,14 @@ import numpy as np
 import yaml
 
 from rl import sanity
-from rl.common import DAY_S, load_trace, select_windows
+from rl.common import load_trace, pipeline_trace_scale, select_windows
+from simulator.capacity import slo_shares, stage_capacities
 from simulator.config import ConfigError, WorkloadSpec, load_scenario
 from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
 from simulator.ipa import IPAPolicy, configure, stage_options
-from simulator.pipeline import simulate_pipeline, stage_scenario
+from simulator.pipeline import simulate_pipeline
 from simulator.pipeline_policy import PerStagePolicy, PipelinePolicy, StageDecision
 from simulator.policy import AutoscalerSpec, make_policy
-from simulator.service import build_service_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SCENARIO = os.path.join(ROOT, "configs", "pipeline_example.yaml")
@@ -61,43 +65,6 @@ WARMUP_S = 60.0
 
 
 # --------------------------------------------------------------------------- the load
-
-
-def slo_shares(sc) -> list[float]:
-    """Each stage's share of the end-to-end SLO: its starting variant's mean batch-1 compute + mean hop over
-    the sum of those over the stages (the SLO split in proportion to the unloaded path)."""
-    parts = []
-    for st in sc.pipeline.stages:
-        v = st.variants[st.variant_index(st.variant)]
-        parts.append(build_service_model(v.service, st.batching.max_batch_size).mean_ms(1) + st.hop.mean_value)
-    return [p / sum(parts) for p in parts]
-
-
-def stage_capacities(sc, slo_target: float) -> list[float]:
-    """Per stage, the largest Poisson rate one replica with its starting variant serves with at most
-    ``slo_target`` of its requests over the stage's share of the SLO (:func:`slo_shares`), simulated
-    (:func:`simulator.capacity.per_replica_capacity` on :func:`simulator.pipeline.stage_scenario`)."""
-    from simulator.capacity import per_replica_capacity
-    out = []
-    for k, share in enumerate(slo_shares(sc)):
-        ssc = stage_scenario(sc, k)
-        out.append(float(per_replica_capacity(ssc.replace(slo_ms=sc.slo_ms * share), violation_target=slo_target)))
-    return out
-
-
-def pipeline_trace_scale(rates: np.ndarray, days, sc, caps, target_util: float) -> tuple[float, str, float]:
-    """Rule: the p99 rate of the busiest 20-minute window of ``days``, scaled, is ``target_util`` x what the
-    pipeline's bottleneck stage serves at its ``max_replicas`` (``caps``: :func:`stage_capacities`, x max
-    replicas, minimum over stages). Returns (scale, the rule in words with its numbers, that p99)."""
-    a, b = (days[0] - 1) * DAY_S, min(days[1] * DAY_S, len(rates))
-    seg = rates[a:b]
-    n = 1200
-    p99 = max(float(np.percentile(seg[i:i + n], 99)) for i in range(0, max(1, len(seg) - n + 1), 300))
-    cap = min(c * st.cluster.max_replicas for c, st in zip(caps, sc.pipeline.stages))
-    scale = target_util * cap / p99
-    rule = (f"{target_util:g} x {cap:.1f} req/s (what the bottleneck stage serves at max_replicas) / "
-            f"{p99:.1f} rps (p99 of the busiest 20-min window of days {days[0]}-{days[1]}) = {scale:.4f}")
-    return scale, rule, p99
 
 
 def window_scenario(base, trace: str, start: float, length: float, scale: float, seed: int, rates: np.ndarray,
@@ -186,8 +153,12 @@ def _restage(sc, autos, joint):
     return sc.replace(pipeline=dataclasses.replace(sc.pipeline, stages=stages), autoscaler=joint)
 
 
-def run(name, setting, sc, interval_s, caps):
-    s, pol = contender(name, setting, sc, interval_s, caps)
+def run(name, setting, sc, interval_s, caps, learned=None):
+    """One run of contender ``name`` (``learned``: a loaded learned policy, run at its own interval)."""
+    if learned is not None:
+        s, pol = sc.replace(autoscaler=learned.spec()), learned
+    else:
+        s, pol = contender(name, setting, sc, interval_s, caps)
     r = simulate_pipeline(s, policy=pol)
     m = r.summary
     return {"replica_seconds": m["replica_seconds"], "mean_replicas": m["mean_replicas"],
@@ -214,7 +185,11 @@ def pick(results: dict, slo_target: float, replica_weight: float):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rl.pipeline_eval", description=__doc__.split("\n\n")[0])
-    ap.add_argument("scenario", nargs="?", default=DEFAULT_SCENARIO, help="pipeline scenario (default: %(default)s)")
+    ap.add_argument("inputs", nargs="*", metavar="SCENARIO.yaml | POLICY.pt",
+                    help=f"the pipeline scenario (default: {DEFAULT_SCENARIO}) and learned pipeline policy files "
+                         "(any name not ending in .yaml / .yml is a policy file)")
+    ap.add_argument("--policies", nargs="+", default=[], metavar="POLICY.pt",
+                    help="learned pipeline policy files (rl.train on a pipeline scenario)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--config", default=DEFAULT_RL_CONFIG, help="trace, day split, slo_target, target_util")
@@ -243,7 +218,17 @@ def main(argv=None) -> int:
     return run_cli(body, errors=(sanity.DegenerateResult,))
 
 
+def _inputs(a) -> None:
+    """``a.scenario`` and ``a.policies`` from the positional arguments and ``--policies``."""
+    yamls = [p for p in a.inputs if p.endswith((".yaml", ".yml"))]
+    if len(yamls) > 1:
+        raise ConfigError(f"{yamls[1]}: one scenario per comparison (got {', '.join(yamls)})")
+    a.scenario = yamls[0] if yamls else DEFAULT_SCENARIO
+    a.policies = [p for p in a.inputs if p not in yamls] + list(a.policies)
+
+
 def _load(a):
+    _inputs(a)
     base = load_scenario(a.scenario)
     if base.pipeline is None:
         raise ConfigError(f"{a.scenario}: not a pipeline scenario (no pipeline: block); rl.evaluate takes "
@@ -268,6 +253,12 @@ def _load(a):
 def evaluate(a, folder: str) -> tuple[dict, list]:
     t0 = time.time()
     base, trace, tune_days, eval_days, slo_t, util, names = _load(a)
+    from rl.evaluate import policy_names
+    from simulator.pipeline_learned import PipelineLearnedPolicy
+    learned = {n: PipelineLearnedPolicy.load(p, base)
+               for n, p in zip(policy_names(a.policies, reserved=CONTENDERS), a.policies)}
+    if not names and not learned:
+        raise ConfigError("nothing to compare: give --contenders and/or policy files")
     rates = load_trace(trace)
     caps = stage_capacities(base, slo_t)
     print("per-replica capacity at the stage's SLO share: " + ", ".join(
@@ -297,10 +288,11 @@ def evaluate(a, folder: str) -> tuple[dict, list]:
               flush=True)
     rows, timelines = [], {}
     seeds = [100 + i for i in range(a.seeds)]
+    every = names + list(learned)
     for w in eval_w:
         for seed in seeds:
             sc = window_scenario(base, trace, w["start"], w["length"], scale, seed, rates, caps)
-            for name in names:
+            for name in every:
                 if name == "oracle":
                     cands = {u: run("oracle", u, sc, a.interval_s, caps) for u in grids["oracle"]}
                     ok = [u for u, (m, _) in cands.items() if m["slo_violation_rate"] <= slo_t]
@@ -308,6 +300,9 @@ def evaluate(a, folder: str) -> tuple[dict, list]:
                         min(cands, key=lambda x: cands[x][0]["slo_violation_rate"])
                     m, r = cands[u]
                     setting = u
+                elif name in learned:
+                    setting = learned[name].path
+                    m, r = run(name, None, sc, a.interval_s, caps, learned=learned[name])
                 else:
                     setting = tuned[name]["setting"]
                     m, r = run(name, setting, sc, a.interval_s, caps)
@@ -317,20 +312,23 @@ def evaluate(a, folder: str) -> tuple[dict, list]:
                     timelines[(w["pattern"], name)] = [(t["time_s"], t["replicas"], t["arrival_rps"]) for t in e2e]
         print(f"  window {w['pattern']}: " + "; ".join(
             f"{n} {np.mean([r['replica_seconds'] for r in rows if r['policy'] == n and r['window'] == w['pattern']]):.0f}"
-            f" replica-s" for n in names), flush=True)
+            f" replica-s" for n in every), flush=True)
     summary = _aggregate(rows, ["policy"])
     by_window = _aggregate(rows, ["policy", "window"])
     mins = sum(st.cluster.min_replicas for st in base.pipeline.stages)
     checks = [sanity.policies_scale({r["policy"]: r["mean_replicas"] for r in summary}, mins),
               sanity.pipeline_oracle_best(summary, slo_t, a.replica_weight)]
-    result = {"contenders": names, "scenario": base.to_dict(), "scenario_file": os.path.abspath(a.scenario),
+    result = {"contenders": every, "scenario": base.to_dict(), "scenario_file": os.path.abspath(a.scenario),
+              "policies": {n: {"path": os.path.abspath(p.path), "scenario": p.meta.get("scenario"),
+                               "training": p.meta.get("training"), "interval_s": p.interval_s}
+                           for n, p in learned.items()},
               "trace": trace, "scale": scale, "scale_rule": rule, "p99_rps": p99, "slo_target": slo_t,
               "stage_capacity_rps": caps, "slo_shares": slo_shares(base),
               "replica_weight": a.replica_weight, "interval_s": a.interval_s, "seeds": seeds,
               "tune_windows": tune_w, "eval_windows": eval_w, "tuned": tuned, "summary": summary,
               "by_window": by_window, "rows": rows, "sanity": sanity.record(checks, a.allow_degenerate),
               "wall_s": time.time() - t0}
-    _write(folder, result, rows, summary, by_window, timelines, eval_w, names, not a.no_plots)
+    _write(folder, result, rows, summary, by_window, timelines, eval_w, every, not a.no_plots)
     _print(summary)
     print("\n".join(sanity.section(checks)))
     return result, checks
@@ -351,9 +349,10 @@ def _aggregate(rows, keys):
 
 
 def _print(summary):
-    print(f"\n{'policy':8s} {'replica-s':>10s} {'accuracy':>9s} {'SLO-viol':>9s} {'p99 ms':>8s} {'reconf':>7s}")
+    w = max([8] + [len(r["policy"]) for r in summary])
+    print(f"\n{'policy':{w}s} {'replica-s':>10s} {'accuracy':>9s} {'SLO-viol':>9s} {'p99 ms':>8s} {'reconf':>7s}")
     for r in summary:
-        print(f"{r['policy']:8s} {r['replica_seconds']:10.0f} {r['accuracy']:9.4f} {r['slo_violation_rate']:9.4f} "
+        print(f"{r['policy']:{w}s} {r['replica_seconds']:10.0f} {r['accuracy']:9.4f} {r['slo_violation_rate']:9.4f} "
               f"{r['p99_ms']:8.1f} {r['reconfigurations']:7.1f}")
 
 

@@ -45,7 +45,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
-from rl.common import DEFAULT_CONFIG, GRID_KEYS, git_rev, jsonable, load_rl_config, write_json
+from rl.common import DEFAULT_CONFIG, GRID_KEYS, git_rev, is_pipeline, jsonable, load_rl_config, write_json
 from simulator.io import OutputFolder, run_cli
 from simulator.config import ConfigError
 
@@ -77,15 +77,28 @@ def _callbacks_cls():
                 metrics_logger.log_value("mean_replicas", float(tot["mean_replicas"]), reduce="mean")
                 metrics_logger.log_value("failures", float(tot["failures"]), reduce="mean")
                 metrics_logger.log_value("provision_ratio", float(tot["provision_ratio"]), reduce="mean")
+                if math.isfinite(tot.get("accuracy", math.nan)):    # pipelines (rl.pipeline_env) that served
+                    metrics_logger.log_value("accuracy", float(tot["accuracy"]), reduce="mean")
 
     return ServeSimMetrics
+
+
+def check_algo(cfg: Mapping, algo: str) -> None:
+    """ConfigError (one line) for an algorithm the scenario's action space rules out."""
+    if is_pipeline(cfg) and algo == "dqn":
+        raise ConfigError(f"--algo dqn: {cfg['scenario_path']} is a pipeline: its action is one choice per stage "
+                          "(MultiDiscrete), which RLlib's DQN does not take; use ppo or appo")
 
 
 def build_algo_config(algo: str, cfg: dict, args_tr: dict, num_env_runners: int, num_envs_per_runner: int,
                       seed: int):
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
-    from rl.env import ServeSimEnv
+    check_algo(cfg, algo)
+    if is_pipeline(cfg):
+        from rl.pipeline_env import PipelineEnv as env_cls
+    else:
+        from rl.env import ServeSimEnv as env_cls
     tr = args_tr
     hidden = list(tr.get("hidden", [64, 64]))
     if algo == "ppo":
@@ -109,7 +122,7 @@ def build_algo_config(algo: str, cfg: dict, args_tr: dict, num_env_runners: int,
     else:
         raise ConfigError(f"--algo: must be one of {', '.join(ALGOS)} (got {algo!r})")
     conf = (conf.api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
-            .environment(ServeSimEnv, env_config={"cfg": cfg})
+            .environment(env_cls, env_config={"cfg": cfg})
             .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs_per_runner,
                          rollout_fragment_length="auto" if algo != "dqn" else 4,
                          num_cpus_per_env_runner=1)
@@ -129,15 +142,35 @@ def build_algo_config(algo: str, cfg: dict, args_tr: dict, num_env_runners: int,
 
 
 def export_policy(algo_obj, cfg: dict, out_path: str, provenance: dict) -> None:
-    """Trace the RLModule's inference forward pass to TorchScript and save it with its metadata."""
+    """Trace the RLModule's inference forward pass to TorchScript and save it with its metadata (a pipeline
+    scenario's: :func:`rl.pipeline_env.pipeline_policy_meta`, one score per part of its MultiDiscrete action)."""
     import torch
 
-    from rl.env import obs_spec_for
-    from simulator.learned import ObsEncoder, save_policy_file
     module = algo_obj.get_module()
-    spec = obs_spec_for(cfg)
-    dim = ObsEncoder(spec).dim
-    n_act = len(cfg["env"]["action"]["values"])
+    if is_pipeline(cfg):
+        from rl.pipeline_env import pipeline_policy_meta
+        from simulator.pipeline_learned import PipelineObsEncoder, action_sizes, save_pipeline_policy_file
+        meta = pipeline_policy_meta(cfg, provenance)
+        dim, n_act, save = PipelineObsEncoder(meta["obs"]).dim, sum(action_sizes(meta["action"])), \
+            save_pipeline_policy_file
+    else:
+        from rl.env import obs_spec_for
+        from simulator.learned import ObsEncoder, save_policy_file
+        spec = obs_spec_for(cfg)
+        dim = ObsEncoder(spec).dim
+        n_act = len(cfg["env"]["action"]["values"])
+        sc = cfg["scenario_dict"]
+        meta = {
+            "obs": spec, "action": dict(cfg["env"]["action"]), "interval_s": float(sc["autoscaler"]["interval_s"]),
+            "scenario": {"name": cfg["scenario_name"], "path": os.path.relpath(cfg["scenario_path"]),
+                         "hash": cfg["scenario_hash"], "slo_ms": sc["slo_ms"],
+                         "min_replicas": sc["cluster"]["min_replicas"], "max_replicas": sc["cluster"]["max_replicas"],
+                         "capacity_rps_per_replica": cfg["capacity_rps_per_replica"]},
+            "reward": dict(cfg["env"]["reward"], norm=float(sc["autoscaler"]["interval_s"]) * sc["cluster"]["max_replicas"]),
+            "randomize": dict(cfg["env"]["randomize"]),
+            "training": provenance,
+        }
+        save = save_policy_file
 
     with torch.no_grad():
         probe = module.forward_inference({"obs": torch.zeros((2, dim))})
@@ -168,18 +201,7 @@ def export_policy(algo_obj, cfg: dict, out_path: str, provenance: dict) -> None:
     if tuple(got.shape) != (3, n_act) or not torch.allclose(ref, got, atol=1e-5) or \
             not torch.allclose(got1, ref[:1], atol=1e-5):
         raise RuntimeError("TorchScript export does not reproduce the RLModule's outputs")
-    sc = cfg["scenario_dict"]
-    meta = {
-        "obs": spec, "action": dict(cfg["env"]["action"]), "interval_s": float(sc["autoscaler"]["interval_s"]),
-        "scenario": {"name": cfg["scenario_name"], "path": os.path.relpath(cfg["scenario_path"]),
-                     "hash": cfg["scenario_hash"], "slo_ms": sc["slo_ms"],
-                     "min_replicas": sc["cluster"]["min_replicas"], "max_replicas": sc["cluster"]["max_replicas"],
-                     "capacity_rps_per_replica": cfg["capacity_rps_per_replica"]},
-        "reward": dict(cfg["env"]["reward"], norm=float(sc["autoscaler"]["interval_s"]) * sc["cluster"]["max_replicas"]),
-        "randomize": dict(cfg["env"]["randomize"]),
-        "training": provenance,
-    }
-    save_policy_file(traced, meta, out_path)
+    save(traced, meta, out_path)
 
 
 # --------------------------------------------------------------------------- one trial
@@ -205,10 +227,12 @@ def _timer(res: Mapping, *names) -> float | None:
 
 
 def iteration_row(res: Mapping, it: int, steps: int, dt: float) -> dict:
-    """One ``progress.csv`` row from an RLlib result."""
+    """One ``progress.csv`` row from an RLlib result (with the episodes' mean ``accuracy`` when the env reports
+    one: pipelines)."""
     er = res.get("env_runners", {})
     n = er.get("num_env_steps_sampled", 0) or 0
-    return jsonable({"iteration": it, "env_steps": steps, "episodes": er.get("num_episodes_lifetime"),
+    extra = {"accuracy": er.get("accuracy")} if "accuracy" in er else {}
+    return jsonable({**extra, "iteration": it, "env_steps": steps, "episodes": er.get("num_episodes_lifetime"),
                      "episode_return_mean": er.get("episode_return_mean"),
                      "slo_violation_rate": er.get("slo_violation_rate"), "mean_replicas": er.get("mean_replicas"),
                      "provision_ratio": er.get("provision_ratio"), "failures_per_episode": er.get("failures"),
@@ -219,8 +243,9 @@ def iteration_row(res: Mapping, it: int, steps: int, dt: float) -> dict:
 
 def iteration_line(name: str, row: Mapping, total: int | None = None) -> str:
     it = f"{row['iteration']}" + (f"/{total}" if total else "")
+    acc = f"accuracy {_fmt(row['accuracy'], 4)}  " if "accuracy" in row else ""
     return (f"[{name}] iter {it:>7s}  steps {row['env_steps']:8d}  return {_fmt(row['episode_return_mean'], 2):>8}  "
-            f"SLO-viol {_fmt(row['slo_violation_rate'], 4)}  replicas {_fmt(row['mean_replicas'], 2)} "
+            f"SLO-viol {_fmt(row['slo_violation_rate'], 4)}  {acc}replicas {_fmt(row['mean_replicas'], 2)} "
             f"(x{_fmt(row['provision_ratio'], 2)} of load)  {row['iter_s']:.1f} s")
 
 
@@ -260,7 +285,7 @@ def train_trial(spec: Mapping[str, Any], report: Callable[[dict], None] | None =
     prog = os.path.join(d, "progress.csv")
     new = state is None or not os.path.exists(prog)
     pf = open(prog, "w" if new else "a", newline="")
-    wr = csv.DictWriter(pf, fieldnames=PROGRESS_FIELDS)
+    wr = csv.DictWriter(pf, fieldnames=PROGRESS_FIELDS + (["accuracy"] if is_pipeline(cfg) else []))
     if new:
         wr.writeheader()
     last: dict = {}
@@ -455,20 +480,26 @@ def population_rows(specs: list[dict]) -> list[dict]:
                      "iterations": t["iterations"], "env_steps": t["env_steps"],
                      "selected": sel["file"], "selected_iteration": sel["iteration"],
                      "replica_seconds": sel["replica_seconds"], "slo_violation_rate": sel["slo_violation_rate"],
+                     **{k: sel[k] for k in PIPELINE_SELECTION if k in sel},
                      "meets": t["meets"], "train_s": t["train_s"], "select_s": t["select_s"],
                      "policy": os.path.relpath(os.path.join(s["dir"], "policy.pt"))})
     return rows
 
 
+PIPELINE_SELECTION = ("accuracy", "mean_replicas", "ipa_cost")     # a pipeline trial's selection also reports
+
+
 def print_population(rows: list[dict], chosen: str | None) -> None:
     hp = sorted({k for r in rows for k in r if k.startswith("hp_")})
+    acc = all("accuracy" in r for r in rows)
     print(f"{'trial':24s} {'seed':>4s} " + "".join(f"{k[3:]:>9s} " for k in hp)
-          + f"{'sel. iter':>9s} {'replica-s':>10s} {'SLO-viol':>9s} {'train s':>8s}")
+          + f"{'sel. iter':>9s} {'replica-s':>10s} {'SLO-viol':>9s} " + (f"{'accuracy':>9s} " if acc else "")
+          + f"{'train s':>8s}")
     for r in rows:
         mark = " <- selected" if r["trial"] == chosen else ""
         print(f"{r['trial']:24s} {r['seed']:4d} " + "".join(f"{r.get(k, ''):>9g} " for k in hp)
               + f"{r['selected_iteration']!s:>9s} {r['replica_seconds']:10.0f} {r['slo_violation_rate']:9.4f} "
-              f"{r['train_s']:8.0f}{mark}")
+              + (f"{r['accuracy']:9.4f} " if acc else "") + f"{r['train_s']:8.0f}{mark}")
 
 
 # --------------------------------------------------------------------------- main
@@ -554,6 +585,7 @@ def _run(a) -> int:
     algo = a.algo or tr.get("algo", "ppo")
     if algo not in ALGOS:
         raise ConfigError(f"training.algo: must be one of {', '.join(ALGOS)} (got {algo!r})")
+    check_algo(cfg, algo)
     if a.train_batch_size:
         tr["train_batch_size"] = a.train_batch_size
         tr["minibatch_size"] = min(tr["minibatch_size"], a.train_batch_size)
@@ -601,7 +633,7 @@ def _run(a) -> int:
         print(f"training a population of {len(specs)} {algo} trial(s) ({seeds_n} seed(s)"
               f"{' x ' + ' x '.join(f'{k} {v}' for k, v in grid.items()) if grid else ''}, {iterations} iterations "
               f"each, {min(len(specs), cpus // cpus_per_trial)} at a time on {cpus} CPUs) on {cfg['scenario_name']} "
-              f"(interval {cfg['interval_s']:g} s, capacity {cfg['capacity_rps_per_replica']:.1f} rps/replica, "
+              f"(interval {cfg['interval_s']:g} s, {capacity_text(cfg)}, "
               f"trace scale {cfg['trace']['scale']}, lambda {cfg['env']['reward']['lambda']}, features "
               f"{cfg['env']['features']}, domain randomisation "
               f"{'on ' + ', '.join(f'{k} x{rnd[k][0]:g}..{rnd[k][1]:g}' for k in ('service', 'startup', 'overhead', 'contention')) if rnd['active'] else 'off'})"
@@ -613,11 +645,21 @@ def _run(a) -> int:
         outf.close()
 
 
+def capacity_text(cfg: Mapping) -> str:
+    """The per-replica capacity the run provisions with, for the console (a pipeline's: per stage and variant)."""
+    if not is_pipeline(cfg):
+        return f"capacity {cfg['capacity_rps_per_replica']:.1f} rps/replica"
+    caps = cfg["pipeline"]["capacity_rps_per_replica"]
+    return "capacity " + ", ".join(f"{n} " + "/".join(f"{v} {c:.1f}" for v, c in cap.items())
+                                   for n, cap in zip(cfg["pipeline"]["stages"], caps)) + \
+        f" rps/replica, accuracy weight {cfg['pipeline']['accuracy_weight']:.4g}"
+
+
 def finish_population(specs: list[dict], errors: Mapping[str, str | None], cfg: Mapping, out: str,
                       wall_s: float) -> int:
     """Pick the best finished trial on the tuning windows, export it as ``OUT/policy.pt``, write and print
     the population table. Exit code 0, or 1 when no trial finished."""
-    from rl.select import copy_atomic, pick, write_csv
+    from rl.select import copy_atomic, cost_key, pick, write_csv
     rows = population_rows(specs)
     failed = [n for n, e in errors.items() if e]
     for n in failed:
@@ -625,13 +667,17 @@ def finish_population(specs: list[dict], errors: Mapping[str, str | None], cfg: 
     if not rows:
         print(f"error: no trial of the population finished (logs in {os.path.join(out, 'tune')})", file=sys.stderr)
         return 1
-    best, meets = pick(rows, float(cfg["slo_target"]))
+    best, meets = pick(rows, float(cfg["slo_target"]), cost_key(cfg))
     src = next(s for s in specs if s["name"] == best["trial"])
     copy_atomic(os.path.join(src["dir"], "policy.pt"), os.path.join(out, "policy.pt"))
     write_csv(os.path.join(out, "population.csv"), rows)
     write_json(os.path.join(out, "population.json"), {
         "trials": rows, "selected": best["trial"], "meets": meets, "failed": {n: errors[n] for n in failed},
         "rule": f"the trial whose selected snapshot has the fewest replica-seconds on the tuning windows (days "
+                f"{cfg['trace']['tune_days']}) with SLO-violation rate <= {cfg['slo_target']}; else the fewest "
+                f"violations" if not is_pipeline(cfg) else
+                f"the trial whose selected snapshot has the least ipa_cost (replica_weight "
+                f"{cfg['pipeline']['replica_weight']:g} x mean replicas - accuracy) on the tuning windows (days "
                 f"{cfg['trace']['tune_days']}) with SLO-violation rate <= {cfg['slo_target']}; else the fewest "
                 f"violations", "slo_target": cfg["slo_target"], "wall_s": round(wall_s, 1),
         "finished": _dt.datetime.now().isoformat(timespec="seconds")})

@@ -20,6 +20,9 @@ them: every study, baseline and oracle asks these functions.
 - :func:`per_replica_capacity` -- ``fleet_capacity(sc, 1)``.
 - :func:`node_coupled` -- whether replicas slow each other down (shared cores, request handling as
   CPU demand, rate contention): only then is ``fleet_capacity(n)`` less than ``n`` times one replica's.
+- Pipelines: :func:`slo_shares` splits the end-to-end SLO between the stages in proportion to the unloaded
+  path; :func:`stage_capacities` is each stage's per-replica capacity (starting variant) at its share,
+  :func:`variant_capacities` the same for every variant of every stage.
 
 Results are cached per (service, batching, SLO, node model, n, target, duration, seeds).
 """
@@ -176,6 +179,55 @@ def replicas_needed(rates, caps) -> np.ndarray:
     return np.minimum(n, len(caps))
 
 
+# --------------------------------------------------------------------------- pipelines
+
+
+def with_variants(sc: Scenario, variants) -> Scenario:
+    """Pipeline scenario ``sc`` with stage ``k`` starting on variant ``variants[k]``."""
+    stages = tuple(dataclasses.replace(st, variant=v) for st, v in zip(sc.pipeline.stages, variants))
+    return sc.replace(pipeline=dataclasses.replace(sc.pipeline, stages=stages))
+
+
+def slo_shares(sc: Scenario) -> list[float]:
+    """Each stage's share of the end-to-end SLO: its starting variant's mean batch-1 compute + mean hop over
+    the sum of those over the stages (the SLO split in proportion to the unloaded path)."""
+    from simulator.service import build_service_model
+    parts = []
+    for st in sc.pipeline.stages:
+        v = st.variants[st.variant_index(st.variant)]
+        parts.append(build_service_model(v.service, st.batching.max_batch_size).mean_ms(1) + st.hop.mean_value)
+    return [p / sum(parts) for p in parts]
+
+
+def _stage_capacity(sc: Scenario, k: int, share: float, violation_target: float) -> float:
+    from simulator.pipeline import stage_scenario
+    ssc = stage_scenario(sc, k)
+    return float(per_replica_capacity(ssc.replace(slo_ms=sc.slo_ms * share), violation_target=violation_target))
+
+
+def stage_capacities(sc: Scenario, slo_target: float) -> list[float]:
+    """Per stage, the largest Poisson rate one replica with its starting variant serves with at most
+    ``slo_target`` of its requests over the stage's share of the SLO (:func:`slo_shares`), simulated
+    (:func:`per_replica_capacity` on :func:`simulator.pipeline.stage_scenario`)."""
+    return [_stage_capacity(sc, k, share, slo_target) for k, share in enumerate(slo_shares(sc))]
+
+
+def variant_capacities(sc: Scenario, slo_target: float) -> list[dict[str, float]]:
+    """Per stage, ``{variant: capacity}``: :func:`stage_capacities`'s rule for each variant of the stage, the
+    other stages on their starting variants (so the stage's SLO share is that of the path with this variant:
+    a slower variant gets a larger share). A stage's starting variant gets exactly its
+    :func:`stage_capacities` figure."""
+    start = [st.variant for st in sc.pipeline.stages]
+    out = []
+    for k, st in enumerate(sc.pipeline.stages):
+        caps = {}
+        for v in st.variants:
+            s2 = with_variants(sc, start[:k] + [v.name] + start[k + 1:])
+            caps[v.name] = _stage_capacity(s2, k, slo_shares(s2)[k], slo_target)
+        out.append(caps)
+    return out
+
+
 __all__ = ["CapacityError", "SUGGESTED_SLO_FACTOR", "UNLOADED_UTIL", "fleet_capacities", "fleet_capacity",
-           "node_coupled", "per_replica_capacity", "replicas_needed", "saturation_rps", "suggested_slo_ms",
-           "unloaded_latency"]
+           "node_coupled", "per_replica_capacity", "replicas_needed", "saturation_rps", "slo_shares",
+           "stage_capacities", "suggested_slo_ms", "unloaded_latency", "variant_capacities", "with_variants"]

@@ -129,8 +129,11 @@ class ObsEncoder:
         self._frames.clear()
         self._rates.clear()
 
-    def frame(self, obs: Observation) -> np.ndarray:
-        """The normalised frame of ``obs`` (the arrival history of the trend features is advanced)."""
+    def frame(self, obs: Observation, capacity: float | None = None) -> np.ndarray:
+        """The normalised frame of ``obs`` (the arrival history of the trend features is advanced);
+        ``capacity``: the per-replica capacity the load features divide by (default: the spec's; a pipeline
+        stage passes its current variant's)."""
+        cap = self.capacity if capacity is None else float(capacity)
         rate = float(obs.arrival_rps)
         rate = 0.0 if not math.isfinite(rate) else rate
         prev = self._rates[-1] if self._rates else rate
@@ -141,11 +144,11 @@ class ObsEncoder:
                 v = rate - prev
             elif f == "load_forecast":
                 v = linear_forecast(self._rates, float(obs.interval_s), self.forecast_s) / \
-                    (max(obs.replicas, 1) * self.capacity)
+                    (max(obs.replicas, 1) * cap)
             elif f == "load_per_replica":
-                v = obs.arrival_rps / (max(obs.replicas, 1) * self.capacity)
+                v = obs.arrival_rps / (max(obs.replicas, 1) * cap)
             elif f == "load_per_ready":
-                v = obs.arrival_rps / (max(obs.replicas_ready, 1) * self.capacity)
+                v = obs.arrival_rps / (max(obs.replicas_ready, 1) * cap)
             elif f == "pending_frac":
                 v = obs.replicas_pending / max(obs.replicas, 1)
             else:
@@ -206,10 +209,26 @@ def stabilized_action(index: int, obs: Observation, action: Mapping[str, Any],
 # --------------------------------------------------------------------------- file format
 
 
+PIPELINE_FORMAT = "servesim-pipeline-policy/1"    # simulator.pipeline_learned
+
+
+def check_format(meta: Any, where: str, expected: str) -> None:
+    """ConfigError (one line) unless ``meta`` is policy metadata of format ``expected``; a policy of the other
+    kind (single model / pipeline) is named as such."""
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt == expected:
+        return
+    if fmt == PIPELINE_FORMAT:
+        raise ConfigError(f"{where}: a pipeline policy (format {fmt!r}, trained on a pipeline scenario): use it as a "
+                          "pipeline scenario's top-level autoscaler (python -m rl.pipeline_eval compares it)")
+    if fmt == FORMAT:
+        raise ConfigError(f"{where}: a single-model policy (format {fmt!r}): use it in a single-model scenario or "
+                          "as one pipeline stage's own autoscaler, not as a pipeline's joint policy")
+    raise ConfigError(f"{where}: not a servesim policy file (format {fmt!r}, expected {expected!r})")
+
+
 def validate_meta(meta: Any, where: str) -> dict:
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ConfigError(f"{where}: not a servesim policy file (format {meta.get('format') if isinstance(meta, dict) else None!r}, "
-                          f"expected {FORMAT!r})")
+    check_format(meta, where, FORMAT)
     for k in ("obs", "action", "interval_s"):
         if k not in meta:
             raise ConfigError(f"{where}: policy metadata lacks '{k}'")
@@ -232,12 +251,10 @@ def validate_meta(meta: Any, where: str) -> dict:
     return meta
 
 
-def save_policy_file(module, meta: Mapping[str, Any], path: str) -> None:
-    """Save a TorchScript ``module`` with its metadata to ``path`` (atomically)."""
+def write_policy_file(module, meta: Mapping[str, Any], path: str) -> None:
+    """Save a TorchScript ``module`` (scripted if it is not one) with its (already validated) metadata to
+    ``path``, atomically."""
     import torch
-    meta = dict(meta)
-    meta["format"] = FORMAT
-    validate_meta(meta, path)
     if not isinstance(module, torch.jit.ScriptModule):
         module = torch.jit.script(module)
     tmp = path + ".tmp"
@@ -245,8 +262,18 @@ def save_policy_file(module, meta: Mapping[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
-def load_policy_file(path: str):
-    """``(module, meta)`` from a policy file; ConfigError if missing, corrupt or of the wrong format."""
+def save_policy_file(module, meta: Mapping[str, Any], path: str, fmt: str = FORMAT, validate=None) -> None:
+    """Save a TorchScript ``module`` with its metadata to ``path`` (atomically), as format ``fmt`` checked by
+    ``validate(meta, where)`` (default: a single-model policy, :func:`validate_meta`)."""
+    meta = dict(meta)
+    meta["format"] = fmt
+    (validate or validate_meta)(meta, path)
+    write_policy_file(module, meta, path)
+
+
+def read_policy_file(path: str):
+    """``(module, metadata as stored)`` from a policy file of either kind; ConfigError (one line) if missing or
+    not a TorchScript file with readable metadata."""
     if not isinstance(path, str) or not path:
         raise ConfigError("autoscaler.path: is required (a policy.pt file)")
     if not os.path.exists(path):
@@ -267,46 +294,100 @@ def load_policy_file(path: str):
         meta = json.loads(extra[META_NAME] or "null")
     except json.JSONDecodeError:
         raise ConfigError(f"autoscaler.path: {path}: corrupt {META_NAME} metadata") from None
-    meta = validate_meta(meta, f"autoscaler.path: {path}")
     module.eval()
-    # smoke test: right input width -> right output width, finite
-    enc = ObsEncoder(meta["obs"])
+    return module, meta
+
+
+def check_module(module, dim: int, n_scores: int, path: str) -> None:
+    """The smoke test of a loaded module: a ``[1, dim]`` zero input gives ``[1, n_scores]`` scores."""
+    import torch
     try:
         with torch.no_grad():
-            out = module(torch.zeros((1, enc.dim), dtype=torch.float32))
+            out = module(torch.zeros((1, dim), dtype=torch.float32))
     except Exception as e:
-        raise ConfigError(f"autoscaler.path: {path}: module fails on a [1, {enc.dim}] input "
+        raise ConfigError(f"autoscaler.path: {path}: module fails on a [1, {dim}] input "
                           f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
-    n = len(meta["action"]["values"])
-    if tuple(out.shape) != (1, n):
-        raise ConfigError(f"autoscaler.path: {path}: module output shape {tuple(out.shape)}, expected (1, {n}) "
+    if tuple(out.shape) != (1, n_scores):
+        raise ConfigError(f"autoscaler.path: {path}: module output shape {tuple(out.shape)}, expected (1, {n_scores}) "
                           "(one score per action)")
+
+
+def module_scores(module, x: np.ndarray) -> np.ndarray:
+    """The module's scores for one encoded observation ``x`` (float64, flat)."""
+    import torch
+    with torch.no_grad():
+        out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(1, -1))
+    return out.detach().cpu().numpy().reshape(-1).astype(np.float64)
+
+
+def checked_scores(policy, obs, x: np.ndarray, n: int) -> np.ndarray:
+    """A learned policy's (``policy.module``, ``.interval_s``, ``.path``) scores for encoded observation ``x``
+    of ``obs``, with the rules every learned policy answers by: ConfigError (one line) for an ``obs`` at another
+    control interval than the policy was trained at, or scores that are not ``n`` finite numbers."""
+    if abs(float(obs.interval_s) - policy.interval_s) > 1e-6:
+        raise ConfigError(f"autoscaler: {policy.path or 'policy'} was trained with interval_s "
+                          f"{policy.interval_s:g}; set autoscaler.interval_s: {policy.interval_s:g} "
+                          f"(got {float(obs.interval_s):g})")
+    s = module_scores(policy.module, x)
+    if s.shape != (n,) or not np.all(np.isfinite(s)):
+        raise ConfigError(f"autoscaler: {policy.path or 'policy'} produced invalid action scores {s.tolist()} "
+                          f"(expected {n} finite numbers)")
+    return s
+
+
+def validate_policy_params(params: Mapping[str, Any], path: str, load) -> None:
+    """A scenario's ``{path: policy.pt}`` block: the file loads with ``load`` (errors name ``path.path``)."""
+    check_keys(params, {"path"}, path)
+    p = params.get("path")
+    if not isinstance(p, str) or not p:
+        raise ConfigError(f"{path}.path: is required (a policy.pt file written by rl.train)")
+    try:
+        load(p)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("autoscaler.path", f"{path}.path", 1)) from None
+
+
+def load_policy_file(path: str):
+    """``(module, meta)`` from a policy file; ConfigError if missing, corrupt or of the wrong format."""
+    module, meta = read_policy_file(path)
+    meta = validate_meta(meta, f"autoscaler.path: {path}")
+    check_module(module, ObsEncoder(meta["obs"]).dim, len(meta["action"]["values"]), path)
     return module, meta
 
 
 # --------------------------------------------------------------------------- the policy
 
 
+class PolicyFile:
+    """What a policy read from a ``policy.pt`` holds (a single model's, :class:`LearnedPolicy`, or a pipeline's,
+    :class:`simulator.pipeline_learned.PipelineLearnedPolicy`): its module, metadata, file, action mapping and
+    the interval it was trained at."""
+
+    def _hold(self, module, meta: Mapping[str, Any], path: str) -> None:
+        self.module = module
+        self.meta = dict(meta)
+        self.path = path
+        self.action = meta["action"]
+        self.interval_s = float(meta["interval_s"])
+        self.last_scores: Sequence[float] = ()
+
+    def spec(self) -> AutoscalerSpec:
+        """This policy as the one carrier of a policy and its interval (the interval it was trained at): a
+        scenario's ``autoscaler:`` block (a pipeline's top-level one for a pipeline policy)."""
+        return AutoscalerSpec("policy", self.interval_s, {"path": os.path.abspath(self.path)} if self.path else {})
+
+
 @register
-class LearnedPolicy(Policy):
+class LearnedPolicy(PolicyFile, Policy):
     """Acts greedily with a TorchScript module from ``policy.pt``."""
 
     kind = "policy"
 
     def __init__(self, module, meta: Mapping[str, Any], path: str = ""):
-        self.module = module
-        self.meta = dict(meta)
-        self.path = path
+        self._hold(module, meta, path)
         self.encoder = ObsEncoder(meta["obs"])
-        self.action = meta["action"]
-        self.interval_s = float(meta["interval_s"])
-        self.last_scores: Sequence[float] = ()
         self.last_action: int = -1
         self.recommendations: list[Recommendation] = []
-
-    def spec(self) -> AutoscalerSpec:
-        """This policy as the one carrier of a policy and its interval (the interval it was trained at)."""
-        return AutoscalerSpec("policy", self.interval_s, {"path": os.path.abspath(self.path)} if self.path else {})
 
     @classmethod
     def load(cls, path: str) -> "LearnedPolicy":
@@ -319,21 +400,10 @@ class LearnedPolicy(Policy):
         self.recommendations = []
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        import torch
-        with torch.no_grad():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(1, -1))
-        return out.detach().cpu().numpy().reshape(-1).astype(np.float64)
+        return module_scores(self.module, x)
 
     def decide(self, obs: Observation) -> int:
-        if abs(float(obs.interval_s) - self.interval_s) > 1e-6:
-            raise ConfigError(f"autoscaler: {self.path or 'policy'} was trained with interval_s "
-                              f"{self.interval_s:g}; set autoscaler.interval_s: {self.interval_s:g} "
-                              f"(got {float(obs.interval_s):g})")
-        s = self.scores(self.encoder.encode(obs))
-        n = len(self.action["values"])
-        if s.shape != (n,) or not np.all(np.isfinite(s)):
-            raise ConfigError(f"autoscaler: {self.path or 'policy'} produced invalid action scores {s.tolist()} "
-                              f"(expected {n} finite numbers)")
+        s = checked_scores(self, obs, self.encoder.encode(obs), len(self.action["values"]))
         a = int(np.argmax(s))
         self.last_scores, self.last_action = s.tolist(), a
         n, self.recommendations = stabilized_action(a, obs, self.action, self.recommendations)
@@ -341,14 +411,7 @@ class LearnedPolicy(Policy):
 
     @classmethod
     def validate_params(cls, params: Mapping[str, Any], path: str) -> None:
-        check_keys(params, {"path"}, path)
-        p = params.get("path")
-        if not isinstance(p, str) or not p:
-            raise ConfigError(f"{path}.path: is required (a policy.pt file written by rl.train)")
-        try:
-            load_policy_file(p)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("autoscaler.path", f"{path}.path", 1)) from None
+        validate_policy_params(params, path, load_policy_file)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], path: str = "autoscaler") -> "LearnedPolicy":
@@ -361,4 +424,6 @@ class LearnedPolicy(Policy):
 
 
 __all__ = ["LearnedPolicy", "ObsEncoder", "apply_action", "stabilized_action", "default_obs_spec", "linear_forecast", "load_policy_file",
-           "save_policy_file", "FORMAT", "DERIVED", "DERIVED_DOC", "OBS_SETS"]
+           "save_policy_file", "FORMAT", "DERIVED", "DERIVED_DOC", "OBS_SETS", "PIPELINE_FORMAT", "check_format",
+           "PolicyFile", "check_module", "checked_scores", "module_scores", "read_policy_file", "validate_policy_params",
+           "write_policy_file"]

@@ -13,7 +13,9 @@ Kinds (:data:`PIPELINE_REGISTRY`, chosen by the pipeline scenario's top-level ``
 - ``per_stage`` (the default when the scenario has no top-level ``autoscaler:``): each stage's own
   single-model policy (its ``autoscaler:`` block: HPA, KPA, ...) decides on its own observation -- what a
   Kubernetes user does today;
-- ``ipa``: the IPA-style joint configurator (:mod:`simulator.ipa`).
+- ``ipa``: the IPA-style joint configurator (:mod:`simulator.ipa`);
+- ``policy``: a learned pipeline policy from a ``policy.pt`` written by ``rl.train``
+  (:mod:`simulator.pipeline_learned`; ``path:``).
 """
 from __future__ import annotations
 
@@ -101,6 +103,7 @@ __all__ = ["PIPELINE_REGISTRY", "PerStagePolicy", "PipelinePolicy", "StageDecisi
 def _load_builtin() -> None:
     import importlib
     importlib.import_module("simulator.ipa")
+    importlib.import_module("simulator.pipeline_learned")
 
 
 _load_builtin()

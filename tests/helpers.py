@@ -164,6 +164,21 @@ def make_config(tmp_path, trace, **env):
     return str(p)
 
 
+def make_pipeline_config(tmp_path, trace, scenario="configs/pipeline_example.yaml", capacities=None,
+                         pipeline=None, **env):
+    """An RL config for a pipeline scenario on a 2-day trace (train day 1, tune and evaluate on day 2), with the
+    per-stage per-variant capacities given (no capacity simulation): ``capacities`` or pipeline_example's."""
+    caps = capacities or {"detect": {"small": 50.0, "large": 20.0}, "classify": 90.0}
+    cfg = {"scenario": str(scenario),
+           "trace": {"path": str(trace), "train_days": [1, 1], "tune_days": [2, 2], "eval_days": [2, 2]},
+           "env": {"episode_s": 120, **env},
+           "curriculum": {"levels": [{"episodes": 0, "speedups": [1, 4]}]},
+           "pipeline": {"capacity_rps_per_replica": caps, **(pipeline or {})}}
+    p = tmp_path / "rl_pipeline_test.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return str(p)
+
+
 # --------------------------------------------------------------------------- Kubernetes API double
 
 
