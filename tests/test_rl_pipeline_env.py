@@ -36,7 +36,7 @@ def _ob(t=15.0, rate=0.0, replicas=1, lo=1, hi=8, p95=NAN, interval=15.0, slo=80
 def _pobs(rates, replicas, variants, t=15.0, accuracy=0.7):
     st = tuple(_ob(t, r, n) for r, n in zip(rates, replicas))
     return PipelineObservation(time_s=t, interval_s=15.0, stages=st, e2e=_ob(t, rates[0], sum(replicas)),
-                               variants=tuple(variants), accuracy=accuracy)
+                               variants=tuple(variants), batch_sizes=tuple(8 for _ in variants), accuracy=accuracy)
 
 
 @pytest.fixture(scope="module")
