@@ -84,21 +84,25 @@ def timeline(result, path: str) -> None:
     ax.plot(t, [r["completion_rps"] for r in tl], label="completions", lw=1, alpha=0.8)
     ax.set_ylabel("requests/s")
     ax.legend(loc="upper left")
-    ax = axes[2]
-    for k, lab in (("latency_p50_ms", "p50"), ("latency_p95_ms", "p95"), ("latency_p99_ms", "p99")):
-        ax.plot(t, [r[k] for r in tl], label=lab, lw=1)
-    ax.axhline(sc.slo_ms, color="crimson", ls="--", lw=1, label="SLO")
-    ax.set_yscale("log")
-    _plain_log_labels(ax.yaxis)
-    ax.set_ylabel("latency (ms)")
-    ax.set_xlabel("simulated time (s)")
-    ax.legend(loc="upper left")
+    _latency_panel(axes[2], t, tl, sc.slo_ms, "")
     for a in axes:
         a.grid(alpha=0.3)
         if sc.warmup_s > 0:
             a.axvspan(0, sc.warmup_s, color="grey", alpha=0.1)
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.07, top=0.96, hspace=0.08)
     fig.savefig(path, dpi=110)
+
+
+def _latency_panel(ax, t, rows, slo_ms: float, prefix: str) -> None:
+    """p50 / p95 / p99 per interval (``rows``: timeline rows at times ``t``) on a log axis against the SLO."""
+    for k, lab in (("latency_p50_ms", "p50"), ("latency_p95_ms", "p95"), ("latency_p99_ms", "p99")):
+        ax.plot(t, [r[k] for r in rows], label=f"{prefix}{lab}", lw=1)
+    ax.axhline(slo_ms, color="crimson", ls="--", lw=1, label="SLO")
+    ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis)
+    ax.set_ylabel("latency (ms)")
+    ax.set_xlabel("simulated time (s)")
+    ax.legend(loc="upper left")
 
 
 def pipeline_latency_cdf(result, path: str) -> None:
@@ -132,17 +136,8 @@ def pipeline_timeline(result, path: str) -> None:
         ax2.set_ylabel("req/s")
         ax.legend(loc="upper left")
         ax2.legend(loc="upper right")
-    ax = axes[-1]
     tl = rows["e2e"]
-    t = np.array([r["time_s"] for r in tl])
-    for k, lab in (("latency_p50_ms", "p50"), ("latency_p95_ms", "p95"), ("latency_p99_ms", "p99")):
-        ax.plot(t, [r[k] for r in tl], label=f"end-to-end {lab}", lw=1)
-    ax.axhline(sc.slo_ms, color="crimson", ls="--", lw=1, label="SLO")
-    ax.set_yscale("log")
-    _plain_log_labels(ax.yaxis)
-    ax.set_ylabel("latency (ms)")
-    ax.set_xlabel("simulated time (s)")
-    ax.legend(loc="upper left")
+    _latency_panel(axes[-1], np.array([r["time_s"] for r in tl]), tl, sc.slo_ms, "end-to-end ")
     axes[0].set_title(f"{sc.name or 'pipeline'}: {' -> '.join(names)} (seed {sc.seed})")
     for a in axes:
         a.grid(alpha=0.3)
