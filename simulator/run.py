@@ -97,7 +97,10 @@ def print_pipeline_summary(s: dict, out: str | None = None, files: list[str] | N
 def prefetch_output_modules(records: bool, plots: bool) -> None:
     """Import the libraries :func:`write_outputs` needs (pyarrow ~0.2 s, matplotlib ~0.6 s) in a
     background thread, so that they load while the compiled engine, which releases the GIL,
-    simulates. An import that fails here fails again, with its message, where it is used."""
+    simulates. An import that fails here fails again, with its message, where it is used. The thread is not a
+    daemon: a run that stops early (a bad trace file found while simulating) waits for the import to finish
+    before the interpreter exits, since interrupting pyarrow's native initialisation aborts the process
+    ("terminate called without an active exception", seen once in the CLI tests on a loaded machine)."""
     import threading
     names = (["pyarrow.parquet"] if records else []) + \
         (["matplotlib.figure", "matplotlib.backends.backend_agg"] if plots else [])
@@ -109,7 +112,7 @@ def prefetch_output_modules(records: bool, plots: bool) -> None:
                 importlib.import_module(name)
             except Exception:
                 return
-    threading.Thread(target=load, name="servesim-prefetch", daemon=True).start()
+    threading.Thread(target=load, name="servesim-prefetch", daemon=False).start()
 
 
 def output_folder(out: str, force: bool = False) -> OutputFolder:
