@@ -191,8 +191,8 @@ def parse_run(d: Any, path: str, base_raw: Mapping, source: str, base_dir: str,
         for st in pipe.stages:
             known = dict(stack.stage_models.stages)
             if st.name not in known or st.variant not in dict(known[st.name]):
-                fail(f"{path}.stages.{st.name}", f"serves variant {st.variant!r}, which model: names no model for "
-                                                 f"(model.stages.{st.name})")
+                fail(f"{path}.stages.{st.name}", f"serves variant {st.variant!r}, but model.stages.{st.name} "
+                                                 f"names no model for it")
     events = []
     evs = d.get("events") or []
     if not isinstance(evs, list):
@@ -221,13 +221,6 @@ def parse_run(d: Any, path: str, base_raw: Mapping, source: str, base_dir: str,
             v = number(ev, "kill", p, lo=0, integer=True)
         events.append((at, k, v) if pipe is None else (at, k, v, stage))
     return RunSpec(name=name, scenario=sc, events=tuple(sorted(events)))
-
-
-def deployments_batching(sc: Scenario) -> list[tuple[str, Any]]:
-    """(key prefix, batching) of each deployment of ``sc``: its own, or each pipeline stage's."""
-    if sc.pipeline is None:
-        return [("", sc.batching)]
-    return [(f"pipeline.stages[{i}].", st.batching) for i, st in enumerate(sc.pipeline.stages)]
 
 
 def measure_config_from_dict(d: Any, source: str = "", base_dir: str = "") -> MeasureConfig:
@@ -263,7 +256,9 @@ def measure_config_from_dict(d: Any, source: str = "", base_dir: str = "") -> Me
                                  "model block here, e.g. model: {builtin: mobilenetv4_conv_small}")
         else:
             stack = dataclasses.replace(stack, model=parse_model(d.get("model"), "model", base_dir))
-        for where, b in deployments_batching(scenario):
+        batchings = [("", scenario.batching)] if scenario.pipeline is None else \
+            [(f"pipeline.stages[{i}].", st.batching) for i, st in enumerate(scenario.pipeline.stages)]
+        for where, b in batchings:
             if b.device == "gpu" and not stack.tritonserver and stack.backend == "local":
                 fail(f"{where}batching.device", "gpu needs a GPU build of tritonserver: the bundled one is CPU "
                      "only (set stack.tritonserver: PATH, e.g. the binary of NVIDIA's Triton container)")

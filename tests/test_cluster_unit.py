@@ -229,6 +229,35 @@ def test_port_check():
     check_port_free(0, "anything")
 
 
+def test_free_port_never_hands_out_a_port_twice(monkeypatch):
+    """The OS may offer a port again before the server it went to binds it (a server once got the same port for
+    HTTP and metrics); free_port asks again instead."""
+    import socket as socket_mod
+
+    from cluster.stack import procs
+    offers = iter([41001, 41001, 41001, 41002, 41001, 41003])
+
+    class Sock:
+        def __init__(self, *a):
+            self.port = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def bind(self, addr):
+            self.port = next(offers)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(procs, "_handed_out", {})
+    monkeypatch.setattr(socket_mod, "socket", Sock)
+    assert [procs.free_port(), procs.free_port(), procs.free_port()] == [41001, 41002, 41003]
+
+
 def test_model_parameter_count():
     from cluster.stack.model import PARAMETERS, build_model, count_parameters
     assert count_parameters(build_model()) == PARAMETERS

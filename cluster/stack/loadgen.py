@@ -319,6 +319,7 @@ def build_load(plan: dict) -> LocustLoad:
         counts["inflight"] += 1
         inp = inputs[seq % n_img]
         reps: list[str] = []
+        mine: list[tuple] = []                 # this request's visits, logged with it (a killed one: neither)
         p0 = p_end = time.perf_counter()
         status, http, msg, end, exc = "ok", "200", "", len(chain) - 1, None
         try:
@@ -335,7 +336,7 @@ def build_load(plan: dict) -> LocustLoad:
                     exc = e
                 p_end = time.perf_counter()
                 status, http, msg = classify(exc)
-                visits.append((seq, k, ts, (p_end - pk) * 1000.0, status, http, rep, msg, gap))
+                mine.append((seq, k, ts, (p_end - pk) * 1000.0, status, http, rep, msg, gap))
                 reps.append(rep)
                 if exc is not None:
                     end = k
@@ -350,6 +351,7 @@ def build_load(plan: dict) -> LocustLoad:
         lat = (p_end - p0) * 1000.0
         counts["ok" if status == "ok" else "failed"] += 1
         records.append((seq, user, t_sched, t_send, lat, status, http, "/".join(reps), msg, end))
+        visits.extend(mine)
         env.events.request.fire(request_type="infer", name="+".join(st["model"] for st in chain), response_time=lat,
                                 response_length=0, exception=exc, context={"replica": "/".join(reps)})
         return exc is None or status not in ("unavailable", "client_timeout")

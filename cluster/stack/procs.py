@@ -150,11 +150,27 @@ def run_guarded(fn, *, errors: tuple = (), runtime_errors: tuple = (), prefix: s
 # --------------------------------------------------------------------------- ports
 
 
+_ports_lock = threading.Lock()
+_handed_out: dict[int, float] = {}       # port -> when free_port gave it (monotonic seconds)
+HANDED_OUT_S = 120.0                    # ... not given again for this long: its server may not have bound it yet
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on ``host`` (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A currently free TCP port on ``host`` (the OS picks it), never one this process was given in the last
+    :data:`HANDED_OUT_S` seconds: the OS can offer a port twice while the server it went to has not bound it
+    yet (a server's HTTP and metrics ports, or two replicas or pipeline stages starting at once)."""
+    with _ports_lock:
+        now = time.monotonic()
+        for p in [p for p, t in _handed_out.items() if now - t > HANDED_OUT_S]:
+            del _handed_out[p]
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out:
+                break
+        _handed_out[port] = now
+        return port
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
