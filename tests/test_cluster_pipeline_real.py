@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from cluster.stack import procs
@@ -62,13 +63,17 @@ def test_two_stage_pipeline_measured_end_to_end(tmp_path, capsys):
     assert len(e2e) >= 40 and all(r["status"] == "ok" and r["end_stage"] == "labels" for r in e2e.values())
     # every request visited both stages, stage 1 first, each stage's own replicas serving it
     assert set(stages["image"]) == set(stages["labels"]) == set(e2e)
+    extra = []
     for seq, r in e2e.items():
         a, b = stages["image"][seq], stages["labels"][seq]
         assert r["replica"] == f"{a['replica']}/{b['replica']}" and a["gap_ms"] == "" and b["gap_ms"] != ""
         assert float(b["t_send_s"]) >= float(a["t_send_s"]) + float(a["latency_ms"]) / 1e3 - 1e-5
-        # end to end = stage 1 + the chaining gap + stage 2, on the client's clock (timer placement: < 0.5 ms)
+        # end to end = stage 1 + the chaining gap + stage 2, on the client's clock
         parts = float(a["latency_ms"]) + float(b["gap_ms"]) + float(b["latency_ms"])
-        assert parts - 0.01 <= float(r["latency_ms"]) <= parts + 0.5
+        extra.append(float(r["latency_ms"]) - parts)
+    # never less than its parts; what is left is the timers' placement: typically < 0.5 ms, a few ms when the
+    # 2-core machine is loaded (seen: 2.4 ms once in CI); a stage counted twice or missed would be ~15 ms
+    assert min(extra) >= -0.01 and float(np.median(extra)) < 0.5 and max(extra) < 5.0, (min(extra), max(extra))
     assert {r["replica"] for r in stages["image"].values()} == {"r0"}
     # the labels stage was scaled on its own: 2 replicas there, 1 in the image stage
     reps = {s: list(csv.DictReader(open(rdir / "stages" / s / "replicas.csv"))) for s in ("image", "labels")}
