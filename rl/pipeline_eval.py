@@ -49,7 +49,7 @@ from rl.common import load_trace, pipeline_trace_scale, select_windows
 from simulator.capacity import slo_shares, stage_capacities
 from simulator.config import ConfigError, WorkloadSpec, load_scenario
 from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
-from simulator.ipa import IPAPolicy, configure, stage_options
+from simulator.ipa import IPAPolicy, configure
 from simulator.pipeline import simulate_pipeline
 from simulator.pipeline_policy import PerStagePolicy, PipelinePolicy, StageDecision
 from simulator.policy import AutoscalerSpec, make_policy

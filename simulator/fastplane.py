@@ -685,9 +685,9 @@ class FastPlane:
         self.arr = np.concatenate([rest, times]) if len(rest) else np.array(times, dtype=float)
         self.st[S_PTR] = 0
 
-    def take_finished(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def take_finished(self) -> tuple[np.ndarray, ...]:
         """Requests finished since the last call: their ids, client-side completion instants (server time +
-        overhead) and statuses, in id order. Reads the per-request records (``record_requests`` must be on)."""
+        overhead), statuses, replicas (-1: none took it) and arrival instants, in id order. Reads the per-request records (``record_requests`` must be on)."""
         n = self.n_requests
         if not hasattr(self, "_fin_taken"):
             self._fin_taken, self._fin_lo = np.zeros(1024, bool), 0
@@ -702,7 +702,8 @@ class FastPlane:
         self._fin_taken[ids] = True
         pending = np.flatnonzero(~self._fin_taken[lo:n])
         self._fin_lo = lo + (int(pending[0]) if len(pending) else n - lo)
-        return ids, self.rec_f[2, ids].copy(), self.rec_i[2, ids].copy()
+        return ids, self.rec_f[2, ids].copy(), self.rec_i[2, ids].copy(), self.rec_i[0, ids].copy(), \
+            self.rec_f[0, ids].copy()
 
     def stop_arrivals(self) -> None:
         """No new requests after this point (end of run): open-loop stream ends, users stop."""

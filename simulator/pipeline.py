@@ -45,7 +45,7 @@ from simulator.batching import DROPPED, OK, REJECTED, STATUS_NAMES, TIMEOUT
 from simulator.config import Scenario, ServiceSpec
 from simulator.engine import Simulation
 from simulator.variants import ServingConfig
-from simulator.metrics import (A_ARRIVALS, A_DROPPED, A_FAIL, A_LAT2_S, A_LAT_S, A_OK, A_REJECTED, A_SLO_VIOL,
+from simulator.metrics import (A_DROPPED, A_FAIL, A_LAT2_S, A_LAT_S, A_OK, A_REJECTED, A_SLO_VIOL,
                                A_TIMEOUT, H_BINS, N_ACC, exact_quantiles, hist_bins, hist_quantiles, safe_div)
 from simulator.pipeline_policy import StageDecision, make_pipeline_policy
 from simulator.policy import Observation
@@ -142,7 +142,8 @@ class PipelineSimulation:
         self._gmap = [np.zeros(0, np.int64)] + [np.zeros(1024, np.int64) for _ in range(1, n)]
         self._gn = [0] * n                       # requests handed to each stage so far (its local ids)
         cap = 1024
-        self.done_s = np.full(cap, np.nan)       # end to end, per request (global id = stage 0's id)
+        self.t0 = np.full(cap, np.nan)           # arrival at the first stage, per request (global id = stage 0's)
+        self.done_s = np.full(cap, np.nan)       # end to end, per request
         self.status = np.full(cap, -1, np.int64)
         self.end_stage = np.full(cap, -1, np.int64)
         self.acc = np.full(cap, np.nan)          # combined accuracy (OK requests)
@@ -162,7 +163,7 @@ class PipelineSimulation:
         if n <= cap:
             return
         new = max(n, 2 * cap)
-        for name, fill in (("done_s", np.nan), ("status", -1), ("end_stage", -1), ("acc", np.nan),
+        for name, fill in (("t0", np.nan), ("done_s", np.nan), ("status", -1), ("end_stage", -1), ("acc", np.nan),
                            ("_acc_part", 1.0 if self.spec.accuracy == "product" else 0.0)):
             a = getattr(self, name)
             b = np.full(new, fill, dtype=a.dtype)
@@ -183,25 +184,26 @@ class PipelineSimulation:
         self._gn[k] = n0 + len(g)
         self.stages[k].feed(t)
 
-    def _served_accuracy(self, k: int, local: np.ndarray) -> np.ndarray:
-        """Accuracy of the variant each of stage ``k``'s requests ``local`` was served by (the serving
-        configuration of the replica in its record)."""
-        if len(local) == 0:
+    def _served_accuracy(self, k: int, replicas: np.ndarray) -> np.ndarray:
+        """Accuracy of the variant each of stage ``k``'s ``replicas`` (the replica that served each request)
+        serves with."""
+        if len(replicas) == 0:
             return np.zeros(0)
-        st, sim = self.spec.stages[k], self.stages[k]
-        acc = {v.name: v.accuracy for v in st.variants}
+        acc = {v.name: v.accuracy for v in self.spec.stages[k].variants}
         by_config = np.array([acc[v] for v, _ in self.config_keys[k]])
-        return by_config[sim.replica_configs(sim.dp.records()["replica"][local])]
+        return by_config[self.stages[k].replica_configs(replicas)]
 
     def _collect(self, k: int) -> None:
         """Stage ``k``'s requests finished since the last call: hand the successes on, or end them."""
-        ids, done, status = self.stages[k].dp.take_finished()
+        ids, done, status, replica, arrival = self.stages[k].dp.take_finished()
         if len(ids) == 0:
             return
         g = ids if k == 0 else self._gmap[k][ids]
         self._grow(int(g.max()) + 1)
+        if k == 0:
+            self.t0[g] = arrival                 # every request finishes stage 0 before any other
         ok = status == OK
-        a = self._served_accuracy(k, ids[ok])
+        a = self._served_accuracy(k, replica[ok])
         if self.spec.accuracy == "product":
             self._acc_part[g[ok]] *= a
         else:
@@ -216,7 +218,7 @@ class PipelineSimulation:
     def _end(self, g: np.ndarray, done: np.ndarray, status: np.ndarray, k: int) -> None:
         if len(g) == 0:
             return
-        t0 = self.stages[0].dp.records()["arrival_s"][g]
+        t0 = self.t0[g]
         lat = done - t0
         ok = status == OK
         self.done_s[g], self.status[g], self.end_stage[g] = done, status, k

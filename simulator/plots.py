@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.metrics import H_BINS, H_LO, H_PER_DECADE
+from simulator.metrics import H_LO, H_PER_DECADE
 
 
 def _figure(**kw):

@@ -180,7 +180,7 @@ class RefPlane:
         self.n_busy = 0                            # batches executing on the node (interference)
         self.next_id = 0
         self.n_finished = 0
-        self.finished: list[tuple[int, float, int]] = []   # (id, completion, status) since take_finished()
+        self.finished: list[tuple] = []    # (id, completion, status, replica, arrival) since take_finished()
         self.fed_pending = 0                       # arrivals fed (feed()) whose instant has not come yet
         self.gone: list[tuple[int, float]] = []
         self.stopped = False
@@ -348,7 +348,7 @@ class RefPlane:
                     acc[k] += 1.0
         req.status, req.overhead, req.done_s = status, ov, done
         self.n_finished += 1
-        self.finished.append((req.rid, done, status))
+        self.finished.append((req.rid, done, status, uid, req.arrival))
         if self.record:
             r, i = self.rec, req.rid
             r["dispatch_s"][i] = disp_t
@@ -519,12 +519,13 @@ class RefPlane:
     def inflight(self) -> int:
         return sum(rep.outstanding() for rep in self.replicas.values() if rep.state in (READY, DRAINING))
 
-    def take_finished(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Requests finished since the last call: ids, client-side completion instants, statuses (id order)."""
+    def take_finished(self) -> tuple[np.ndarray, ...]:
+        """Requests finished since the last call: ids, client-side completion instants, statuses, replicas (-1:
+        none took it) and arrival instants (id order)."""
         f = sorted(self.finished)
         self.finished = []
-        return (np.array([x[0] for x in f], dtype=np.int64), np.array([x[1] for x in f], dtype=float),
-                np.array([x[2] for x in f], dtype=np.int64))
+        cols = list(zip(*f)) if f else [()] * 5
+        return tuple(np.array(c, dtype=t) for c, t in zip(cols, (np.int64, float, np.int64, np.int64, float)))
 
     def stop_arrivals(self) -> None:
         self.stopped = True

@@ -47,6 +47,9 @@ def test_fed_equals_generated(engine):
     done = np.concatenate([f[1] for f in fin])[np.argsort(ids)]
     status = np.concatenate([f[2] for f in fin])[np.argsort(ids)]
     assert np.array_equal(done, b["completion_s"]) and np.array_equal(status, b["status"])
+    replica = np.concatenate([f[3] for f in fin])[np.argsort(ids)]
+    arrival = np.concatenate([f[4] for f in fin])[np.argsort(ids)]
+    assert np.array_equal(replica, b["replica"]) and np.array_equal(arrival, b["arrival_s"])
 
 
 def test_feed_needs_fed_mode():
