@@ -6,7 +6,9 @@ delay 0, B and C run together. With C at 25 ms and D at 61 ms (after the instanc
 together: starting the sealed batch did not seal C. The simulator's hand-computed timelines of the same
 patterns are ``test_simulator_batcher_timelines.test_delay_seals_one_batch_ahead`` and
 ``test_starting_a_sealed_batch_does_not_seal_the_next``. Eight repetitions each; Python threads' send instants
-wobble by a millisecond or more on a loaded machine, so a majority (not every repetition) must show the pattern.
+wobble by a millisecond or more on a loaded machine, so the timing premise of each pattern is checked per
+repetition from the measured send and response instants, and a majority of those where it held (not every
+repetition) must show the batches.
 """
 from __future__ import annotations
 
@@ -26,16 +28,25 @@ def prerequisites():
     builtin_export("text_encoder_small")
 
 
-@pytest.mark.parametrize("delay_us, pattern, expected, other", [
-    (5000, [0, 12, 40], (12, 1, 1), (12, 2)),
-    (0, [0, 12, 40], (12, 2), (12, 1, 1)),
-    (5000, [0, 12, 25, 61], (12, 2, 1), (12, 1, 1, 1)),
+@pytest.mark.parametrize("delay_us, pattern, after_first, expected, other", [
+    (5000, [0, 12, 40], (), (12, 1, 1), (12, 2)),
+    (0, [0, 12, 40], (), (12, 2), (12, 1, 1)),
+    # D 1 ms after A's response, i.e. while B runs, whatever A's duration on the day (on a loaded 2-core box a
+    # fixed 61 ms sometimes fell before A was done: CI saw 5 of 8 repetitions at 12,1,1,1 that way)
+    (5000, [0, 12, 25, 1], (3,), (12, 2, 1), (12, 1, 1, 1)),
 ])
-def test_delay_seals_one_batch_ahead_on_the_real_server(delay_us, pattern, expected, other):
-    res = probe(delay_us, pattern, reps=8, first_batch=12)
+def test_delay_seals_one_batch_ahead_on_the_real_server(delay_us, pattern, after_first, expected, other):
+    res = probe(delay_us, pattern, reps=8, first_batch=12, after_first=after_first)
     per_rep = dict(res["per_rep"])
     assert sum(per_rep.values()) == 8
-    assert per_rep.get(expected, 0) >= 5, (res["per_rep"], res["send_ms_mean"])
+    # the premise of the pattern, from the instants measured: B and C arrive while A is busy (before A's
+    # response); in the third pattern D arrives after A is answered and before B is
+    held = [r for r in res["reps_detail"]
+            if max(r["sent_ms"][1:3]) < r["back_ms"][0]
+            and (len(pattern) < 4 or r["back_ms"][0] <= r["sent_ms"][3] < r["back_ms"][1])]
+    assert len(held) >= 5, res["reps_detail"]
+    shown = sum(tuple(r["batches"]) == expected for r in held)
+    assert shown >= 0.6 * len(held), (res["per_rep"], res["reps_detail"])
     assert per_rep.get(expected, 0) > per_rep.get(other, 0)
     assert procs.live_children() == []
 
@@ -43,4 +54,8 @@ def test_delay_seals_one_batch_ahead_on_the_real_server(delay_us, pattern, expec
 def test_bad_pattern_is_refused_before_any_server_starts():
     with pytest.raises(ValueError, match="pattern"):
         probe(5000, [3, 1])
+    with pytest.raises(ValueError, match="pattern"):
+        probe(5000, [0, 5, 10], after_first=(1,))          # a '+' offset before an absolute one
+    with pytest.raises(ValueError, match="pattern"):
+        probe(5000, [0, 5], after_first=(0,))
     assert procs.live_children() == []
