@@ -39,15 +39,19 @@ def test_delay_seals_one_batch_ahead_on_the_real_server(delay_us, pattern, after
     res = probe(delay_us, pattern, reps=8, first_batch=12, after_first=after_first)
     per_rep = dict(res["per_rep"])
     assert sum(per_rep.values()) == 8
-    # the premise of the pattern, from the instants measured: B and C arrive while A is busy (before A's
-    # response); in the third pattern D arrives after A is answered and before B is
+    # the premise of the pattern, from the instants measured: every absolute send within 2 ms of its plan (a
+    # later one means the machine starved the client's threads, and then Triton's batcher thread too: a batcher
+    # woken 20 ms late finds B and C both waiting and seals them together); B and C arrive while A is busy
+    # (before A's response); in the third pattern D arrives after A is answered and before B is
     held = [r for r in res["reps_detail"]
-            if max(r["sent_ms"][1:3]) < r["back_ms"][0]
+            if all(abs(r["sent_ms"][j] - pattern[j]) < 2.0 for j in range(len(pattern)) if j not in after_first)
+            and max(r["sent_ms"][1:3]) < r["back_ms"][0]
             and (len(pattern) < 4 or r["back_ms"][0] <= r["sent_ms"][3] < r["back_ms"][1])]
-    assert len(held) >= 5, res["reps_detail"]
+    assert len(held) >= 4, ("the timing premise held in fewer than 4 of 8 repetitions (a loaded machine?)",
+                            res["reps_detail"])
     shown = sum(tuple(r["batches"]) == expected for r in held)
     assert shown >= 0.6 * len(held), (res["per_rep"], res["reps_detail"])
-    assert per_rep.get(expected, 0) > per_rep.get(other, 0)
+    assert sum(tuple(r["batches"]) == other for r in held) < shown
     assert procs.live_children() == []
 
 

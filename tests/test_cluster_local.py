@@ -180,7 +180,8 @@ measure:
   runs:
     - name: baseline
 {extra_runs}
-  sweep: {{batch_sizes: [1, 2], samples: 5, warmup: 1, concurrency: [1, 2], concurrency_duration_s: 1.5}}
+  sweep: {{batch_sizes: [1, 2], samples: 5, warmup: 1, concurrency: [1, 2], concurrency_duration_s: 1.5,
+           interference_replicas: [1, 2], interference_duration_s: 1.5}}
   startup: {{samples: 1}}
 """)
     return cfg
@@ -206,7 +207,7 @@ def test_measure_end_to_end(tmp_path, capsys):
     assert {"run:baseline", "run:step", "sweep", "startup"} <= set(man["phases"])
     for f in ("config.yaml", "runs/baseline/requests.csv", "runs/baseline/metrics.csv", "runs/baseline/replicas.csv",
               "runs/baseline/run.json", "runs/baseline/observations.csv", "runs/baseline/cluster.csv",
-              "runs/step/events.csv", "sweep/compute.csv", "sweep/concurrency.csv", "sweep/sweep.json",
+              "runs/step/events.csv", "sweep/compute.csv", "sweep/concurrency.csv", "sweep/interference.csv", "sweep/sweep.json",
               "startup/startup.csv"):
         assert (out / f).exists(), f
     reqs = list(csv.DictReader(open(out / "runs/baseline/requests.csv")))
