@@ -48,15 +48,15 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 
-from simulator.config import ConfigError, load_scenario
+from simulator.config import ConfigError
 from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
 
 from . import fitting
-from .calibrate import calibrate, log, shared_fits, source_label
+from .calibrate import calibrate, log, shared_fits, source_label, write_scenario
 from .compare import BATCHING_MEAN, compare, targets_for
-from .measurements import CalibrationError, Measurements, RunData, load_measurements, served_peak
+from .measurements import (CalibrationError, Measurements, RunData, is_pipeline, load_manifest, load_measurements,
+                           served_peak)
 from .replay import measured_summary, simulate_run
 
 
@@ -98,6 +98,9 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
     (:class:`simulator.io.OutputFolder`: an existing report is replaced only with ``force`` and only if an
     earlier ``calibration.fit`` wrote it; checked before the fitting starts). ``allow_partial``: use damaged
     measurements as far as they are intact (each problem in the report's warnings) instead of refusing them."""
+    if is_pipeline(load_manifest(Path(root))):
+        from .pipeline import run_pipeline_fit
+        return run_pipeline_fit(root, name, config_out, report_dir, seeds, quiet, plots, force, allow_partial)
     name = name or Path(root).resolve().name
     report_dir = report_dir or os.path.join("report", name)
     with OutputFolder(report_dir, "calibration.fit", force=force, flag="--report",
@@ -212,21 +215,7 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
            "fits": {"per_batch": comp["rows"], "overhead_shape": shared["overhead_shape"][1],
                     "startup": shared["startup"][1]}}
     fid = jsonable(fid)
-    # calibrated scenario (atomic), validated by loading it back
-    cp = Path(config_out)
-    cp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cp.with_name(f".{cp.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(f"# Calibrated by python -m calibration.fit {root} -- see provenance at the end.\n")
-            yaml.safe_dump(jsonable(sc_out.to_dict()), f, sort_keys=False)
-        load_scenario(str(tmp))
-        os.replace(tmp, cp)
-    except ConfigError as e:
-        raise CalibrationError(f"{cp}: the calibrated scenario does not validate: {e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_scenario(sc_out, config_out, root)
     # report: written into the output folder, put in place (atomically) when run_fit returns
     from .report import write_report
     log(f"[report] writing {report.shown} ...", quiet)
@@ -256,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--seeds must be >= 1")
         fid = run_fit(a.folder, a.name, a.config_out, a.report, a.seeds, a.quiet, plots=not a.no_plots,
                       force=a.force, allow_partial=a.allow_partial)
-        from .report import summary_lines
-        print("\n".join(summary_lines(fid)))
+        from .report import pipeline_summary_lines, summary_lines
+        print("\n".join(pipeline_summary_lines(fid) if fid.get("kind") == "pipeline" else summary_lines(fid)))
         return 0
     return run_cli(body, (CalibrationError,))
 
