@@ -27,6 +27,13 @@ Fidelity:
 Sweep-derived parts (per-batch shapes, interference, start-up, overhead shape)
 never see the runs and are shared by every fold.
 
+A **pipeline** measurement folder (its scenario has ``pipeline:``; cluster/RESULTS_FORMAT.md "Pipelines") is
+calibrated by :mod:`calibration.pipeline`: every stage and variant by the single-model fit above, each stage's hop
+(its overhead outside Triton + the client's gap before the next stage), a calibrated pipeline scenario, and the
+same fidelity sections end to end and per stage (the issue-15 targets, :data:`calibration.compare.PIPELINE_TARGETS`;
+no across-replica-counts section). A stage missing its sweep, a run missing a stage's folder or naming a variant
+the scenario lacks, visits that do not add up: one line each, as below.
+
 Errors (missing files, wrong format version, nothing fittable) print one line
 ``error: ...`` naming the file and exit with code 2, and write nothing.
 
@@ -55,8 +62,8 @@ from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
 from . import fitting
 from .calibrate import calibrate, log, shared_fits, source_label, write_scenario
 from .compare import BATCHING_MEAN, compare, targets_for
-from .measurements import (CalibrationError, Measurements, RunData, is_pipeline, load_manifest, load_measurements,
-                           served_peak)
+from .measurements import (CalibrationError, Measurements, RunData, identical_groups, is_pipeline, load_manifest,
+                           load_measurements, repeat_pairs, served_peak)
 from .replay import measured_summary, simulate_run
 
 
@@ -79,15 +86,10 @@ def evaluate(sc, runs: list[RunData], seeds, keep: bool = False, targets: dict |
 
 
 def noise_floor(meas: Measurements) -> dict:
-    groups: dict[str, list[RunData]] = {}
-    for r in meas.runs.values():
-        groups.setdefault(r.group, []).append(r)
     pairs = []
-    for g in groups.values():
-        for i in range(len(g)):
-            for j in range(i + 1, len(g)):
-                a, b = measured_summary(g[i]), measured_summary(g[j])
-                pairs.append({"runs": [g[i].name, g[j].name], "a": a, "b": b, "errors": compare(a, b)})
+    for x, y in repeat_pairs(meas.runs.values()):
+        a, b = measured_summary(x), measured_summary(y)
+        pairs.append({"runs": [x.name, y.name], "a": a, "b": b, "errors": compare(a, b)})
     return {"pairs": pairs}
 
 
@@ -138,11 +140,8 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
     in_sample = evaluate(sc_all, runs, seeds_t, keep=plots, targets=TARGETS)
 
     # ---- held out: leave one run (group) out
-    groups: dict[str, list[RunData]] = {}
-    for r in runs:
-        groups.setdefault(r.group, []).append(r)
     loro, folds = {}, []
-    for g, test in groups.items():
+    for g, test in identical_groups(runs).items():
         train = [r for r in runs if r.group != g]
         names = [r.name for r in test]
         if not train:

@@ -121,6 +121,28 @@ class Measurements:
         return self.sweep_dir if self.sweep_dir is not None else self.root / "sweep"
 
 
+def scenario_at(d, where: str) -> Scenario:
+    """A scenario dict of a measurement file, or one line naming ``where`` (file and key) and what is wrong."""
+    try:
+        return scenario_from_dict(d)
+    except ConfigError as e:
+        raise CalibrationError(f"{where}: {e}") from None
+
+
+def identical_groups(runs) -> dict[str, list]:
+    """Runs (anything with ``.group``) by configuration: runs with an identical configuration share a group
+    (held out together, compared with each other for the noise floor)."""
+    groups: dict[str, list] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r)
+    return groups
+
+
+def repeat_pairs(runs) -> list[tuple]:
+    """Every pair of runs with an identical configuration (the noise floor's pairs)."""
+    return [(g[i], g[j]) for g in identical_groups(runs).values() for i in range(len(g)) for j in range(i + 1, len(g))]
+
+
 def _rel(p: Path, root: Path) -> str:
     try:
         return str(p.relative_to(root.parent)) if root.parent != Path("") else str(p)
@@ -372,10 +394,7 @@ def load_run(rdir: Path, allow_partial: bool = False, manifest_summary: dict | N
     for k in ("scenario", "duration_s", "warmup_s"):
         if k not in meta:
             raise CalibrationError(f"{rj}: missing key '{k}'")
-    try:
-        sc = scenario_from_dict(meta["scenario"])
-    except ConfigError as e:
-        raise CalibrationError(f"{rj}: scenario: {e}") from None
+    sc = scenario_at(meta["scenario"], f"{rj}: scenario")
     warn: list[str] = []
     name = str(meta.get("name") or rdir.name)
     duration_s, warmup_s = float(meta["duration_s"]), float(meta["warmup_s"])
@@ -509,10 +528,7 @@ def load_measurements(root: str | os.PathLike, allow_partial: bool = False) -> M
     man = load_manifest(root)
     refuse_pipeline(man, root / "manifest.json", "this reader")
     warn: list[str] = []
-    try:
-        base = scenario_from_dict(man.get("scenario") or {})
-    except ConfigError as e:
-        raise CalibrationError(f"{root / 'manifest.json'}: scenario: {e}") from None
+    base = scenario_at(man.get("scenario") or {}, f"{root / 'manifest.json'}: scenario")
     cpath = root / "sweep" / "compute.csv"
     comp = read_csv(cpath, COMPUTE_COLUMNS, str(cpath))
     comp, w = clean_compute(comp, str(cpath))

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from simulator.config import AutoscalerSpec, ConfigError, Dist, Scenario, scenario_from_dict
+from simulator.config import AutoscalerSpec, Dist, Scenario
 from simulator.io import OutputFolder, json_has_keys, jsonable
 from simulator.pipeline import PipelineSimulation, stage_scenario
 
@@ -54,7 +54,8 @@ from .calibrate import (calibrate, log, make_scenario, own_scale, shared_fits, s
 from .compare import PIPELINE_TARGETS, compare, simulated_batching, summarize_side
 from .measurements import (COMPUTE_COLUMNS, INTERFERENCE_COLUMNS, STARTUP_COLUMNS, CalibrationError, Measurements,
                            RunData, _numeric, _last_byte, checked_run_folders, clean_compute, cut_mid_row,
-                           is_pipeline, load_manifest, load_run, read_csv, read_deployment, refuse_or_warn)
+                           identical_groups, is_pipeline, load_manifest, load_run, read_csv, read_deployment,
+                           refuse_or_warn, repeat_pairs, scenario_at)
 from .replay import (measured_summary, replay_tick, replayed_cluster, replayed_workload, replica_schedule,
                      scripted_startups)
 
@@ -162,10 +163,7 @@ def load_stage_visits(e2e: RunData, meta: dict, stage: str, index: int, variants
     if info.get("variant") not in variants:
         raise CalibrationError(f"{rj}: stages.{stage}.variant {info.get('variant')!r} is not a variant of the "
                                f"measured scenario's stage {stage!r} (allowed: {', '.join(variants)})")
-    try:
-        sc = scenario_from_dict(info["scenario"])
-    except ConfigError as e:
-        raise CalibrationError(f"{rj}: stages.{stage}.scenario: {e}") from None
+    sc = scenario_at(info["scenario"], f"{rj}: stages.{stage}.scenario")
     if not sdir.is_dir():
         raise CalibrationError(f"{sdir}: stage folder missing (a pipeline run has runs/<run>/stages/<stage>/)")
     rpath = sdir / "requests.csv"
@@ -231,10 +229,7 @@ def load_pipeline_measurements(root: str | os.PathLike, allow_partial: bool = Fa
     if not is_pipeline(man):
         raise CalibrationError(f"{root / 'manifest.json'}: not a pipeline measurement (its scenario has no "
                                f"pipeline:)")
-    try:
-        base = scenario_from_dict(man["scenario"])
-    except ConfigError as e:
-        raise CalibrationError(f"{root / 'manifest.json'}: scenario: {e}") from None
+    base = scenario_at(man["scenario"], f"{root / 'manifest.json'}: scenario")
     warn: list[str] = []
     sweeps = {(st.name, v.name): read_sweep(root, st.name, v.name, warn)
               for st in base.pipeline.stages for v in st.variants}
@@ -443,18 +438,13 @@ def evaluate_pipeline(cal: Scenario, runs: list[PipelineRun], seeds, keep: bool 
 
 
 def pipeline_noise_floor(pm: PipelineMeasurements) -> dict:
-    groups: dict[str, list[PipelineRun]] = {}
-    for r in pm.runs.values():
-        groups.setdefault(r.group, []).append(r)
     pairs = []
-    for g in groups.values():
-        for i in range(len(g)):
-            for j in range(i + 1, len(g)):
-                a, b = measured_pipeline_summary(g[i]), measured_pipeline_summary(g[j])
-                pairs.append({"runs": [g[i].name, g[j].name],
-                              "errors": compare(a["summary"], b["summary"], PIPELINE_METRICS, PIPELINE_TARGETS),
-                              "stages": {n: {"errors": compare(a["stages"][n], b["stages"][n], STAGE_METRICS,
-                                                               PIPELINE_TARGETS)} for n in a["stages"]}})
+    for x, y in repeat_pairs(pm.runs.values()):
+        a, b = measured_pipeline_summary(x), measured_pipeline_summary(y)
+        pairs.append({"runs": [x.name, y.name],
+                      "errors": compare(a["summary"], b["summary"], PIPELINE_METRICS, PIPELINE_TARGETS),
+                      "stages": {n: {"errors": compare(a["stages"][n], b["stages"][n], STAGE_METRICS,
+                                                       PIPELINE_TARGETS)} for n in a["stages"]}})
     return {"pairs": pairs}
 
 
@@ -517,11 +507,8 @@ def _fit_pipeline(pm: PipelineMeasurements, root: str, name: str, config_out: st
             f"{f['gap_ms']:.3f})", quiet)
     log(f"[fidelity] in-sample replay of {len(runs)} runs x {seeds} seeds ...", quiet)
     in_sample = evaluate_pipeline(sc_all, runs, seeds_t, keep=plots)
-    groups: dict[str, list[PipelineRun]] = {}
-    for r in runs:
-        groups.setdefault(r.group, []).append(r)
     loro, folds = {}, []
-    for g, test in groups.items():
+    for g, test in identical_groups(runs).items():
         train = [r for r in runs if r.group != g]
         names = [r.name for r in test]
         if not train:
