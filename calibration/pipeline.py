@@ -49,8 +49,8 @@ from simulator.io import OutputFolder, json_has_keys, jsonable
 from simulator.pipeline import PipelineSimulation, stage_scenario
 
 from . import fitting
-from .calibrate import (calibrate, log, make_scenario, own_scale, shared_fits, source_label, with_mean,
-                        write_scenario)
+from .calibrate import (calibrate, log, make_scenario, own_scale, request_rate, run_counters, shared_fits,
+                        source_label, with_mean, write_scenario)
 from .compare import PIPELINE_TARGETS, compare, simulated_batching, summarize_side
 from .measurements import (COMPUTE_COLUMNS, INTERFERENCE_COLUMNS, STARTUP_COLUMNS, CalibrationError, Measurements,
                            RunData, _numeric, _last_byte, checked_run_folders, clean_compute, cut_mid_row,
@@ -339,7 +339,14 @@ def fit_stage(pm: PipelineMeasurements, k: int, train: list[PipelineRun], cache:
     gaps = np.concatenate([r.gap_ms[nxt] for r in train] + [np.zeros(0)]) if nxt else np.zeros(0)
     gap = float(gaps.mean()) if len(gaps) else 0.0
     hop = with_mean(overhead, overhead.mean_value + gap)
+    by_run = {}                 # each training run's own overhead (the fit uses their success-weighted mean)
+    for r in train:
+        c = run_counters(r.stages[st.name])
+        if c is not None:
+            by_run[r.name] = {"overhead_ms": c["overhead_ms"], "rate_rps": request_rate(r.stages[st.name], 1.0),
+                              "successes": c["successes"], "variant": r.variants[st.name]}
     return {"stage": st.name, "primary": prim, "cluster": sc_p.cluster, "hop": hop, "gap_ms": gap,
+            "overhead_by_run": by_run,
             "gap_n": int(len(gaps)), "overhead": info_p["overhead"], "contention": cont, "variants": variants,
             "warnings": warnings, "train_runs": [r.name for r in train]}
 
@@ -460,7 +467,8 @@ def stage_provenance(f: dict) -> dict:
                     "overhead_mean_ms": f["overhead"]["mean_ms"], "overhead_from_runs": f["overhead"]["from_runs"],
                     "overhead_spread": f["overhead"].get("spread"), "gap_ms": f["gap_ms"], "gap_samples": f["gap_n"],
                     "rule": "stage overhead (client latency - Triton queue - compute per request, the single-model "
-                            "overhead) + the mean client gap before the next stage's send"},
+                            "overhead) + the mean client gap before the next stage's send",
+                    "overhead_by_run": f["overhead_by_run"]},
             "contention": cont,
             "variants": {v: {"scale": d["scale"], "how": d["how"], "runs": d["runs"],
                              "own_scales": {n: o and o["own_scale"] for n, o in d["own"].items()},

@@ -592,6 +592,14 @@ def write_pipeline_report(out: Path, fid: dict, pm, in_sample: dict, held: dict,
             stu = d["startup"]
             L.append(f"| {v} | {', '.join(d['runs']) or '—'} | {d['scale']:.3f} | {d['how']} | {its} | "
                      f"{stu.get('chosen', '—')} (n={stu.get('n')}) |")
+        obr = hop.get("overhead_by_run") or {}
+        if obr:
+            L += ["", "Each run's own overhead outside Triton at this stage (client latency − Triton queue − compute per "
+                  "request, counters over the run window) against the request rate a visit saw (last second): the hop "
+                  "is one distribution for every run, its mean the success-weighted mean of these.", "",
+                  "| run | variant | req/s | overhead ms |", "|---|---|---|---|"]
+            for n, o in sorted(obr.items(), key=lambda kv: kv[1]["rate_rps"]):
+                L.append(f"| {n} | {o['variant']} | {o['rate_rps']:.1f} | {o['overhead_ms']:.2f} |")
         L += ["", "| variant | batch | n | chosen | mean ms | p95 | sample mean | KS |", "|---|---|---|---|---|---|---|---|"]
         for v, d in sp["variants"].items():
             for row in d["per_batch"]:
