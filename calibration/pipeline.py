@@ -17,7 +17,9 @@ What is fitted from what (every figure in the calibrated scenario's ``provenance
   its overhead come from its *primary* variant (the one most training runs served; ties: the stage's
   starting variant). Each other variant gets its own contention ``scale``: the request-weighted geometric
   mean of its runs' own scales (:func:`calibration.calibrate.own_scale`) under the primary's contention
-  terms; a variant no training run served keeps the primary's scale (a warning says so).
+  terms; a variant no training run served gets the primary's *excess* compute per batch under load
+  (:func:`transferred_scale`: the measured excess is about the same milliseconds for every model here, not the
+  same factor; a warning says so).
 - **The hop** after stage k (``stages[k].hop``: the simulator delivers a request to stage k+1, or to the
   client, ``hop`` after its batch at stage k completes) = stage k's overhead (client latency of the visit -
   Triton queue - compute, the single-model ``overhead``, its spread chosen on the stage's visits) shifted by
@@ -49,7 +51,7 @@ from simulator.io import OutputFolder, json_has_keys, jsonable
 from simulator.pipeline import PipelineSimulation, stage_scenario
 
 from . import fitting
-from .calibrate import (calibrate, log, make_scenario, own_scale, request_rate, run_counters, shared_fits,
+from .calibrate import (SCALE_LO, calibrate, log, make_scenario, own_scale, request_rate, run_counters, shared_fits,
                         source_label, with_mean, write_scenario)
 from .compare import PIPELINE_TARGETS, compare, simulated_batching, summarize_side
 from .measurements import (COMPUTE_COLUMNS, INTERFERENCE_COLUMNS, STARTUP_COLUMNS, CalibrationError, Measurements,
@@ -286,6 +288,23 @@ def weighted_log_mean(own: list[dict]) -> float:
     return float(math.exp(np.average(y, weights=w)))
 
 
+def batch1_mean(compute: dict) -> float:
+    """The fitted sweep mean (ms) of the smallest batch size with a fit (:func:`calibration.calibrate.fit_compute`)."""
+    return float(compute["fits"][min(compute["fits"])].dist.mean_value)
+
+
+def transferred_scale(scale: float, mean_from: float, mean_to: float) -> float:
+    """The contention factor of a variant no run served, from the factor ``scale`` of one that runs did, at
+    batch-1 means ``mean_from`` and ``mean_to`` (ms): the same *excess* per batch, ``(scale - 1) * mean_from`` ms,
+    not the same factor. Evidence (results/pipeline, 2026-12-01): under load every model's compute per batch
+    grew by about the same milliseconds (Triton's infer time per request vs its sweep: MobileNetV4-small +2.7 ms,
+    -medium +2.8 ms, the label encoder +2.1-3.5 ms), i.e. factors 1.47, 1.13, 1.4: a factor carried from the
+    small variant to the medium one overpredicted its compute by ~30 %."""
+    if mean_to <= 0:
+        return scale
+    return max(SCALE_LO, 1.0 + (scale - 1.0) * mean_from / mean_to)
+
+
 def fit_stage(pm: PipelineMeasurements, k: int, train: list[PipelineRun], cache: dict, quiet: bool,
               label: str = "") -> dict:
     """Stage ``k`` fitted on ``train`` (module docstring): the primary variant by the single-model calibration,
@@ -325,9 +344,12 @@ def fit_stage(pm: PipelineMeasurements, k: int, train: list[PipelineRun], cache:
                 scale, how = weighted_log_mean(got), (f"geometric mean of its runs' own scales under "
                                                       f"{prim}'s contention terms")
             else:
-                scale, how = float(cont["scale"]), f"no training run with counters served it: {prim}'s scale"
-                warnings.append(f"stage {st.name} variant {v.name}: no training run served it; its sweep compute "
-                                f"is scaled by {prim}'s contention factor {scale:.3f}")
+                scale = transferred_scale(float(cont["scale"]), batch1_mean(shared_p["compute"]),
+                                          batch1_mean(shared_v["compute"]))
+                how = (f"no training run with counters served it: {prim}'s excess compute per batch under load, "
+                       f"(scale - 1) x its smallest batch's mean, added to this variant's")
+                warnings.append(f"stage {st.name} variant {v.name}: no training run served it; its compute under load "
+                                f"is its sweep's plus {prim}'s excess per batch (factor {scale:.3f})")
         svc = make(scale).service
         variants[v.name] = {"service": replace(svc, overhead=Dist("deterministic", 0.0, 0.0)), "scale": scale,
                             "how": how, "own": own, "startup": shared_v["startup"][0],
@@ -525,6 +547,7 @@ def _fit_pipeline(pm: PipelineMeasurements, root: str, name: str, config_out: st
         log(f"[fidelity] held out: {', '.join(names)} ...", quiet)
         sc_g, fits_g = calibrate_pipeline(pm, train, cache, True, label=f" -{'/'.join(names)}")
         folds.append({"test": names, "train": [r.name for r in train],
+                      "warnings": [w for f in fits_g.values() for w in f["warnings"]],
                       "stages": {n: {"primary": f["primary"], "hop_ms": f["hop"].mean_value,
                                      "scales": {v: d["scale"] for v, d in f["variants"].items()},
                                      "rate_contention": f["contention"].get("rate_contention", 0.0),
@@ -544,7 +567,8 @@ def _fit_pipeline(pm: PipelineMeasurements, root: str, name: str, config_out: st
                          "stage": "each stage variant by the single-model calibration on its sweep and the visits "
                                   "of the runs that served it (calibration.calibrate); the stage's cluster and "
                                   "overhead from its primary variant (most training runs); other variants' scale: "
-                                  "geometric mean of their runs' own scales under the primary's contention terms",
+                                  "geometric mean of their runs' own scales under the primary's contention terms; "
+                                  "a variant no training run served: the primary's excess ms per batch",
                          "hop": "stage overhead + mean client gap before the next stage (calibration.pipeline)"},
             "stages": {n: stage_provenance(f) for n, f in fits_all.items()},
             "warnings": warnings}

@@ -537,12 +537,19 @@ def write_pipeline_report(out: Path, fid: dict, pm, in_sample: dict, held: dict,
           + ". The stages' own figures are shown against the same marks.", ""]
     L += pipeline_headline(fid)
     L += ["", "Worst = the largest absolute relative error over runs. Noise floor: the same metric between runs "
-          "of identical configuration (no simulator can be expected to be closer to a run than its repeat is).", ""]
+          "of identical configuration (no simulator can be expected to be closer to a run than its repeat is).", "",
+          "Not modelled: CPU contention *between* stages sharing a node. Each stage's contention (its factor, "
+          "interference and request-handling terms) is fitted on its own visits, so the other stage's average load "
+          "is in it, but the interference term counts only the stage's own executing batches: a visit that "
+          "coincides with the other stage's busy replicas is not slowed more than an average one (the simulator "
+          "runs the stages in chain order per tick, which is exact only because nothing flows back up the chain).",
+          ""]
     ho = fid["held_out"]["leave_one_run_out"]
     L += ["## Held out: leave one run out", "",
           "Each run (with its identical-configuration repeats) replayed with a calibration fitted on the *other* "
           "runs (every stage's contention factors, overheads and hops; the sweep-derived parts never see a run). "
-          "A variant no training run served keeps its stage's primary scale.", "", "### End to end", ""]
+          "A variant no training run served gets its stage's primary variant's excess compute per batch under load "
+          "(calibration.pipeline.transferred_scale).", "", "### End to end", ""]
     L += table(ho, fid["runs"], E2E_COLS) + [""]
     for st in fid["stages"]:
         L += [f"### Stage {st}", ""]

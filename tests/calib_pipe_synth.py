@@ -2,8 +2,9 @@
 simulator with known per-stage compute times, contention factors, hops and client gaps.
 
 Two stages: ``image`` with variants ``fast`` and ``slow``, ``labels`` with one (``default``). The "real stack"
-runs every stage's compute ``SCALE[stage]`` times slower than its isolated sweep (the load's contention, one
-constant factor per stage), and a request spends ``HOP[stage]`` (lognormal) after each stage, of which ``GAP_MS``
+runs every variant's compute slower than its isolated sweep by one factor, :func:`truth_scale`: the stage's
+``EXCESS_MS`` at batch 1, the same milliseconds for every variant (as measured on the real stack,
+:func:`calibration.pipeline.transferred_scale`), and a request spends ``HOP[stage]`` (lognormal) after each stage, of which ``GAP_MS``
 (a constant) is the client's gap before the next stage's send, the rest the visit's overhead.
 """
 from __future__ import annotations
@@ -21,7 +22,14 @@ from simulator.pipeline import PipelineSimulation, stage_scenario
 COMPUTE = {("image", "fast"): {1: (6.0, 0.2), 2: (10.0, 0.2), 4: (17.0, 0.15)},
            ("image", "slow"): {1: (14.0, 0.2), 2: (24.0, 0.2), 4: (42.0, 0.15)},
            ("labels", "default"): {1: (4.0, 0.25), 2: (6.0, 0.2), 4: (9.0, 0.2), 8: (15.0, 0.2)}}
-SCALE = {"image": 1.25, "labels": 1.1}
+EXCESS_MS = {"image": 1.5, "labels": 0.4}   # the load's extra compute per batch at batch 1, the same for every variant
+
+
+def truth_scale(stage: str, variant: str) -> float:
+    """The factor the runs' compute has over the sweep: 1 + the stage's excess / the variant's batch-1 mean."""
+    return 1.0 + EXCESS_MS[stage] / COMPUTE[(stage, variant)][1][0]
+
+
 HOP = {"image": (2.5, 0.4), "labels": (1.5, 0.4)}      # lognormal mean ms, cv
 GAP_MS = 0.3                                           # client gap before the next stage (part of image's hop)
 STARTUP = 2.0
@@ -33,19 +41,19 @@ def _service(key, scale=1.0):
 
 def base_dict(scale: bool = False) -> dict:
     """The measurement's pipeline scenario (``scale``: the truth the runs are generated with)."""
-    f = (lambda st: SCALE[st]) if scale else (lambda st: 1.0)
+    f = truth_scale if scale else (lambda st, v: 1.0)
     return {
         "name": "pipe", "seed": 5, "duration_s": 30, "warmup_s": 3, "slo_ms": 200,
         "workload": {"kind": "poisson", "rate_rps": 30},
         "pipeline": {"stages": [
             {"name": "image", "variant": "fast",
-             "variants": [{"name": "fast", "accuracy": 0.7, "service": _service(("image", "fast"), f("image"))},
-                          {"name": "slow", "accuracy": 0.8, "service": _service(("image", "slow"), f("image"))}],
+             "variants": [{"name": "fast", "accuracy": 0.7, "service": _service(("image", "fast"), f("image", "fast"))},
+                          {"name": "slow", "accuracy": 0.8, "service": _service(("image", "slow"), f("image", "slow"))}],
              "hop": {"kind": "lognormal", "mean_ms": HOP["image"][0], "cv": HOP["image"][1]},
              "batching": {"max_batch_size": 4, "max_queue_delay_us": 1000},
              "cluster": {"replicas": 1, "min_replicas": 1, "max_replicas": 2,
                          "startup_s": {"kind": "deterministic", "mean_s": STARTUP}}},
-            {"name": "labels", "accuracy": 1.0, "service": _service(("labels", "default"), f("labels")),
+            {"name": "labels", "accuracy": 1.0, "service": _service(("labels", "default"), f("labels", "default")),
              "hop": {"kind": "lognormal", "mean_ms": HOP["labels"][0], "cv": HOP["labels"][1]},
              "batching": {"max_batch_size": 8, "max_queue_delay_us": 2000},
              "cluster": {"replicas": 1, "min_replicas": 1, "max_replicas": 2,
