@@ -62,7 +62,7 @@ from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
 from . import fitting
 from .calibrate import calibrate, log, shared_fits, source_label, write_scenario
 from .compare import BATCHING_MEAN, compare, targets_for
-from .measurements import (CalibrationError, Measurements, RunData, identical_groups, is_pipeline, load_manifest,
+from .measurements import (CalibrationError, Measurements, RunData, held_out_splits, is_pipeline, load_manifest,
                            load_measurements, repeat_pairs, served_peak)
 from .replay import measured_summary, simulate_run
 
@@ -100,13 +100,14 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
     (:class:`simulator.io.OutputFolder`: an existing report is replaced only with ``force`` and only if an
     earlier ``calibration.fit`` wrote it; checked before the fitting starts). ``allow_partial``: use damaged
     measurements as far as they are intact (each problem in the report's warnings) instead of refusing them."""
-    if is_pipeline(load_manifest(Path(root))):
-        from .pipeline import run_pipeline_fit
-        return run_pipeline_fit(root, name, config_out, report_dir, seeds, quiet, plots, force, allow_partial)
+    pipeline = is_pipeline(load_manifest(Path(root)))
     name = name or Path(root).resolve().name
     report_dir = report_dir or os.path.join("report", name)
     with OutputFolder(report_dir, "calibration.fit", force=force, flag="--report",
                       legacy=json_has_keys("fidelity.json", "held_out", "noise_floor")) as report:
+        if pipeline:
+            from .pipeline import fit_pipeline
+            return fit_pipeline(root, name, config_out, report, seeds, quiet, plots, allow_partial)
         meas = load_measurements(root, allow_partial)
         return _fit(meas, root, name, config_out, report, seeds, quiet, plots, allow_partial)
 
@@ -141,8 +142,7 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
 
     # ---- held out: leave one run (group) out
     loro, folds = {}, []
-    for g, test in identical_groups(runs).items():
-        train = [r for r in runs if r.group != g]
+    for test, train in held_out_splits(runs):
         names = [r.name for r in test]
         if not train:
             folds.append({"test": names, "train": [], "skipped": "no other runs to fit on"})

@@ -138,6 +138,12 @@ def identical_groups(runs) -> dict[str, list]:
     return groups
 
 
+def held_out_splits(runs) -> list[tuple[list, list]]:
+    """Leave one configuration out: per group of identical runs, (those runs, every other run)."""
+    runs = list(runs)
+    return [(test, [r for r in runs if r.group != g]) for g, test in identical_groups(runs).items()]
+
+
 def repeat_pairs(runs) -> list[tuple]:
     """Every pair of runs with an identical configuration (the noise floor's pairs)."""
     return [(g[i], g[j]) for g in identical_groups(runs).values() for i in range(len(g)) for j in range(i + 1, len(g))]

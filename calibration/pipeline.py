@@ -26,7 +26,7 @@ What is fitted from what (every figure in the calibrated scenario's ``provenance
   the mean client gap ``gap_ms`` before stage k+1's send (0 after the last stage). End to end the hops and
   gaps add up exactly; per stage, a simulated visit includes the following gap (tens of microseconds here).
 
-Fidelity (:func:`run_pipeline_fit`): each measured run replayed in the pipeline simulator with its own
+Fidelity (:func:`fit_pipeline`): each measured run replayed in the pipeline simulator with its own
 end-to-end send times, each stage's variant, batcher and measured replica history (ready at the measured
 instants, :mod:`calibration.replay`), compared end to end (p50, p95, throughput: :data:`PIPELINE_TARGETS`)
 and per stage (the stage visits' client latency and batching): in-sample (fitted on every run),
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from simulator.config import AutoscalerSpec, Dist, Scenario
-from simulator.io import OutputFolder, json_has_keys, jsonable
+from simulator.io import OutputFolder, jsonable
 from simulator.pipeline import PipelineSimulation, stage_scenario
 
 from . import fitting
@@ -56,7 +56,7 @@ from .calibrate import (SCALE_LO, calibrate, log, make_scenario, own_scale, requ
 from .compare import PIPELINE_TARGETS, compare, simulated_batching, summarize_side
 from .measurements import (COMPUTE_COLUMNS, INTERFERENCE_COLUMNS, STARTUP_COLUMNS, CalibrationError, Measurements,
                            RunData, _numeric, _last_byte, checked_run_folders, clean_compute, cut_mid_row,
-                           identical_groups, is_pipeline, load_manifest, load_run, read_csv, read_deployment,
+                           held_out_splits, is_pipeline, load_manifest, load_run, read_csv, read_deployment,
                            refuse_or_warn, repeat_pairs, scenario_at)
 from .replay import (measured_summary, replay_tick, replayed_cluster, replayed_workload, replica_schedule,
                      scripted_startups)
@@ -503,20 +503,11 @@ def stage_provenance(f: dict) -> dict:
             "warnings": f["warnings"]}
 
 
-def run_pipeline_fit(root: str, name: str | None = None, config_out: str | None = None,
-                     report_dir: str | None = None, seeds: int = 3, quiet: bool = False, plots: bool = True,
-                     force: bool = False, allow_partial: bool = False) -> dict:
-    """:func:`calibration.fit.run_fit` for a pipeline measurement folder (module docstring)."""
-    name = name or Path(root).resolve().name
-    report_dir = report_dir or os.path.join("report", name)
-    with OutputFolder(report_dir, "calibration.fit", force=force, flag="--report",
-                      legacy=json_has_keys("fidelity.json", "held_out", "noise_floor")) as report:
-        pm = load_pipeline_measurements(root, allow_partial)
-        return _fit_pipeline(pm, root, name, config_out, report, seeds, quiet, plots, allow_partial)
-
-
-def _fit_pipeline(pm: PipelineMeasurements, root: str, name: str, config_out: str | None, report: OutputFolder,
-                  seeds: int, quiet: bool, plots: bool, allow_partial: bool) -> dict:
+def fit_pipeline(root: str, name: str, config_out: str | None, report: OutputFolder, seeds: int, quiet: bool,
+                 plots: bool, allow_partial: bool) -> dict:
+    """:func:`calibration.fit.run_fit` on a pipeline measurement folder (module docstring): the calibrated scenario
+    to ``config_out`` (default ``configs/calibrated/<name>.yaml``), the report into ``report``."""
+    pm = load_pipeline_measurements(root, allow_partial)
     t_start = dt.datetime.now(dt.timezone.utc)
     command = ["python -m calibration.fit", str(root), "--name", name] + (["--allow-partial"] if allow_partial else [])
     config_out = config_out or os.path.join("configs", "calibrated", f"{name}.yaml")
@@ -538,8 +529,7 @@ def _fit_pipeline(pm: PipelineMeasurements, root: str, name: str, config_out: st
     log(f"[fidelity] in-sample replay of {len(runs)} runs x {seeds} seeds ...", quiet)
     in_sample = evaluate_pipeline(sc_all, runs, seeds_t, keep=plots)
     loro, folds = {}, []
-    for g, test in identical_groups(runs).items():
-        train = [r for r in runs if r.group != g]
+    for test, train in held_out_splits(runs):
         names = [r.name for r in test]
         if not train:
             folds.append({"test": names, "train": [], "skipped": "no other runs to fit on"})
@@ -605,5 +595,5 @@ def pipeline_run_description(r: PipelineRun) -> dict:
 
 
 __all__ = ["PipelineMeasurements", "PipelineRun", "calibrate_pipeline", "evaluate_pipeline", "fit_stage",
-           "load_pipeline_measurements", "pipeline_noise_floor", "pipeline_scenario", "run_pipeline_fit",
+           "fit_pipeline", "load_pipeline_measurements", "pipeline_noise_floor", "pipeline_scenario",
            "simulate_pipeline_run", "stage_measurements", "visit_count_damage"]
