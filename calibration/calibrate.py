@@ -67,10 +67,13 @@ import math
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import yaml
 
-from simulator.config import Dist, Scenario, ServiceSpec
+from simulator.config import ConfigError, Dist, Scenario, ServiceSpec, load_scenario
+from simulator.io import jsonable
 from simulator.service import ServiceModel, build_service_model, quantile_function
 
 from . import fitting
@@ -150,7 +153,7 @@ def fit_compute(meas: Measurements) -> dict:
                      "aic": best.aic if best else math.nan,
                      "candidates": f.report()["candidates"]})
     if not fits:
-        raise CalibrationError(f"{meas.root / 'sweep' / 'compute.csv'}: no batch size has "
+        raise CalibrationError(f"{meas.sweep / 'compute.csv'}: no batch size has "
                                f">= {fitting.MIN_SAMPLES} usable samples; nothing to fit")
     curve = fitting.fit_mean_curve(list(fits), [fits[b].dist.mean_value for b in fits],
                                    [fits[b].n for b in fits])
@@ -504,10 +507,10 @@ def fit_overhead_spread(shape: Dist, train: list[RunData], make_with, seeds) -> 
     for cv in SPREAD_CVS:
         cands[f"lognormal_cv{cv:g}"] = Dist("lognormal", mean=shape.mean_value, cv=cv)
     losses = {}
+    measured = [measured_summary(r) for r in train]
     for name, d in cands.items():
         sc = make_with(d)
-        losses[name] = sum(quantile_loss(measured_summary(r), simulate_run(sc, r, seeds)["summary"])
-                           for r in train)
+        losses[name] = sum(quantile_loss(m, simulate_run(sc, r, seeds)["summary"]) for m, r in zip(measured, train))
     best = min(losses, key=losses.get)
     if losses["sweep_shape"] - losses[best] < SPREAD_MIN_GAIN * len(train):
         best = "sweep_shape"      # not a clear improvement: do not fit sampling noise
@@ -527,3 +530,21 @@ def source_label(meas: Measurements) -> str:
         return os.path.relpath(meas.root)
     except ValueError:
         return str(meas.root)
+
+
+def write_scenario(sc: Scenario, config_out: str, root: str) -> None:
+    """The calibrated scenario, written atomically and validated by loading it back."""
+    cp = Path(config_out)
+    cp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cp.with_name(f".{cp.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"# Calibrated by python -m calibration.fit {root} -- see provenance at the end.\n")
+            yaml.safe_dump(jsonable(sc.to_dict()), f, sort_keys=False)
+        load_scenario(str(tmp))
+        os.replace(tmp, cp)
+    except ConfigError as e:
+        raise CalibrationError(f"{cp}: the calibrated scenario does not validate: {e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -35,6 +35,8 @@ Targets (what each command checks):
   :data:`BATCHING_MEAN`, :func:`targets_for`): p50 within 10 %, p95 within 15 %, p99 within 20 %,
   throughput within 3 %, SLO attainment within 2 points, mean batch size within 10 % (issue 13) -- a
   request's latency then also depends on the batch it joins, a noisier quantity;
+- :data:`PIPELINE_TARGETS` (``calibration.fit`` on a pipeline, end to end on held-out runs; issue 15): p50 within
+  10 %, p95 within 15 %, throughput within 3 % (the stages' own figures are reported against the same marks);
 - :data:`VALIDATION_TARGETS` (``cluster.validate``): replica-seconds within 10 % and p95 within 15 % per
   policy -- an autoscaled run's cost and tail latency (plus the ranking of policies, in
   :mod:`cluster.validate.stats`).
@@ -53,6 +55,7 @@ CALIBRATION_TARGETS = {"p50_ms": ("rel", 0.10), "p95_ms": ("rel", 0.10), "p99_ms
 BATCHING_TARGETS = {"p50_ms": ("rel", 0.10), "p95_ms": ("rel", 0.15), "p99_ms": ("rel", 0.20),
                     "throughput_rps": ("rel", 0.03), "slo_attainment": ("abs", 0.02),
                     "mean_batch_size": ("rel", 0.10)}
+PIPELINE_TARGETS = {"p50_ms": ("rel", 0.10), "p95_ms": ("rel", 0.15), "throughput_rps": ("rel", 0.03)}
 BATCHING_MEAN = 1.5        # a measurement "batches" when some run's mean batch size reaches this
 VALIDATION_METRICS = ("replica_seconds", "mean_replicas", "slo_violation_rate", "p50_ms", "p95_ms", "p99_ms",
                       "failures", "requests", "scaling_actions")
@@ -162,6 +165,7 @@ def compare(real: dict, sim: dict, metrics=CALIBRATION_METRICS, targets=None) ->
     return out
 
 
-__all__ = ["BATCHING_MEAN", "BATCHING_TARGETS", "CALIBRATION_METRICS", "CALIBRATION_TARGETS", "VALIDATION_METRICS",
+__all__ = ["BATCHING_MEAN", "BATCHING_TARGETS", "CALIBRATION_METRICS", "CALIBRATION_TARGETS", "PIPELINE_TARGETS",
+           "VALIDATION_METRICS",
            "VALIDATION_TARGETS", "batch_distance", "compare", "rel_err", "replica_seconds", "simulated_batching",
            "summarize_side", "targets_for"]

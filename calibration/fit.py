@@ -27,6 +27,13 @@ Fidelity:
 Sweep-derived parts (per-batch shapes, interference, start-up, overhead shape)
 never see the runs and are shared by every fold.
 
+A **pipeline** measurement folder (its scenario has ``pipeline:``; cluster/RESULTS_FORMAT.md "Pipelines") is
+calibrated by :mod:`calibration.pipeline`: every stage and variant by the single-model fit above, each stage's hop
+(its overhead outside Triton + the client's gap before the next stage), a calibrated pipeline scenario, and the
+same fidelity sections end to end and per stage (the issue-15 targets, :data:`calibration.compare.PIPELINE_TARGETS`;
+no across-replica-counts section). A stage missing its sweep, a run missing a stage's folder or naming a variant
+the scenario lacks, visits that do not add up: one line each, as below.
+
 Errors (missing files, wrong format version, nothing fittable) print one line
 ``error: ...`` naming the file and exit with code 2, and write nothing.
 
@@ -48,15 +55,15 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 
-from simulator.config import ConfigError, load_scenario
+from simulator.config import ConfigError
 from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
 
 from . import fitting
-from .calibrate import calibrate, log, shared_fits, source_label
+from .calibrate import calibrate, log, shared_fits, source_label, write_scenario
 from .compare import BATCHING_MEAN, compare, targets_for
-from .measurements import CalibrationError, Measurements, RunData, load_measurements, served_peak
+from .measurements import (CalibrationError, Measurements, RunData, held_out_splits, is_pipeline, load_manifest,
+                           load_measurements, repeat_pairs, served_peak)
 from .replay import measured_summary, simulate_run
 
 
@@ -79,15 +86,10 @@ def evaluate(sc, runs: list[RunData], seeds, keep: bool = False, targets: dict |
 
 
 def noise_floor(meas: Measurements) -> dict:
-    groups: dict[str, list[RunData]] = {}
-    for r in meas.runs.values():
-        groups.setdefault(r.group, []).append(r)
     pairs = []
-    for g in groups.values():
-        for i in range(len(g)):
-            for j in range(i + 1, len(g)):
-                a, b = measured_summary(g[i]), measured_summary(g[j])
-                pairs.append({"runs": [g[i].name, g[j].name], "a": a, "b": b, "errors": compare(a, b)})
+    for x, y in repeat_pairs(meas.runs.values()):
+        a, b = measured_summary(x), measured_summary(y)
+        pairs.append({"runs": [x.name, y.name], "a": a, "b": b, "errors": compare(a, b)})
     return {"pairs": pairs}
 
 
@@ -98,10 +100,14 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
     (:class:`simulator.io.OutputFolder`: an existing report is replaced only with ``force`` and only if an
     earlier ``calibration.fit`` wrote it; checked before the fitting starts). ``allow_partial``: use damaged
     measurements as far as they are intact (each problem in the report's warnings) instead of refusing them."""
+    pipeline = is_pipeline(load_manifest(Path(root)))
     name = name or Path(root).resolve().name
     report_dir = report_dir or os.path.join("report", name)
     with OutputFolder(report_dir, "calibration.fit", force=force, flag="--report",
                       legacy=json_has_keys("fidelity.json", "held_out", "noise_floor")) as report:
+        if pipeline:
+            from .pipeline import fit_pipeline
+            return fit_pipeline(root, name, config_out, report, seeds, quiet, plots, allow_partial)
         meas = load_measurements(root, allow_partial)
         return _fit(meas, root, name, config_out, report, seeds, quiet, plots, allow_partial)
 
@@ -135,12 +141,8 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
     in_sample = evaluate(sc_all, runs, seeds_t, keep=plots, targets=TARGETS)
 
     # ---- held out: leave one run (group) out
-    groups: dict[str, list[RunData]] = {}
-    for r in runs:
-        groups.setdefault(r.group, []).append(r)
     loro, folds = {}, []
-    for g, test in groups.items():
-        train = [r for r in runs if r.group != g]
+    for test, train in held_out_splits(runs):
         names = [r.name for r in test]
         if not train:
             folds.append({"test": names, "train": [], "skipped": "no other runs to fit on"})
@@ -212,21 +214,7 @@ def _fit(meas: Measurements, root: str, name: str, config_out: str | None, repor
            "fits": {"per_batch": comp["rows"], "overhead_shape": shared["overhead_shape"][1],
                     "startup": shared["startup"][1]}}
     fid = jsonable(fid)
-    # calibrated scenario (atomic), validated by loading it back
-    cp = Path(config_out)
-    cp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cp.with_name(f".{cp.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(f"# Calibrated by python -m calibration.fit {root} -- see provenance at the end.\n")
-            yaml.safe_dump(jsonable(sc_out.to_dict()), f, sort_keys=False)
-        load_scenario(str(tmp))
-        os.replace(tmp, cp)
-    except ConfigError as e:
-        raise CalibrationError(f"{cp}: the calibrated scenario does not validate: {e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_scenario(sc_out, config_out, root)
     # report: written into the output folder, put in place (atomically) when run_fit returns
     from .report import write_report
     log(f"[report] writing {report.shown} ...", quiet)
@@ -256,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--seeds must be >= 1")
         fid = run_fit(a.folder, a.name, a.config_out, a.report, a.seeds, a.quiet, plots=not a.no_plots,
                       force=a.force, allow_partial=a.allow_partial)
-        from .report import summary_lines
-        print("\n".join(summary_lines(fid)))
+        from .report import pipeline_summary_lines, summary_lines
+        print("\n".join(pipeline_summary_lines(fid) if fid.get("kind") == "pipeline" else summary_lines(fid)))
         return 0
     return run_cli(body, (CalibrationError,))
 

@@ -113,6 +113,40 @@ class Measurements:
     interference: pd.DataFrame | None
     startup: pd.DataFrame | None
     warnings: list[str] = field(default_factory=list)
+    sweep_dir: Path | None = None      # where compute.csv came from (None: root/sweep; a pipeline stage's variant:
+                                       # root/sweep/<stage>/<variant>)
+
+    @property
+    def sweep(self) -> Path:
+        return self.sweep_dir if self.sweep_dir is not None else self.root / "sweep"
+
+
+def scenario_at(d, where: str) -> Scenario:
+    """A scenario dict of a measurement file, or one line naming ``where`` (file and key) and what is wrong."""
+    try:
+        return scenario_from_dict(d)
+    except ConfigError as e:
+        raise CalibrationError(f"{where}: {e}") from None
+
+
+def identical_groups(runs) -> dict[str, list]:
+    """Runs (anything with ``.group``) by configuration: runs with an identical configuration share a group
+    (held out together, compared with each other for the noise floor)."""
+    groups: dict[str, list] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r)
+    return groups
+
+
+def held_out_splits(runs) -> list[tuple[list, list]]:
+    """Leave one configuration out: per group of identical runs, (those runs, every other run)."""
+    runs = list(runs)
+    return [(test, [r for r in runs if r.group != g]) for g, test in identical_groups(runs).items()]
+
+
+def repeat_pairs(runs) -> list[tuple]:
+    """Every pair of runs with an identical configuration (the noise floor's pairs)."""
+    return [(g[i], g[j]) for g in identical_groups(runs).values() for i in range(len(g)) for j in range(i + 1, len(g))]
 
 
 def _rel(p: Path, root: Path) -> str:
@@ -178,11 +212,20 @@ def load_manifest(root: Path) -> dict:
         raise CalibrationError(f"{mp}: no 'format' key (expected format {FORMAT!r})")
     if fmt != FORMAT:
         raise CalibrationError(f"{mp}: format {fmt!r} is not supported (this calibration reads {FORMAT!r})")
-    if isinstance(man.get("scenario"), dict) and "pipeline" in man["scenario"]:
-        raise CalibrationError(f"{mp}: a pipeline measurement (its scenario has pipeline:); calibration fits "
-                               f"single-model measurements only so far (the stages' data: runs/<run>/stages/<stage>/, "
-                               f"sweep/<stage>/<variant>/; cluster/RESULTS_FORMAT.md)")
     return man
+
+
+def is_pipeline(man: dict) -> bool:
+    """Whether ``manifest.json`` describes a pipeline measurement (its scenario has ``pipeline:``; the folder
+    layout of cluster/RESULTS_FORMAT.md "Pipelines", read by :mod:`calibration.pipeline`)."""
+    return isinstance(man.get("scenario"), dict) and "pipeline" in man["scenario"]
+
+
+def refuse_pipeline(man: dict, where: Path, what: str) -> None:
+    """One line when a single-model reader is handed a pipeline measurement."""
+    if is_pipeline(man):
+        raise CalibrationError(f"{where}: a pipeline measurement (its scenario has pipeline:); {what} reads "
+                               f"single-model measurements (python -m calibration.fit calibrates a pipeline folder)")
 
 
 # --------------------------------------------------------------------------- damage checks (issue 12)
@@ -312,11 +355,36 @@ def _last_byte(path: Path) -> bytes:
         return f.read(1)
 
 
-def load_run(rdir: Path, allow_partial: bool = False, manifest_summary: dict | None = None) -> RunData:
+def read_deployment(ddir: Path, warn: list[str]) -> tuple[pd.DataFrame | None, pd.DataFrame | None,
+                                                          pd.DataFrame | None]:
+    """A deployment's files of a run (a single model's ``runs/<run>/``, a pipeline stage's
+    ``runs/<run>/stages/<stage>/``): ``replicas.csv``, ``metrics.csv`` (the ``nv_inference*`` rows) and
+    ``batches.csv``, each optional (None, with a warning for the first two saying what is lost)."""
+    reps = read_csv(ddir / "replicas.csv", REPLICA_COLUMNS, str(ddir / "replicas.csv"), optional=True)
+    if reps is None:
+        warn.append(f"{ddir / 'replicas.csv'}: missing; replica schedule taken from the run's planned events")
+    else:
+        reps = _numeric(reps, ("t_request_s", "t_ready_s", "t_drain_s", "t_gone_s"), str(ddir / "replicas.csv"))
+    met = read_csv(ddir / "metrics.csv", METRIC_COLUMNS, str(ddir / "metrics.csv"), optional=True)
+    if met is None:
+        warn.append(f"{ddir / 'metrics.csv'}: missing; run left out of the contention and overhead fits")
+    else:
+        met = _numeric(met, ("t_s", "value"), str(ddir / "metrics.csv"))
+        met = met[met["metric"].astype(str).str.startswith("nv_inference")]
+    bat = read_csv(ddir / "batches.csv", BATCH_COLUMNS, str(ddir / "batches.csv"), optional=True)
+    if bat is not None:
+        bat = _numeric(bat, ("t_s", "batch_size", "batches"), str(ddir / "batches.csv"))
+    return reps, met, bat
+
+
+def load_run(rdir: Path, allow_partial: bool = False, manifest_summary: dict | None = None,
+             deployment: bool = True) -> RunData:
     """One ``runs/<run>/`` folder (also used by ``calibration.check`` on a fresh run), checked against its own
     ``run.json`` and, when given, the manifest's summary of it (damage checks above). A damaged run raises a
     :class:`CalibrationError`; with ``allow_partial`` it is used as the module docstring says, its warnings
-    saying so (a run with nothing intact still raises)."""
+    saying so (a run with nothing intact still raises). ``deployment``: read the deployment's files
+    (:func:`read_deployment`); a pipeline run's deployments are its stages' folders, read by
+    :mod:`calibration.pipeline`."""
     rdir = Path(rdir)
     if not rdir.is_dir():
         raise CalibrationError(f"{rdir}: run folder not found")
@@ -332,10 +400,7 @@ def load_run(rdir: Path, allow_partial: bool = False, manifest_summary: dict | N
     for k in ("scenario", "duration_s", "warmup_s"):
         if k not in meta:
             raise CalibrationError(f"{rj}: missing key '{k}'")
-    try:
-        sc = scenario_from_dict(meta["scenario"])
-    except ConfigError as e:
-        raise CalibrationError(f"{rj}: scenario: {e}") from None
+    sc = scenario_at(meta["scenario"], f"{rj}: scenario")
     warn: list[str] = []
     name = str(meta.get("name") or rdir.name)
     duration_s, warmup_s = float(meta["duration_s"]), float(meta["warmup_s"])
@@ -380,20 +445,7 @@ def load_run(rdir: Path, allow_partial: bool = False, manifest_summary: dict | N
     req = req[~bad_lat].copy()
     if not len(req):
         raise CalibrationError(f"{rpath}: no requests")
-    reps = read_csv(rdir / "replicas.csv", REPLICA_COLUMNS, str(rdir / "replicas.csv"), optional=True)
-    if reps is None:
-        warn.append(f"{rdir / 'replicas.csv'}: missing; replica schedule taken from the run's planned events")
-    else:
-        reps = _numeric(reps, ("t_request_s", "t_ready_s", "t_drain_s", "t_gone_s"), str(rdir / "replicas.csv"))
-    met = read_csv(rdir / "metrics.csv", METRIC_COLUMNS, str(rdir / "metrics.csv"), optional=True)
-    if met is None:
-        warn.append(f"{rdir / 'metrics.csv'}: missing; run left out of the contention and overhead fits")
-    else:
-        met = _numeric(met, ("t_s", "value"), str(rdir / "metrics.csv"))
-        met = met[met["metric"].astype(str).str.startswith("nv_inference")]
-    bat = read_csv(rdir / "batches.csv", BATCH_COLUMNS, str(rdir / "batches.csv"), optional=True)
-    if bat is not None:
-        bat = _numeric(bat, ("t_s", "batch_size", "batches"), str(rdir / "batches.csv"))
+    reps, met, bat = read_deployment(rdir, warn) if deployment else (None, None, None)
     events = list(meta.get("events") or [])
     key = json.dumps({"scenario": meta["scenario"] | {"name": ""}, "events": events}, sort_keys=True, default=str)
     return RunData(name=name, dir=rdir, scenario=sc, duration_s=duration_s, warmup_s=warmup_s,
@@ -416,7 +468,9 @@ def load_run_checked(rdir: str | os.PathLike, allow_partial: bool = False) -> Ru
     root = rdir.parent.parent
     listed = None
     if rdir.parent.name == "runs" and (root / "manifest.json").exists():
-        listed = manifest_runs(load_manifest(root))
+        man = load_manifest(root)
+        refuse_pipeline(man, root / "manifest.json", "calibration.check")
+        listed = manifest_runs(man)
     warn: list[str] = []
     if listed is not None and rdir.name not in listed:
         refuse_or_warn(f"{rdir}: {NOT_LISTED}", "used", allow_partial, warn)
@@ -453,16 +507,34 @@ def clean_compute(df: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list[str]
     return df, warn
 
 
+def checked_run_folders(root: Path, man: dict, allow_partial: bool, warn: list[str]) -> tuple[list[Path], dict | None]:
+    """The run folders under ``root/runs`` and the manifest's listing of runs, checked against each other
+    (:func:`run_listing`; each problem refused, or with ``allow_partial`` listed in ``warn``)."""
+    rroot = root / "runs"
+    if not rroot.is_dir():
+        raise CalibrationError(f"{rroot}: folder missing (no measured runs to calibrate against)")
+    on_disk = sorted(p for p in rroot.iterdir() if p.is_dir())
+    listed = manifest_runs(man)
+    if listed is None:
+        refuse_or_warn(f"{root / 'manifest.json'}: no 'runs' (cannot check that every measured run is on disk)",
+                       "used the runs on disk", allow_partial, warn)
+    else:
+        missing, unlisted = run_listing(listed, [p.name for p in on_disk])
+        for n in missing:
+            refuse_or_warn(f"{rroot / n}: {MISSING_ON_DISK}", "continued without it", allow_partial, warn)
+        for n in unlisted:
+            refuse_or_warn(f"{rroot / n}: {NOT_LISTED}", "used", allow_partial, warn)
+    return on_disk, listed
+
+
 def load_measurements(root: str | os.PathLike, allow_partial: bool = False) -> Measurements:
     """A measurement folder, every run checked (damage checks above); ``allow_partial`` as the module
     docstring says."""
     root = Path(root)
     man = load_manifest(root)
+    refuse_pipeline(man, root / "manifest.json", "this reader")
     warn: list[str] = []
-    try:
-        base = scenario_from_dict(man.get("scenario") or {})
-    except ConfigError as e:
-        raise CalibrationError(f"{root / 'manifest.json'}: scenario: {e}") from None
+    base = scenario_at(man.get("scenario") or {}, f"{root / 'manifest.json'}: scenario")
     cpath = root / "sweep" / "compute.csv"
     comp = read_csv(cpath, COMPUTE_COLUMNS, str(cpath))
     comp, w = clean_compute(comp, str(cpath))
@@ -490,19 +562,7 @@ def load_measurements(root: str | os.PathLike, allow_partial: bool = False) -> M
             warn.append(f"{spath}: {int(bads.sum())} rows with NaN or non-positive process_to_ready_s dropped")
             st = st[~bads]
     rroot = root / "runs"
-    if not rroot.is_dir():
-        raise CalibrationError(f"{rroot}: folder missing (no measured runs to calibrate against)")
-    on_disk = sorted(p for p in rroot.iterdir() if p.is_dir())
-    listed = manifest_runs(man)
-    if listed is None:
-        refuse_or_warn(f"{root / 'manifest.json'}: no 'runs' (cannot check that every measured run is on disk)",
-                       "used the runs on disk", allow_partial, warn)
-    else:
-        missing, unlisted = run_listing(listed, [p.name for p in on_disk])
-        for n in missing:
-            refuse_or_warn(f"{rroot / n}: {MISSING_ON_DISK}", "continued without it", allow_partial, warn)
-        for n in unlisted:
-            refuse_or_warn(f"{rroot / n}: {NOT_LISTED}", "used", allow_partial, warn)
+    on_disk, listed = checked_run_folders(root, man, allow_partial, warn)
     runs: dict[str, RunData] = {}
     for rd in on_disk:
         try:

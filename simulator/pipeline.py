@@ -119,10 +119,11 @@ class PipelineObservation:
 class PipelineSimulation:
     """A pipeline run stepped one control interval at a time: ``obs = sim.start()``, then
     ``obs = sim.step(decisions)`` (one desired replica count per stage, each applied by the single-model rule
-    :func:`simulator.policy.replicas_to_ask`) until ``obs is None``; then ``sim.result()``."""
+    :func:`simulator.policy.replicas_to_ask`) until ``obs is None``; then ``sim.result()``. ``startup_delays``:
+    per stage a :class:`Simulation` ``startup_delay`` hook or None (a replay scripts measured ready times)."""
 
     def __init__(self, sc: Scenario, engine: str = "fast", progress: Callable[[float], None] | None = None,
-                 memory_budget: str | int | float | None = None):
+                 memory_budget: str | int | float | None = None, startup_delays: Sequence[Any] | None = None):
         if sc.pipeline is None:
             raise ValueError("PipelineSimulation needs a pipeline scenario (a pipeline: block)")
         self.sc = sc
@@ -131,9 +132,10 @@ class PipelineSimulation:
         self.stage_scenarios = [stage_scenario(sc, k) for k in range(len(self.spec.stages))]
         made = [stage_configs(st) for st in self.spec.stages]
         self.config_keys = [keys for _, keys, _ in made]          # per stage: config index -> (variant, batch)
+        hooks = list(startup_delays) if startup_delays is not None else [None] * len(made)
         self.stages = [Simulation(s, engine=engine, fed=k > 0, memory_budget=memory_budget, configs=cfgs,
-                                  config=first)
-                       for k, (s, (cfgs, _, first)) in enumerate(zip(self.stage_scenarios, made))]
+                                  config=first, startup_delay=hook)
+                       for k, (s, (cfgs, _, first), hook) in enumerate(zip(self.stage_scenarios, made, hooks))]
         self.held_configs = [0] * len(self.stages)      # decisions naming an unknown variant or batch size
         self.interval = sc.autoscaler.interval_s      # the pipeline's (joint policy's, or the stages' common)
         self.progress = progress

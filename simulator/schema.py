@@ -54,7 +54,7 @@ def number(d: Mapping, key: str, path: str, default: Any = None, *, lo: float | 
         v = float(v)        # YAML 1.1 (PyYAML) reads 1e12 or 5E-3, exponent without a dot, as a string
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         fail(p, f"must be a {'whole number' if integer else 'number'} (got {v!r})")
-    if integer and float(v) != int(v):
+    if integer and not isinstance(v, int) and not (math.isfinite(v) and float(v).is_integer()):   # int: exact
         fail(p, f"must be a whole number (got {v!r})")
     if not math.isfinite(float(v)):
         fail(p, f"must be finite (got {v!r})")

@@ -81,6 +81,43 @@ def _csv(path: Path, header, rows) -> None:
 STATUS = {0: "ok", 1: "rejected", 2: "timeout", 3: "unavailable"}
 
 
+def write_deployment(rdir: Path, res, sc) -> None:
+    """A deployment's files of a run as ``cluster.measure`` writes them (``replicas.csv``, ``metrics.csv``: Triton's
+    counters zero before the window and the window's totals after it, ``batches.csv``) from a simulated
+    :class:`simulator.engine.Result` ``res`` of scenario ``sc``."""
+    rec = res.records
+    reps = []
+    for r in res.replicas:
+        initial = r.requested_s == 0 and r.ready_s == 0
+        reps.append((f"r{r.uid}", -3.0 if initial else r.requested_s, -3.0 if initial else r.requested_s,
+                     -1.0 if initial else r.ready_s, -1.0 if initial else r.ready_s, math.nan,
+                     sc.duration_s + 1, "teardown", 0))
+    _csv(rdir / "replicas.csv", ("name", "t_request_s", "t_start_s", "t_live_s", "t_ready_s", "t_drain_s",
+                                 "t_gone_s", "end_reason", "exit_code"), reps)
+    # Triton counters over the window [warmup, end]: zero before, window totals after
+    s = res.summary
+    ok = s["completed"]
+    vals = {"nv_inference_request_success": ok, "nv_inference_count": ok,
+            "nv_inference_exec_count": ok / max(s["mean_batch_size"], 1.0),
+            "nv_inference_queue_duration_us": s["queue_ms"]["mean"] * ok * 1e3,
+            "nv_inference_compute_infer_duration_us": s["compute_ms"]["mean"] * ok * 1e3,
+            "nv_inference_compute_input_duration_us": 0.0, "nv_inference_compute_output_duration_us": 0.0,
+            "nv_inference_request_duration_us": (s["queue_ms"]["mean"] + s["compute_ms"]["mean"]) * ok * 1e3}
+    mrows = []
+    for t, f in ((-1.0, 0.0), (sc.warmup_s - 0.01, 0.0), (sc.duration_s + 0.5, 1.0)):
+        for k, v in vals.items():
+            mrows.append((t, "r0", k, "\"model=m,version=1\"", v * f))
+    _csv(rdir / "metrics.csv", ("t_s", "replica", "metric", "labels", "value"), mrows)
+    # Triton's per-batch-size statistics (batches.csv): the batches of the requests arriving in the window
+    win = (rec["arrival_s"] >= sc.warmup_s) & (rec["arrival_s"] < sc.duration_s) & (rec["batch_size"] >= 1)
+    bs = rec["batch_size"][win]
+    brows = []
+    for b in sorted(set(bs.tolist())):
+        n = round(float((bs == b).sum()) / b)
+        brows += [(sc.warmup_s - 0.01, "r0", b, 0, 0), (sc.duration_s + 0.5, "r0", b, n, 0)]
+    _csv(rdir / "batches.csv", ("t_s", "replica", "batch_size", "batches", "compute_infer_ns"), brows)
+
+
 def write_run(root: Path, name: str, over: dict, events, seed: int, contention: dict = CONTENTION) -> dict:
     """One ``runs/<name>/`` folder as ``cluster.measure`` writes it; returns the run's summary (for the
     manifest)."""
@@ -105,38 +142,9 @@ def write_run(root: Path, name: str, over: dict, events, seed: int, contention: 
             for i, (a, l, st, r) in enumerate(zip(rec["arrival_s"], lat, status, rec["replica"]))]
     _csv(rdir / "requests.csv", ("seq", "user", "t_sched_s", "t_send_s", "latency_ms", "status", "http_status",
                                  "replica", "error"), rows)
-    reps = []
-    for r in res.replicas:
-        initial = r.requested_s == 0 and r.ready_s == 0
-        reps.append((f"r{r.uid}", -3.0 if initial else r.requested_s, -3.0 if initial else r.requested_s,
-                     -1.0 if initial else r.ready_s, -1.0 if initial else r.ready_s, math.nan,
-                     sc.duration_s + 1, "teardown", 0))
-    _csv(rdir / "replicas.csv", ("name", "t_request_s", "t_start_s", "t_live_s", "t_ready_s", "t_drain_s",
-                                 "t_gone_s", "end_reason", "exit_code"), reps)
+    write_deployment(rdir, res, sc)
     _csv(rdir / "events.csv", ("t_s", "kind", "value", "detail"),
          [(at, "scale", n, f"desired {n}") for at, n in events])
-    # Triton counters over the window [warmup, end]: zero before, window totals after
-    s = res.summary
-    ok = s["completed"]
-    vals = {"nv_inference_request_success": ok, "nv_inference_count": ok,
-            "nv_inference_exec_count": ok / max(s["mean_batch_size"], 1.0),
-            "nv_inference_queue_duration_us": s["queue_ms"]["mean"] * ok * 1e3,
-            "nv_inference_compute_infer_duration_us": s["compute_ms"]["mean"] * ok * 1e3,
-            "nv_inference_compute_input_duration_us": 0.0, "nv_inference_compute_output_duration_us": 0.0,
-            "nv_inference_request_duration_us": (s["queue_ms"]["mean"] + s["compute_ms"]["mean"]) * ok * 1e3}
-    mrows = []
-    for t, f in ((-1.0, 0.0), (sc.warmup_s - 0.01, 0.0), (sc.duration_s + 0.5, 1.0)):
-        for k, v in vals.items():
-            mrows.append((t, "r0", k, "\"model=m,version=1\"", v * f))
-    _csv(rdir / "metrics.csv", ("t_s", "replica", "metric", "labels", "value"), mrows)
-    # Triton's per-batch-size statistics (batches.csv): the batches of the requests arriving in the window
-    win = (rec["arrival_s"] >= sc.warmup_s) & (rec["arrival_s"] < sc.duration_s) & (rec["batch_size"] >= 1)
-    bs = rec["batch_size"][win]
-    brows = []
-    for b in sorted(set(bs.tolist())):
-        n = round(float((bs == b).sum()) / b)
-        brows += [(sc.warmup_s - 0.01, "r0", b, 0, 0), (sc.duration_s + 0.5, "r0", b, n, 0)]
-    _csv(rdir / "batches.csv", ("t_s", "replica", "batch_size", "batches", "compute_infer_ns"), brows)
     # what cluster.measure records of the same rows: the counts of its summary, over the requests sent in
     # [warmup, duration) (unrounded send times, as measure selects them), and the length of the load generator's
     # log (loadgen.n_requests)
@@ -150,6 +158,19 @@ def write_run(root: Path, name: str, over: dict, events, seed: int, contention: 
     return summ
 
 
+def write_compute(path: Path, per_batch: dict, overhead: Dist, g, samples: int) -> None:
+    """``sweep/compute.csv``: ``samples`` isolated batches per size, gamma compute (``per_batch``: size -> (mean
+    ms, cv)), 0.05 ms Triton queue, and a client latency adding a draw of ``overhead``."""
+    rows = []
+    for b, (m, c) in per_batch.items():
+        x = quantile_function(Dist("gamma", m, c), g.uniform(size=samples))
+        o = quantile_function(overhead, g.uniform(size=samples))
+        for k in range(samples):
+            rows.append((b, k, f"{x[k]:.6f}", 0.0, 0.0, 0.05, f"{x[k] + 0.05 + o[k]:.6f}"))
+    _csv(path, ("batch_size", "sample", "compute_infer_ms", "compute_input_ms", "compute_output_ms", "queue_ms",
+                "client_ms"), rows)
+
+
 def write_folder(root: Path, runs=RUNS, sweep_samples: int = 400, seed: int = 0,
                  run_overhead_cv: float | None = None, contention: dict = CONTENTION) -> Path:
     """``run_overhead_cv``: the loaded runs' overhead spread, when it differs from the idle sweep's;
@@ -161,15 +182,8 @@ def write_folder(root: Path, runs=RUNS, sweep_samples: int = 400, seed: int = 0,
     g = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     base = scenario_from_dict(BASE)
-    ov = Dist("lognormal", OVERHEAD[0], OVERHEAD[1])
-    rows = []
-    for b, (m, c) in PER_BATCH.items():
-        x = quantile_function(Dist("gamma", m, c), g.uniform(size=sweep_samples))
-        o = quantile_function(ov, g.uniform(size=sweep_samples))
-        for k in range(sweep_samples):
-            rows.append((b, k, f"{x[k]:.6f}", 0.0, 0.0, 0.05, f"{x[k] + 0.05 + o[k]:.6f}"))
-    _csv(root / "sweep" / "compute.csv", ("batch_size", "sample", "compute_infer_ms", "compute_input_ms",
-                                          "compute_output_ms", "queue_ms", "client_ms"), rows)
+    write_compute(root / "sweep" / "compute.csv", PER_BATCH, Dist("lognormal", OVERHEAD[0], OVERHEAD[1]), g,
+                  sweep_samples)
     irows = []
     for n in (1, 2, 3):
         for i in range(n):

@@ -255,15 +255,15 @@ def test_kubernetes_renders_one_deployment_and_service_per_stage(fake_api, tmp_p
     assert not [key for key in fake_api.objects if key[0] in ("deployments", "services", "configmaps")]
 
 
-def test_calibration_refuses_a_pipeline_measurement_in_one_line(tmp_path):
+def test_single_model_readers_refuse_a_pipeline_measurement_in_one_line(tmp_path):
+    """calibration.fit reads a pipeline folder with calibration.pipeline; the single-model readers say so."""
     import json
 
-    from calibration.measurements import CalibrationError, load_manifest
+    from calibration.measurements import CalibrationError, load_manifest, load_measurements
     from cluster.measure import FORMAT
     (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "scenario": {"pipeline": {"stages": []}}}))
-    with pytest.raises(CalibrationError, match=r"manifest\.json: a pipeline measurement .*single-model measurements "
-                                               r"only so far") as e:
-        load_manifest(tmp_path)
-    assert "\n" not in str(e.value)
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "scenario": {"service": {}}}))
     assert load_manifest(tmp_path)["format"] == FORMAT
+    with pytest.raises(CalibrationError, match=r"manifest\.json: a pipeline measurement .*reads single-model "
+                                               r"measurements \(python -m calibration.fit calibrates a pipeline") as e:
+        load_measurements(tmp_path)
+    assert "\n" not in str(e.value)
