@@ -28,6 +28,10 @@ Safety:
   (it is never asked to scale to a non-number);
 - the replica count sent to the backend is always clamped.
 
+The parts a pipeline's controller (:mod:`cluster.controller_pipeline`) does the same way are public functions
+here, used by both: :class:`LiveWindow` (one deployment's observation of an interval), :func:`ask_policy`,
+:func:`scale_backend`, :func:`backend_counts`, :func:`check_answer_number`, :func:`tick_loop` (the clock).
+
 The first interval starts at ``t0`` with a counter snapshot taken then; the
 controller evaluates each tick ``lag_s`` (0.25 s) after it, so that the load
 generator's feed (every 0.25 s) holds every request that finished before the tick.
@@ -54,6 +58,25 @@ class PolicyRejected(ConfigError):
 
 
 # --------------------------------------------------------------------------- policy checks
+
+
+def error_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a log line shows."""
+    msg = str(e).strip()
+    return msg.splitlines()[0] if msg else type(e).__name__
+
+
+def check_answer_number(raw, name: str, what: str, lo: int, hi: int) -> int:
+    """A pre-flight answer (one replica count) as an int; :class:`PolicyRejected` (one line) when it is not a
+    whole number in ``[lo, hi]``. ``what`` says which observation (and stage) it answered."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, np.integer, np.floating)):
+        raise PolicyRejected(f"{name}: answered {raw!r} (not a number) to {what}")
+    v = float(raw)
+    if not math.isfinite(v):
+        raise PolicyRejected(f"{name}: answered {raw!r} to {what}")
+    if v != round(v) or not lo <= v <= hi:
+        raise PolicyRejected(f"{name}: answered {raw!r} replicas to {what}; allowed: whole numbers in [{lo}, {hi}]")
+    return int(v)
 
 
 def load_policy_file(path: str):
@@ -92,15 +115,20 @@ def synthetic_observations(*, interval_s: float, slo_ms: float, min_replicas: in
     return out
 
 
+def check_interval(policy, interval_s: float, name: str) -> None:
+    """:class:`PolicyRejected` when ``policy`` was trained at another control interval than ``interval_s``."""
+    want = getattr(policy, "interval_s", None)
+    if want is not None and abs(float(want) - float(interval_s)) > 1e-6:
+        raise PolicyRejected(f"{name}: trained with control interval {float(want):g} s, the controller runs at "
+                             f"{float(interval_s):g} s")
+
+
 def check_policy(policy: Policy, *, interval_s: float, slo_ms: float, min_replicas: int, max_replicas: int,
                  capacity_rps: float = 50.0, name: str = "policy") -> list[int]:
     """Reject (``PolicyRejected``) a policy that raises, or answers NaN / a non-number / a count outside
     ``[min_replicas, max_replicas]``, on :func:`synthetic_observations`. Returns its answers; the
     policy is reset before and after."""
-    want = getattr(policy, "interval_s", None)
-    if want is not None and abs(float(want) - float(interval_s)) > 1e-6:
-        raise PolicyRejected(f"{name}: trained with control interval {float(want):g} s, the controller runs at "
-                             f"{float(interval_s):g} s")
+    check_interval(policy, interval_s, name)
     answers = []
     policy.reset()
     try:
@@ -109,20 +137,11 @@ def check_policy(policy: Policy, *, interval_s: float, slo_ms: float, min_replic
             try:
                 raw = policy.decide(obs)
             except Exception as e:  # noqa: BLE001 - any failure rejects the policy
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise PolicyRejected(f"{name}: fails on a synthetic observation "
-                                     f"(arrival {obs.arrival_rps:.0f} rps, {obs.replicas} replicas): {msg}") from None
-            if isinstance(raw, bool) or not isinstance(raw, (int, float, np.integer, np.floating)):
-                raise PolicyRejected(f"{name}: answered {raw!r} (not a number) to a synthetic observation")
-            v = float(raw)
-            if not math.isfinite(v):
-                raise PolicyRejected(f"{name}: answered {raw!r} to a synthetic observation "
-                                     f"(arrival {obs.arrival_rps:.0f} rps)")
-            if v != round(v) or not min_replicas <= v <= max_replicas:
-                raise PolicyRejected(f"{name}: answered {raw!r} replicas to a synthetic observation "
-                                     f"(arrival {obs.arrival_rps:.0f} rps); allowed: whole numbers in "
-                                     f"[{min_replicas}, {max_replicas}]")
-            answers.append(int(v))
+                                     f"(arrival {obs.arrival_rps:.0f} rps, {obs.replicas} replicas): "
+                                     f"{error_line(e)}") from None
+            answers.append(check_answer_number(raw, name, f"a synthetic observation (arrival {obs.arrival_rps:.0f} "
+                                                          f"rps)", min_replicas, max_replicas))
     finally:
         policy.reset()
     return answers
@@ -189,6 +208,114 @@ def scrape_counters(backend, model: str) -> tuple[dict | None, str]:
     return {rep: model_counters(parse_prometheus(t), model) for rep, t in texts.items()}, ""
 
 
+# --------------------------------------------------------------------------- shared by the controllers
+
+
+def backend_counts(backend) -> tuple[int, int]:
+    """(ready, pending) replicas of ``backend``; (0, 0) when it cannot say."""
+    try:
+        return int(backend.ready_replicas), int(backend.pending_replicas)
+    except Exception:  # noqa: BLE001
+        return 0, 0
+
+
+def ask_policy(policy, obs) -> tuple[Any, str]:
+    """``(policy.decide(obs), "")``, or ``(None, "policy error: <first line>")`` when it raises: a failing
+    policy must not crash the run (the controller holds)."""
+    try:
+        return policy.decide(obs), ""
+    except Exception as e:  # noqa: BLE001
+        return None, f"policy error: {error_line(e)[:200]}"
+
+
+def scale_backend(backend, n: int) -> str:
+    """``backend.scale(n)``; the error (``"Type: message"``, "" when none): recorded, the next tick tries again."""
+    try:
+        backend.scale(n)
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"[:300]
+    return ""
+
+
+@dataclass
+class LiveWindow:
+    """One deployment's live inputs: its ``backend`` (scraped for ``model``'s Triton counters) and the client
+    log of the requests it served (``requests``). :meth:`open` takes the snapshot that opens the first interval
+    (at ``t0``); :meth:`observe` gives the :class:`Observation` of interval ``tick`` with the simulator's
+    conventions (time = the tick's run time, the nominal interval), or ``(None, why)`` when metrics are
+    missing (a scrape fails, a ready replica does not answer, no snapshot opened the interval, the load
+    generator's feed is silent)."""
+
+    backend: Any
+    model: str
+    requests: LiveRequests | None
+    interval_s: float
+    slo_ms: float
+    min_replicas: int
+    max_replicas: int
+    instances: int = 1
+    scrapes: list[tuple[float, dict]] = field(default_factory=list)     # (epoch, {replica: counters})
+
+    def __post_init__(self):
+        self._snap: tuple[float, dict] | None = None
+        self.t0 = 0.0
+
+    def open(self, t0_epoch: float) -> str:
+        """Snapshot at the start; the reason when metrics are missing ("" when not)."""
+        self.t0 = t0_epoch
+        snap, why = scrape_counters(self.backend, self.model)
+        self._snap = (time.time(), snap) if snap is not None else None
+        if snap is not None:
+            self.scrapes.append(self._snap)
+        return why
+
+    def observe(self, tick: int) -> tuple[Observation | None, str]:
+        """The Observation of ``[t0 + (tick-1) iv, t0 + tick iv)`` from a scrape now and the live request log."""
+        ta = self.t0 + (tick - 1) * self.interval_s
+        tb = self.t0 + tick * self.interval_s
+        snap, why = scrape_counters(self.backend, self.model)
+        prev = self._snap
+        self._snap = (time.time(), snap) if snap is not None else None
+        if snap is None:
+            return None, why
+        self.scrapes.append(self._snap)
+        if prev is None:
+            return None, "no counter snapshot at the start of the interval"
+        if self.requests is not None and self.requests.silent_for() > self.interval_s:
+            return None, f"load generator feed silent for {self.requests.silent_for():.1f} s"
+        ready, pending = backend_counts(self.backend)
+        obs = observation_from_window(ta, tb, self.requests.view() if self.requests is not None else None,
+                                      prev[1], snap, replicas=ready + pending, replicas_ready=ready,
+                                      replicas_pending=pending, instances=self.instances, slo_ms=self.slo_ms,
+                                      min_replicas=self.min_replicas, max_replicas=self.max_replicas)
+        # the simulator's conventions: run time of the tick, the nominal interval
+        return dataclasses.replace(obs, time_s=tick * self.interval_s, interval_s=self.interval_s), ""
+
+
+def tick_loop(ctl, t0_epoch: float, duration_s: float, stop: threading.Event) -> None:
+    """A controller's clock: ``ctl.start(t0)`` at ``t0``, then at every ``t0 + k * ctl.interval_s + ctl.lag_s``
+    (k = 1, 2, ... up to ``duration_s`` of run time, or until ``stop``) ``ctl.decide(k, *ctl.observe(k))``.
+    Every failure is logged into ``ctl.errors`` / ``ctl.log``, none escapes (the run goes on with the last
+    decision)."""
+    try:
+        if stop.wait(max(0.0, t0_epoch - time.time())):
+            return
+        ctl.start(t0_epoch)
+        k = 1
+        while k * ctl.interval_s <= duration_s + 1e-9:
+            if stop.wait(max(0.0, t0_epoch + k * ctl.interval_s + ctl.lag_s - time.time())):
+                return
+            try:
+                obs, why = ctl.observe(k)
+            except Exception as e:  # noqa: BLE001
+                obs, why = None, f"observation failed ({type(e).__name__}: {e})"
+            ctl.decide(k, obs, why, time.time())
+            k += 1
+    except Exception as e:  # noqa: BLE001
+        ctl.errors.append(f"controller stopped: {type(e).__name__}: {e}")
+        ctl.log(f"[{ctl.name}] controller stopped: {type(e).__name__}: {e}")
+
+
 # --------------------------------------------------------------------------- controller
 
 
@@ -232,33 +359,30 @@ class Controller:
     name: str = "policy"
     log: Callable[[str], None] = field(default=lambda m: None)
     decisions: list[Decision] = field(default_factory=list)
-    scrapes: list[tuple[float, dict]] = field(default_factory=list)     # (epoch, {replica: counters})
     errors: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.last = None
-        self._snap: tuple[float, dict] | None = None
-        self.t0 = 0.0
+        self.window = LiveWindow(self.backend, self.model, self.requests, self.interval_s, self.slo_ms,
+                                 self.min_replicas, self.max_replicas, self.instances)
+
+    @property
+    def scrapes(self) -> list[tuple[float, dict]]:
+        return self.window.scrapes
 
     # ---- the decision logic (no clock, no I/O but backend.scale)
     def decide(self, tick: int, obs: Observation | None, missing_reason: str = "", t_eval: float = 0.0) -> Decision:
         t_run = tick * self.interval_s
-        ready, pending = self._counts()
+        ready, pending = backend_counts(self.backend)
         d = Decision(tick=tick, t_s=t_run, t_eval_epoch=t_eval, obs=None if obs is None else obs.to_dict(),
                      ready=ready, pending=pending)
         if self.last is None:
             self.last = clamp_replicas(getattr(self.backend, "desired", self.min_replicas), self.min_replicas,
                                        self.max_replicas)
-        if obs is None:
-            d.desired, d.held, d.reason = self.last, True, f"metrics missing: {missing_reason or 'unknown'}"
-            self.log(f"[{self.name}] t={t_run:.0f}s {d.reason}; holding {self.last} replica(s)")
-            self.decisions.append(d)
-            return d
-        try:
-            raw = self.policy.decide(obs)
-        except Exception as e:  # noqa: BLE001 - a failing policy must not crash the run
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            d.desired, d.held, d.reason = self.last, True, f"policy error: {msg[:200]}"
+        raw, err = (None, f"metrics missing: {missing_reason or 'unknown'}") if obs is None else \
+            ask_policy(self.policy, obs)
+        if err:
+            d.desired, d.held, d.reason = self.last, True, err
             self.log(f"[{self.name}] t={t_run:.0f}s {d.reason}; holding {self.last} replica(s)")
             self.decisions.append(d)
             return d
@@ -274,80 +398,32 @@ class Controller:
             d.reason = ans.reason
             self.log(f"[{self.name}] t={t_run:.0f}s {d.reason}")
         d.desired = n
-        try:
-            self.backend.scale(n)
-        except Exception as e:  # noqa: BLE001 - recorded; the next tick tries again
-            d.scale_error = f"{type(e).__name__}: {e}"[:300]
+        d.scale_error = scale_backend(self.backend, n)
+        if d.scale_error:
             self.errors.append(d.scale_error)
             self.log(f"[{self.name}] t={t_run:.0f}s scale({n}) failed: {d.scale_error}")
         self.last = n
         self.decisions.append(d)
         return d
 
-    def _counts(self) -> tuple[int, int]:
-        try:
-            return int(self.backend.ready_replicas), int(self.backend.pending_replicas)
-        except Exception:  # noqa: BLE001
-            return 0, 0
-
     # ---- live observation
     def observe(self, tick: int) -> tuple[Observation | None, str]:
-        """The Observation of ``[t0 + (tick-1) iv, t0 + tick iv)`` from a scrape now and the live request log."""
-        ta = self.t0 + (tick - 1) * self.interval_s
-        tb = self.t0 + tick * self.interval_s
-        snap, why = scrape_counters(self.backend, self.model)
-        prev = self._snap
-        if snap is not None:
-            self._snap = (time.time(), snap)
-            self.scrapes.append(self._snap)
-        else:
-            self._snap = None
-        if snap is None:
-            return None, why
-        if prev is None:
-            return None, "no counter snapshot at the start of the interval"
-        if self.requests is not None and self.requests.silent_for() > self.interval_s:
-            return None, f"load generator feed silent for {self.requests.silent_for():.1f} s"
-        ready, pending = self._counts()
-        obs = observation_from_window(ta, tb, self.requests.view() if self.requests is not None else None,
-                                      prev[1], snap, replicas=ready + pending, replicas_ready=ready,
-                                      replicas_pending=pending, instances=self.instances, slo_ms=self.slo_ms,
-                                      min_replicas=self.min_replicas, max_replicas=self.max_replicas)
-        # the simulator's conventions: run time of the tick, the nominal interval
-        return dataclasses.replace(obs, time_s=tick * self.interval_s, interval_s=self.interval_s), ""
+        """The Observation of ``[t0 + (tick-1) iv, t0 + tick iv)`` (:meth:`LiveWindow.observe`)."""
+        return self.window.observe(tick)
 
     def start(self, t0_epoch: float) -> None:
         """Reset the policy and take the counter snapshot that opens the first interval (at ``t0``)."""
-        self.t0 = t0_epoch
         self.policy.reset()
         self.last = None
-        snap, why = scrape_counters(self.backend, self.model)
-        self._snap = (time.time(), snap) if snap is not None else None
-        if snap is not None:
-            self.scrapes.append(self._snap)
-        else:
+        why = self.window.open(t0_epoch)
+        if why:
             self.log(f"[{self.name}] start: {why}")
 
     def run(self, t0_epoch: float, duration_s: float, stop: threading.Event) -> None:
-        """Tick until ``duration_s`` of run time (or ``stop``); every failure is logged, none escapes."""
-        try:
-            if stop.wait(max(0.0, t0_epoch - time.time())):
-                return
-            self.start(t0_epoch)
-            k = 1
-            while k * self.interval_s <= duration_s + 1e-9:
-                if stop.wait(max(0.0, t0_epoch + k * self.interval_s + self.lag_s - time.time())):
-                    return
-                try:
-                    obs, why = self.observe(k)
-                except Exception as e:  # noqa: BLE001
-                    obs, why = None, f"observation failed ({type(e).__name__}: {e})"
-                self.decide(k, obs, why, time.time())
-                k += 1
-        except Exception as e:  # noqa: BLE001 - the run goes on with the last decision
-            self.errors.append(f"controller stopped: {type(e).__name__}: {e}")
-            self.log(f"[{self.name}] controller stopped: {type(e).__name__}: {e}")
+        """Tick until ``duration_s`` of run time (or ``stop``): :func:`tick_loop`."""
+        tick_loop(self, t0_epoch, duration_s, stop)
 
 
-__all__ = ["Controller", "Decision", "LiveRequests", "PolicyRejected", "check_policy", "load_policy_file",
-           "scrape_counters", "synthetic_observations"]
+__all__ = ["Controller", "Decision", "LiveRequests", "LiveWindow", "PolicyRejected", "ask_policy", "backend_counts",
+           "check_answer_number", "check_interval", "check_policy", "error_line", "load_policy_file", "scale_backend",
+           "scrape_counters", "synthetic_observations", "tick_loop"]

@@ -116,6 +116,25 @@ class PipelineObservation:
     accuracy: float
 
 
+def e2e_observation(stages: Sequence[Observation], *, time_s: float, interval_s: float, completion_rps: float,
+                    p50_ms: float, p95_ms: float, p99_ms: float, slo_violation_frac: float, failures: int,
+                    slo_ms: float) -> Observation:
+    """The end-to-end :class:`Observation` of a pipeline (:attr:`PipelineObservation.e2e`) from its stages' own
+    (``stages``) and the interval's end-to-end completions: arrivals are the first stage's, completions,
+    latency percentiles, SLO violations and failures are end to end (given), in-flight and replica fields are
+    sums over the stages, queue / batch / busy fields NaN. The simulator and the live pipeline controller
+    (:mod:`cluster.controller_pipeline`) both build it here."""
+    nan = float("nan")
+    return Observation(
+        time_s=time_s, interval_s=interval_s, arrival_rps=stages[0].arrival_rps, completion_rps=completion_rps,
+        latency_p50_ms=p50_ms, latency_p95_ms=p95_ms, latency_p99_ms=p99_ms,
+        slo_violation_frac=slo_violation_frac, queue_ms=nan, batch_size=nan, busy_fraction=nan,
+        inflight=float(sum(o.inflight for o in stages)), replicas=sum(o.replicas for o in stages),
+        replicas_ready=sum(o.replicas_ready for o in stages),
+        replicas_pending=sum(o.replicas_pending for o in stages), failures=int(failures), slo_ms=slo_ms,
+        min_replicas=sum(o.min_replicas for o in stages), max_replicas=sum(o.max_replicas for o in stages))
+
+
 class PipelineSimulation:
     """A pipeline run stepped one control interval at a time: ``obs = sim.start()``, then
     ``obs = sim.step(decisions)`` (one desired replica count per stage, each applied by the single-model rule
@@ -313,15 +332,9 @@ class PipelineSimulation:
         ia, ih = self.ia, self.ih
         p50, p95, p99 = hist_quantiles(ih, (0.5, 0.95, 0.99))
         done = ia[A_OK] + ia[A_FAIL]
-        nan = float("nan")
-        e2e = Observation(
-            time_s=t, interval_s=iv, arrival_rps=obs[0].arrival_rps, completion_rps=ia[A_OK] / iv,
-            latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99,
-            slo_violation_frac=safe_div(ia[A_SLO_VIOL], done), queue_ms=nan, batch_size=nan, busy_fraction=nan,
-            inflight=float(sum(o.inflight for o in obs)), replicas=sum(o.replicas for o in obs),
-            replicas_ready=sum(o.replicas_ready for o in obs), replicas_pending=sum(o.replicas_pending for o in obs),
-            failures=int(ia[A_FAIL]), slo_ms=self.sc.slo_ms, min_replicas=sum(o.min_replicas for o in obs),
-            max_replicas=sum(o.max_replicas for o in obs))
+        e2e = e2e_observation(obs, time_s=t, interval_s=iv, completion_rps=ia[A_OK] / iv, p50_ms=p50, p95_ms=p95,
+                              p99_ms=p99, slo_violation_frac=safe_div(ia[A_SLO_VIOL], done), failures=int(ia[A_FAIL]),
+                              slo_ms=self.sc.slo_ms)
         accuracy = safe_div(self._iacc[0], self._iacc[1])
         self.ia[:] = 0.0
         self.ih[:] = 0
@@ -458,5 +471,5 @@ def simulate_pipeline(sc: Scenario, engine: str = "fast", progress: Callable[[fl
     return res
 
 
-__all__ = ["PipelineObservation", "PipelineResult", "PipelineSimulation", "simulate_pipeline", "stage_scenario",
+__all__ = ["PipelineObservation", "e2e_observation", "PipelineResult", "PipelineSimulation", "simulate_pipeline", "stage_scenario",
            "stage_seed"]

@@ -40,7 +40,10 @@ Live feed (``plan["stream"]: true``, used by the live controller of
 :mod:`cluster.validate`): every ``stream_interval_s`` (0.25 s) the child prints
 one JSON line ``{"sends": [[seq, t_send], ...], "done": [[seq, t_send,
 latency_ms, status], ...]}`` with the requests sent and finished since the last
-line (epoch seconds); :func:`run_load` hands each to ``on_records``.
+line (epoch seconds); a pipeline's line also carries every stage's visits since the last line:
+``"stage_sends": [[seq, stage, t_send], ...]`` and ``"stage_done": [[seq, stage, t_send, latency_ms,
+status], ...]`` (the visit's own client latency, as in the stage-visit log); :func:`run_load` hands each
+line to ``on_records``.
 
 Per-request log (CSV, epoch seconds; :func:`run_load` converts to run time):
 ``seq, user, t_sched, t_send, latency_ms, status, http_status, replica, error``
@@ -205,6 +208,7 @@ class LocustLoad:
     mode: str
     sends: list = field(default_factory=list)
     visits: list = field(default_factory=list)      # a pipeline's stage visits (VISIT_COLUMNS)
+    live_visits: list = field(default_factory=list)  # stream only: (seq, stage, t_send[, latency_ms, status])
 
 
 def request_inputs(plan: dict) -> list[list]:
@@ -263,6 +267,7 @@ def build_load(plan: dict) -> LocustLoad:
     visits: list[tuple] = []
     records: list[tuple] = []
     sends: list[tuple] = []                 # (seq, t_send) in send order; only with plan["stream"]
+    live_visits: list[tuple] = []           # a pipeline's stage sends and visits as they happen; only streamed
     stream = bool(plan.get("stream", False))
     counts = {"sent": 0, "ok": 0, "failed": 0, "inflight": 0}
     state = {"t0": None, "done": False}
@@ -326,6 +331,8 @@ def build_load(plan: dict) -> LocustLoad:
             for k, st in enumerate(chain):
                 gap = (time.perf_counter() - p_end) * 1000.0 if k else float("nan")
                 ts, pk = time.time(), time.perf_counter()
+                if stream:
+                    live_visits.append((seq, k, ts))
                 exc, rep = None, ""
                 try:
                     r = cls[k].infer(st["model"], inp, outputs=chain_outputs[k])
@@ -337,6 +344,8 @@ def build_load(plan: dict) -> LocustLoad:
                 p_end = time.perf_counter()
                 status, http, msg = classify(exc)
                 mine.append((seq, k, ts, (p_end - pk) * 1000.0, status, http, rep, msg, gap))
+                if stream:
+                    live_visits.append((seq, k, ts, (p_end - pk) * 1000.0, status))
                 reps.append(rep)
                 if exc is not None:
                     end = k
@@ -438,7 +447,7 @@ def build_load(plan: dict) -> LocustLoad:
         user_classes, shape = [Dispatcher], OpenLoopShape()
     else:
         raise ValueError(f"unknown load mode {mode!r} (closed or open)")
-    return LocustLoad(user_classes, shape, records, counts, state, mode, sends, visits)
+    return LocustLoad(user_classes, shape, records, counts, state, mode, sends, visits, live_visits)
 
 
 def _write_atomic(path: str | Path, header, rows) -> None:
@@ -503,7 +512,7 @@ def _child_main(plan_path: str) -> int:
     pg = gevent.spawn(_progress)
     sg = None
     if plan.get("stream"):
-        fed = {"sends": 0, "done": 0}
+        fed = {"sends": 0, "done": 0, "visits": 0}
 
         def _flush():
             ns, nd = len(load.sends), len(records)
@@ -511,8 +520,16 @@ def _child_main(plan_path: str) -> int:
             done = [[r[0], round(r[3], 6), None if r[4] != r[4] else round(r[4], 3), r[5]]
                     for r in records[fed["done"]:nd]]
             fed["sends"], fed["done"] = ns, nd
+            msg = {"sends": snd, "done": done, "t": round(time.time(), 3)}
+            if plan.get("stages"):        # a pipeline: every stage's sends and finished visits too
+                nv = len(load.live_visits)
+                vis = load.live_visits[fed["visits"]:nv]
+                fed["visits"] = nv
+                msg["stage_sends"] = [[v[0], v[1], round(v[2], 6)] for v in vis if len(v) == 3]
+                msg["stage_done"] = [[v[0], v[1], round(v[2], 6), None if v[3] != v[3] else round(v[3], 3), v[4]]
+                                     for v in vis if len(v) == 5]
             # printed even when empty: a heartbeat (the controller treats a silent feed as missing metrics)
-            print(json.dumps({"sends": snd, "done": done, "t": round(time.time(), 3)}), flush=True)
+            print(json.dumps(msg), flush=True)
 
         def _stream():
             every = float(plan.get("stream_interval_s", 0.25))

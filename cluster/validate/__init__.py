@@ -67,12 +67,19 @@ Bad input is one line ``error: ...`` and exit code 2; a policy that fails its
 pre-flight check is rejected the same way before any server starts. Ctrl-C
 tears the servers down and writes nothing.
 
+**Pipelines.** With a ``--stack`` file whose scenario has a ``pipeline:`` (``configs/pipeline.yaml``), the
+policy is a pipeline policy (a ``servesim-pipeline-policy/1`` file, or ``hpa`` / ``per_stage`` / ``ipa``) and
+the validation is :mod:`~cluster.validate.pipeline`'s: per stage real-vs-simulated replica-seconds and visit
+latency, end to end p50 / p95 / p99, throughput, SLO violations and accuracy, overlays per stage; the live
+controller is :class:`cluster.controller_pipeline.PipelineController` (variant / batch-size switches are
+refused on the real stack).
+
 Modules (one home each): :mod:`~cluster.validate.contenders` (the policies under test),
 :mod:`~cluster.validate.workload` (the validation load), :mod:`~cluster.validate.stats` (the ranking
 of policies, replica and latency curves; the per-side summary and the error table are
 :mod:`calibration.compare`'s), :mod:`~cluster.validate.run` (the real and simulated runs, the
 orchestration), :mod:`~cluster.validate.report` (``report.md``, the table, the plots),
-:mod:`~cluster.validate.cli` (the command).
+:mod:`~cluster.validate.cli` (the command), :mod:`~cluster.validate.pipeline` (pipelines).
 """
 from __future__ import annotations
 

@@ -59,6 +59,15 @@ def table_lines(summary: dict, markdown: bool = True) -> list[str]:
     return lines
 
 
+def workload_line(w: dict, duration_s: float) -> str:
+    """The report's sentence on the validation load (``summary["workload"]``)."""
+    if w["kind"] == "trace":
+        return (f"Workload: `{os.path.basename(w['trace'])}` trace seconds {w['start_s']:g}..{w['start_s'] + w['length_s']:g} "
+                f"compressed x{w['speedup']:g} into {duration_s:g} s, rate scale {w['scale']:g} ({w['scale_rule']}); "
+                f"mean {w['mean_rps']:g} rps, p99 {w['p99_rps']:g} rps, max {w['max_rps']:g} rps.")
+    return f"Workload: `{json.dumps(w.get('spec'))[:300]}` for {duration_s:g} s."
+
+
 def report_md(s: dict) -> str:
     w = s["workload"]
     L = [f"# Sim-to-real validation: {s['policy_file']}", "",
@@ -67,12 +76,7 @@ def report_md(s: dict) -> str:
          f"Simulated side: {s['sim_seeds']} seed(s) per policy, replaying each real run's own send times and "
          f"initial replicas with the same policy object. Summary window: requests sent in "
          f"[{s['warmup_s']:g}, {s['duration_s']:g}) s.", ""]
-    if w["kind"] == "trace":
-        L += [f"Workload: `{os.path.basename(w['trace'])}` trace seconds {w['start_s']:g}..{w['start_s'] + w['length_s']:g} "
-              f"compressed x{w['speedup']:g} into {s['duration_s']:g} s, rate scale {w['scale']:g} ({w['scale_rule']}); "
-              f"mean {w['mean_rps']:g} rps, p99 {w['p99_rps']:g} rps, max {w['max_rps']:g} rps.", ""]
-    else:
-        L += [f"Workload: `{json.dumps(w.get('spec'))[:300]}` for {s['duration_s']:g} s.", ""]
+    L += [workload_line(w, s["duration_s"]), ""]
     L += ["## Real vs simulated", ""] + table_lines(s) + [
         "", "Cells: real / simulated (relative error of the simulation). Targets: replica-seconds within "
         f"{VALIDATION_TARGETS['replica_seconds'][1] * 100:.0f} %, p95 within {VALIDATION_TARGETS['p95_ms'][1] * 100:.0f} % (✓/✗).", ""]

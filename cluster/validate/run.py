@@ -37,11 +37,62 @@ class ValidateError(RuntimeError):
     pass
 
 
+class ControllerLog:
+    """A controller's log file (``controller.log``: one line per message, epoch-stamped, thread-safe); the
+    lines holding one of ``echo`` (holds, failures, ...) also go to the console (unless ``quiet``)."""
+
+    def __init__(self, path: Path, quiet: bool, echo=("holding", "failed", "stopped", "clamped")):
+        self.f = open(path, "w")
+        self.lock = threading.Lock()
+        self.quiet, self.echo = quiet, echo
+
+    def __call__(self, m: str) -> None:
+        with self.lock:
+            self.f.write(f"{time.time():.3f} {m}\n")
+            self.f.flush()
+        if any(w in m for w in self.echo):
+            say(self.quiet, m)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def controlled_load(ctl, plan: dict, wdir: Path, t0: float, duration: float, name: str, quiet: bool, feed,
+                    ready, want):
+    """The load of ``plan`` with controller ``ctl`` ticking alongside (its own thread from ``t0``; the live feed
+    to ``feed``), a progress bar (``ready()`` / ``want()``: what it shows); the controller is stopped when the
+    load ends or fails. Returns the load generator's result."""
+    from ..stack.loadgen import run_load
+    stop = threading.Event()
+    bar = None
+    th = threading.Thread(target=ctl.run, args=(t0, duration, stop), name=f"controller-{name}", daemon=True)
+    th.start()
+    try:
+        if not quiet:
+            from tqdm import tqdm
+            bar = tqdm(total=round(duration), desc=f"[{name}] real run", unit="s", file=sys.stderr,
+                       dynamic_ncols=True)
+
+        def _progress(el, cnt):
+            if bar is not None:
+                bar.n = max(0, min(round(el), bar.total))
+                bar.set_postfix(sent=cnt.get("sent"), ok=cnt.get("ok"), failed=cnt.get("failed"), ready=ready(),
+                                want=want(), refresh=False)
+                bar.refresh()
+        res = run_load(plan, wdir / "loadgen", progress=_progress, on_records=feed)
+        stop.set()
+        th.join(ctl.interval_s + 10)
+        return res
+    finally:
+        stop.set()
+        if bar is not None:
+            bar.close()
+
+
 def run_real(c: Contender, policy, sc: Scenario, stack, wl: WorkloadSpec, duration: float, arrivals, work: Path,
              odir: Path, capacity: float, quiet: bool) -> dict:
     from ..stack.deploy import make_backend
     from ..controller import Controller, LiveRequests
-    from ..stack.loadgen import run_load
     from ..stack.served import served_for
     odir.mkdir(parents=True, exist_ok=True)
     wdir = work / c.name
@@ -49,21 +100,10 @@ def run_real(c: Contender, policy, sc: Scenario, stack, wl: WorkloadSpec, durati
     be = make_backend(stack, run_sc, wdir / "server")
     served = served_for(stack)
     feed = LiveRequests()
-    logf = open(odir / "controller.log", "w")
-    lock = threading.Lock()
-
-    def log(m: str) -> None:
-        with lock:
-            logf.write(f"{time.time():.3f} {m}\n")
-            logf.flush()
-        if "holding" in m or "failed" in m or "stopped" in m or "clamped" in m:
-            say(quiet, m)
-
+    log = ControllerLog(odir / "controller.log", quiet)
     ctl = Controller(be, policy, interval_s=c.interval_s, slo_ms=sc.slo_ms, min_replicas=sc.cluster.min_replicas,
                      max_replicas=sc.cluster.max_replicas, instances=sc.batching.instances, model=served.name,
                      requests=feed, name=c.name, log=log)
-    stop = threading.Event()
-    bar = None
     res = None
     t0 = t_plan = math.nan
     try:
@@ -81,29 +121,12 @@ def run_real(c: Contender, policy, sc: Scenario, stack, wl: WorkloadSpec, durati
             plan.update(mode="closed", users=wl.users, think=wl.think.to_dict("s"), spawn_rate=wl.spawn_rate)
         else:
             plan.update(mode="open", arrivals=np.asarray(arrivals, float).tolist())
-        th = threading.Thread(target=ctl.run, args=(t0, duration, stop), name=f"controller-{c.name}", daemon=True)
-        th.start()
-        if not quiet:
-            from tqdm import tqdm
-            bar = tqdm(total=round(duration), desc=f"[{c.name}] real run", unit="s", file=sys.stderr,
-                       dynamic_ncols=True)
-
-        def _progress(el, cnt):
-            if bar is not None:
-                bar.n = max(0, min(round(el), bar.total))
-                bar.set_postfix(sent=cnt.get("sent"), ok=cnt.get("ok"), failed=cnt.get("failed"),
-                                ready=be.ready_replicas, want=ctl.last, refresh=False)
-                bar.refresh()
-        res = run_load(plan, wdir / "loadgen", progress=_progress, on_records=feed.feed)
-        stop.set()
-        th.join(c.interval_s + 10)
+        res = controlled_load(ctl, plan, wdir, t0, duration, c.name, quiet, feed.feed, lambda: be.ready_replicas,
+                              lambda: ctl.last)
     finally:
-        stop.set()
-        if bar is not None:
-            bar.close()
         errors = list(getattr(be, "errors", lambda: [])())
         be.teardown()
-        logf.close()
+        log.close()
     log_recs = be.replica_log()
     t0 = float(res.meta.get("t0_epoch", t0))
     with open(res.requests_path) as f:
@@ -184,6 +207,14 @@ def run_sim(c: Contender, policy, sc: Scenario, wl_real: WorkloadSpec, duration:
             "ok": r0["status"] == 0}
 
 
+def write_validation(tmp: Path, summary: dict, report, plot) -> None:
+    """``summary.json``, ``report.md`` (``report(summary)``) and the plots (``plot()``) into the folder being
+    written."""
+    (tmp / "summary.json").write_text(json.dumps(jsonable(summary), indent=1, default=str))
+    (tmp / "report.md").write_text(report(summary))
+    plot()
+
+
 def validate(a) -> dict:
     """Check the arguments and ``--out`` (before anything starts), then validate into the output folder."""
     t_all = time.time()
@@ -193,12 +224,27 @@ def validate(a) -> dict:
         raise ConfigError(f"--sim-seeds: must be >= 1 (got {a.sim_seeds})")
     if not 0 <= a.slo_target < 1:
         raise ConfigError(f"--slo-target: must be in [0, 1) (got {a.slo_target})")
-    comp = [] if a.compare.strip() in ("none", "") else [x.strip() for x in a.compare.split(",") if x.strip()]
-    bad = [x for x in comp if x not in COMPARE]
+    from ..config import load_measure_config
+    cfg = load_measure_config(resolve_path(a.stack), a.set)
+    pipe = cfg.scenario.pipeline is not None
+    if pipe:
+        from .pipeline import PIPELINE_CONTENDERS as allowed
+        if a.policy not in allowed and not os.path.exists(a.policy):
+            raise ConfigError(f"{a.policy}: file not found (a pipeline policy is a servesim-pipeline-policy file or "
+                              f"one of {', '.join(allowed)})")
+    else:
+        allowed = COMPARE
+    compare_arg = a.compare if a.compare is not None else ("none" if pipe else "hpa,static")
+    comp = [] if compare_arg.strip() in ("none", "") else [x.strip() for x in compare_arg.split(",") if x.strip()]
+    bad = [x for x in comp if x not in allowed]
     if bad:
-        raise ConfigError(f"--compare: unknown {bad[0]!r}; choose from {', '.join(COMPARE)} or none")
+        raise ConfigError(f"--compare: unknown {bad[0]!r}; choose from {', '.join(allowed)} or none"
+                          + (" (a pipeline)" if pipe else ""))
     comp = list(dict.fromkeys(comp))
     with OutputFolder(a.out, "cluster.validate", force=a.force, legacy=json_format_is("summary.json", FORMAT)) as of:
+        if pipe:
+            from .pipeline import validate_pipeline
+            return validate_pipeline(a, cfg, comp, of.path, t_all)
         return _validate(a, comp, of.path, t_all)
 
 
@@ -333,9 +379,7 @@ def _validate(a, comp: list[str], tmp: Path, t_all: float) -> dict:
             "sanity": sanity.record(checks, a.allow_degenerate), "_checks": checks,
             "policies": results, **info, "wall_s": round(time.time() - t_all, 1)}
         summary.pop("_checks")
-        (tmp / "summary.json").write_text(json.dumps(jsonable(summary), indent=1, default=str))
-        (tmp / "report.md").write_text(report_md(summary))
-        plots(tmp, summary, curves)
+        write_validation(tmp, summary, report_md, lambda: plots(tmp, summary, curves))
         summary["_checks"] = checks
         return summary
     finally:
