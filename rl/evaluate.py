@@ -23,6 +23,11 @@ rate needs ``target_util * max_replicas`` replicas (the factor is recorded).
 Baselines are tuned on the config's ``trace.tune_days`` (``--tuned FILE`` reuses
 a tuning written by ``python -m rl.baselines`` or an earlier evaluation).
 
+A pipeline scenario (``--scenario configs/pipeline_example.yaml``, or a config whose scenario is one) runs
+``rl.pipeline_eval``'s comparison instead, with the same policy files, ``--out``, ``--config``, ``--seeds``,
+``--force``, ``--no-plots``, ``--allow-degenerate`` and ``--baselines`` (there: ``hpa``, ``kpa``, ``ipa``,
+``oracle``); the trace and window options, ``--tuned`` and ``--perturb`` are single-model only and refused.
+
 ``--perturb service=1.3,startup=2`` evaluates everything on a drifted deployment
 (:mod:`rl.drift`; keys ``service`` -- per-batch service times, ``startup`` --
 replica start-up delays, ``overhead`` -- per-request time outside the server,
@@ -148,7 +153,60 @@ def main(argv=None) -> int:
     ap.add_argument("--allow-degenerate", action="store_true",
                     help="exit 0 even when a sanity check fails (the section is still printed and recorded)")
     a = ap.parse_args(argv)
+    pipe = run_cli(lambda: _pipeline_argv(a))
+    if isinstance(pipe, list):
+        from rl import pipeline_eval
+        return pipeline_eval.main(pipe)
+    if pipe:
+        return pipe
     return run_cli(lambda: _run(a), errors=(sanity.DegenerateResult,))
+
+
+# options of a single-model evaluation that a pipeline comparison has no use for (it always replays the four
+# held-out windows of the config's eval days at the rule's scale, in real time, tuning its contenders itself)
+SINGLE_MODEL_ONLY = ("trace", "start", "length", "scale", "speedup", "tuned", "perturb")
+
+
+def _pipeline_argv(a) -> list[str] | int:
+    """When the scenario (``--scenario``, else the config's) is a pipeline, ``rl.pipeline_eval``'s arguments for
+    the same comparison (the one code path for pipelines: per-stage HPA and KPA, the IPA-style configurator, the
+    oracle and the policy files on the held-out windows); else 0. An option only a single-model evaluation
+    takes is refused in one line."""
+    import yaml
+    from simulator.config import load_scenario
+    from rl.common import resolve_path
+    path = a.scenario
+    if path is None:
+        if not os.path.exists(a.config):
+            return 0                                   # the single-model path reports the missing file
+        with open(a.config) as f:
+            raw = yaml.safe_load(f) or {}
+        path = raw.get("scenario") if isinstance(raw, dict) else None
+        if not isinstance(path, str):
+            return 0
+        path = resolve_path(path, os.path.dirname(os.path.abspath(a.config)))
+    if not os.path.exists(path) or load_scenario(path).pipeline is None:
+        return 0
+    defaults = {"scale": "config", "speedup": 1.0}
+    for k in SINGLE_MODEL_ONLY:
+        if getattr(a, k) != defaults.get(k):
+            raise ConfigError(f"--{k}: not taken for a pipeline scenario ({path}): rl.pipeline_eval replays the "
+                              f"config's held-out windows at its own scale rule")
+    from rl.pipeline_eval import CONTENDERS
+    if a.baselines in ("all", ""):
+        contenders = list(CONTENDERS)
+    elif a.baselines == "none":
+        contenders = []
+    else:
+        contenders = [x.strip() for x in a.baselines.split(",") if x.strip()]
+        bad = [x for x in contenders if x not in CONTENDERS]
+        if bad:
+            raise ConfigError(f"--baselines: unknown {bad[0]!r} for a pipeline scenario; choose from all, none, "
+                              f"{', '.join(CONTENDERS)}")
+    argv = [path, *a.policies, "--out", a.out, "--config", a.config, "--seeds", str(a.seeds),
+            "--contenders", ",".join(contenders)]
+    return argv + [f for f, on in (("--force", a.force), ("--no-plots", a.no_plots),
+                                   ("--allow-degenerate", a.allow_degenerate)) if on]
 
 
 def _run(a) -> int:

@@ -537,7 +537,7 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true",
                     help="start afresh in --out even if an earlier rl.train wrote it (never another folder)")
     ap.add_argument("--resume", default=None, metavar="OUT", help="finish the population in folder OUT "
-                                                                 "(finished trials are kept, the others continue)")
+                         "(finished trials are kept, the others continue; with --iterations, up to that many)")
     ap.add_argument("--checkpoint-every", type=int, default=5, help="RLlib checkpoint every N iterations (resume)")
     ap.add_argument("--snapshot-every", type=int, default=None,
                     help="greedy policy snapshot every N iterations (default: population.snapshot_every)")
@@ -559,8 +559,11 @@ def _run(a) -> int:
             raise ConfigError(f"--resume {a.resume}: no run.json there (not a population folder)")
         with open(p) as f:
             saved = json.load(f)["args"]
+        given = a.iterations
         for k in RESUME_KEYS:
             setattr(a, k, saved.get(k))
+        if given is not None:           # the unfinished trials stop at this many iterations instead
+            a.iterations = given
         a.out = a.resume
     for flag, v in (("--seeds", a.seeds), ("--snapshot-every", a.snapshot_every), ("--history", a.history)):
         if v is not None and v < 1:

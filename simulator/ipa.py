@@ -20,7 +20,9 @@ replicas, then smaller batches, then the earlier-listed variant).
 
 As a policy (``autoscaler: {kind: ipa, ...}`` at the top of a pipeline scenario, :class:`IPAPolicy`): every
 interval it forecasts the next interval's peak arrival rate from the end-to-end arrival rates of the last
-``window_s`` seconds (:mod:`simulator.forecast`: IPA's max-of-window predictor, or ``trend``), builds each
+``window_s`` seconds (:mod:`simulator.forecast`: IPA's max-of-window predictor, ``trend``, or ``lstm``, IPA's
+LSTM predictor, whose horizon is the interval plus :func:`startup_lead`, with the max predictor as its fallback),
+builds each
 stage's options from the scenario's own service models (the mean compute of a batch of ``b`` of each variant),
 and answers the configuration above.
 
@@ -38,7 +40,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from simulator.forecast import RateWindow, max_forecast, trend_forecast
+from simulator.forecast import FORECASTS, RateWindow, make_forecaster
 from simulator.pipeline_policy import PipelinePolicy, StageDecision, register_pipeline
 
 
@@ -149,7 +151,8 @@ class IPAPolicy(PipelinePolicy):
 
     def __init__(self, options, slo_ms: float, accuracy_rule: str, min_replicas, max_replicas,
                  accuracy_weight: float = 1.0, replica_weight: float = 0.01, batch_weight: float = 1e-4,
-                 max_utilization: float = 0.8, forecast: str = "max", window_s: float = 120.0):
+                 max_utilization: float = 0.8, forecast: str = "max", window_s: float = 120.0,
+                 interval_s: float = 10.0, lead_s: float = 0.0):
         self.options = options
         self.slo_ms = float(slo_ms)
         self.rule = accuracy_rule
@@ -157,6 +160,7 @@ class IPAPolicy(PipelinePolicy):
         self.weights = dict(accuracy_weight=accuracy_weight, replica_weight=replica_weight, batch_weight=batch_weight,
                             max_utilization=max_utilization)
         self.forecast_kind = forecast
+        self.forecaster = make_forecaster(forecast, interval_s, lead_s)
         self.window = RateWindow(window_s)
         self.last_forecast = math.nan
         self.feasible = True
@@ -171,7 +175,7 @@ class IPAPolicy(PipelinePolicy):
         else:
             self.window.trim(obs.time_s)
         pts = self.window.points
-        lam = trend_forecast(pts, obs.time_s + obs.interval_s) if self.forecast_kind == "trend" else max_forecast(pts)
+        lam = self.forecaster(pts, obs.time_s + obs.interval_s)
         self.last_forecast = lam
         choice, self.feasible = configure(self.options, lam, self.slo_ms, accuracy_rule=self.rule,
                                           min_replicas=self.lo, max_replicas=self.hi, **self.weights)
@@ -198,12 +202,20 @@ class IPAPolicy(PipelinePolicy):
         kw, sizes = cls._parse(params, "autoscaler")
         stages = sc.pipeline.stages
         return cls([stage_options(st, sizes) for st in stages], sc.slo_ms, sc.pipeline.accuracy,
-                   [st.cluster.min_replicas for st in stages], [st.cluster.max_replicas for st in stages], **kw)
+                   [st.cluster.min_replicas for st in stages], [st.cluster.max_replicas for st in stages], **kw,
+                   interval_s=sc.autoscaler.interval_s, lead_s=startup_lead(sc))
 
 
-FORECASTS = ("max", "trend")
+def startup_lead(sc) -> float:
+    """The longest mean start-up delay of any stage's variants of pipeline scenario ``sc`` (s): how long before
+    a replica asked for now can serve."""
+    out = 0.0
+    for st in sc.pipeline.stages:
+        for v in st.variants:
+            out = max(out, (v.startup or st.cluster.startup).mean_value)
+    return out
 
 register_pipeline(IPAPolicy)
 
-__all__ = ["IPAPolicy", "StageChoice", "StageOption", "stage_options", "batch_wait_ms", "configure", "path_latency_ms", "pipeline_accuracy",
+__all__ = ["IPAPolicy", "StageChoice", "startup_lead", "StageOption", "stage_options", "batch_wait_ms", "configure", "path_latency_ms", "pipeline_accuracy",
            "replicas_needed"]

@@ -98,3 +98,27 @@ def test_evaluate_perturbed_deployment(setup, capsys):
     assert main(common + ["--perturb", "speed=2", "--out", str(d / "bad")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--perturb: 'speed=2'" in err[0] and not (d / "bad").exists()
+
+
+def test_a_pipeline_scenario_runs_the_pipeline_comparison(tmp_path, capsys):
+    """rl.evaluate on a pipeline scenario hands the same run to rl.pipeline_eval (one code path): its arguments
+    by hand, a single-model-only option refused in one line, and the comparison's own check answering."""
+    import argparse
+    from rl.evaluate import _pipeline_argv, main
+    scen = "configs/pipeline_example.yaml"
+    ns = argparse.Namespace(scenario=scen, config="configs/rl.yaml", policies=["runs/x/policy.pt"], out="o",
+                            seeds=3, baselines="hpa,oracle", force=True, no_plots=False, allow_degenerate=False,
+                            trace=None, start=None, length=None, scale="config", speedup=1.0, tuned=None, perturb=None)
+    assert _pipeline_argv(ns) == [scen, "runs/x/policy.pt", "--out", "o", "--config", "configs/rl.yaml", "--seeds",
+                                  "3", "--contenders", "hpa,oracle", "--force"]
+    assert _pipeline_argv(argparse.Namespace(**dict(vars(ns), scenario="configs/example.yaml"))) == 0
+    rc = main(["--scenario", scen, "--perturb", "service=1.3", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: --perturb: not taken for a pipeline scenario") and "\n" not in err
+    rc = main(["--scenario", scen, "--baselines", "static_best", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "unknown 'static_best' for a pipeline scenario" in err
+    # no contenders and no policy: rl.pipeline_eval's own refusal, before any simulation
+    rc = main(["--scenario", scen, "--baselines", "none", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "nothing to compare" in err and not (tmp_path / "c").exists()
