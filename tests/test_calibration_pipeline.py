@@ -25,7 +25,7 @@ def fitted(tmp_path_factory):
     root = syn.write_folder(d / "results" / "synthetic")
     cfg = d / "configs" / "calibrated" / "synthetic.yaml"
     rep = d / "report" / "synthetic"
-    fid = fitmod.run_fit(str(root), "synthetic", str(cfg), str(rep), seeds=1, quiet=True, plots=True)
+    fid = fitmod.run_fit(str(root), "synthetic", str(cfg), str(rep), seeds=2, quiet=True, plots=True)
     return {"root": root, "cfg": cfg, "rep": rep, "fid": fid, "dir": d}
 
 
