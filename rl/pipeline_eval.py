@@ -21,7 +21,11 @@ Contenders:
 - learned pipeline policies (``policy.pt`` files written by ``rl.train`` on a pipeline scenario, given as
   arguments or ``--policies``; :mod:`simulator.pipeline_learned`): each runs as trained (its interval, its
   selection on the tuning windows already made), named after its file (:func:`rl.evaluate.policy_names`); a file
-  trained on another pipeline, or naming a variant the scenario lacks, is refused with one line.
+  trained on another pipeline, or naming a variant the scenario lacks, is refused with one line;
+- ``rl`` (``--train``): the command first trains a population on the scenario through ``rl.train``'s code path
+  (``--train-seeds`` x ``--train-iterations``, written to ``OUT/train/`` with its population table; its selection
+  on the tuning days) and compares the selected ``policy.pt``, so the whole comparison is one command:
+  ``python -m rl.pipeline_eval --train --out DIR``.
 
 Tuning (never on the evaluation days): every setting of a grid runs on the tuning windows (days 11-12, IPA's four
 patterns), one seed; the kept setting is the one that meets the SLO-violation target (``slo_target`` of
@@ -71,6 +75,9 @@ CONTENDERS = ("hpa", "kpa", "ipa", "oracle")
 # and IPA with it had more SLO violations (1.53 % vs 1.10 %) for the same cost (8234 vs 8239 replica-s) and twice
 # the reconfigurations; --forecast lstm runs it.
 DEFAULT_FORECAST = "max"
+# the RL contender trained by --train (rl.train's population on the scenario): 2 seeds x 40 iterations, ~12 min here
+TRAIN_SEEDS = 2
+TRAIN_ITERATIONS = 40
 HPA_GRID = [(u, w) for u in (0.5, 0.6, 0.7, 0.8, 0.9) for w in (60.0, 300.0)]
 KPA_GRID = [2.0, 4.0, 8.0, 12.0, 16.0]
 UTIL_GRID = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -225,7 +232,17 @@ def main(argv=None) -> int:
     ap.add_argument("--allow-degenerate", action="store_true",
                     help="write the tables even when a sanity check fails (exit 0; the failure is recorded)")
     ap.add_argument("--quick", action="store_true",
-                    help="a smoke run: 5-minute windows, one setting per contender (no tuning grid), one seed")
+                    help="a smoke run: 5-minute windows, one setting per contender (no tuning grid), one seed "
+                         "(with --train: one trial of 2 iterations)")
+    tr = ap.add_argument_group("training the RL contender in the same command")
+    tr.add_argument("--train", action="store_true",
+                    help="first train a population on the scenario with rl.train (its code path: OUT/train/, "
+                         "population table, selected policy.pt) and compare its selected policy as contender 'rl'")
+    tr.add_argument("--train-seeds", type=int, default=TRAIN_SEEDS,
+                    help=f"training seeds of that population (default {TRAIN_SEEDS})")
+    tr.add_argument("--train-iterations", type=int, default=TRAIN_ITERATIONS,
+                    help=f"iterations per trial (default {TRAIN_ITERATIONS}; ~15 s each here with 2 trials on 2 cores)")
+    tr.add_argument("--ray-address", default=None, help="train on a Ray cluster (rl.train --ray-address)")
     a = ap.parse_args(argv)
 
     def body() -> int:
@@ -283,7 +300,11 @@ def evaluate(a, folder: str) -> tuple[dict, list]:
     from rl.evaluate import policy_names
     from simulator.pipeline_learned import PipelineLearnedPolicy
     learned = {n: PipelineLearnedPolicy.load(p, base)
-               for n, p in zip(policy_names(a.policies, reserved=CONTENDERS), a.policies)}
+               for n, p in zip(policy_names(a.policies, reserved=CONTENDERS + ("rl",)), a.policies)}
+    shown = {n: os.path.abspath(p.path) for n, p in learned.items()}
+    if a.train:
+        learned["rl"] = PipelineLearnedPolicy.load(train_contender(a, folder), base)
+        shown["rl"] = os.path.join("train", "policy.pt")      # relative to --out (trained inside it)
     if not names and not learned:
         raise ConfigError("nothing to compare: give --contenders and/or policy files")
     rates = load_trace(trace)
@@ -333,7 +354,7 @@ def evaluate(a, folder: str) -> tuple[dict, list]:
                     m, r = cands[u]
                     setting = u
                 elif name in learned:
-                    setting = learned[name].path
+                    setting = shown[name]
                     m, r = run(name, None, sc, a.interval_s, caps, learned=learned[name])
                 else:
                     setting = tuned[name]["setting"]
@@ -351,7 +372,7 @@ def evaluate(a, folder: str) -> tuple[dict, list]:
     checks = [sanity.policies_scale({r["policy"]: r["mean_replicas"] for r in summary}, mins),
               sanity.pipeline_oracle_best(summary, slo_t, a.replica_weight)]
     result = {"contenders": every, "scenario": base.to_dict(), "scenario_file": os.path.abspath(a.scenario),
-              "policies": {n: {"path": os.path.abspath(p.path), "scenario": p.meta.get("scenario"),
+              "policies": {n: {"path": shown[n], "scenario": p.meta.get("scenario"),
                                "training": p.meta.get("training"), "interval_s": p.interval_s}
                            for n, p in learned.items()},
               "trace": trace, "scale": scale, "scale_rule": rule, "p99_rps": p99, "slo_target": slo_t,
@@ -365,6 +386,25 @@ def evaluate(a, folder: str) -> tuple[dict, list]:
     _print(summary)
     print("\n".join(sanity.section(checks)))
     return result, checks
+
+
+def train_contender(a, folder: str) -> str:
+    """``--train``: rl.train's population on the comparison's scenario and RL config, written to ``folder/train``
+    (the same code path and outputs as ``python -m rl.train --scenario SCENARIO --out DIR``); the selected
+    ``policy.pt``'s path."""
+    from rl import train as rl_train
+    quick = a.quick
+    seeds, iters = (1, 2) if quick else (a.train_seeds, a.train_iterations)
+    if seeds < 1 or iters < 1:
+        raise ConfigError(f"--train-seeds / --train-iterations: must be >= 1 (got {seeds}, {iters})")
+    out = os.path.join(folder, "train")
+    argv = ["--scenario", a.scenario, "--config", a.config, "--seeds", str(seeds), "--iterations", str(iters)] + \
+        (["--ray-address", a.ray_address] if a.ray_address else [])
+    print(f"training the rl contender: python -m rl.train {' '.join(argv)} --out {os.path.join(a.out, 'train')}",
+          flush=True)
+    if rl_train.main(argv + ["--out", out]) != 0:
+        raise ConfigError("--train: rl.train stopped (its message is above); nothing was compared")
+    return os.path.join(out, "policy.pt")
 
 
 def _aggregate(rows, keys):

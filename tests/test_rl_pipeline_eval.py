@@ -65,3 +65,38 @@ def test_oracle_check_rejects_a_non_bound():
     beaten = [dict(good[0], accuracy=0.9), good[1]]          # hpa: 0.9 - 0.05 > 0.76 - 0.04
     c = pipeline_oracle_best(beaten, 0.01, 0.01)
     assert not c.ok and c.detail.startswith("hpa meets the SLO target with a better objective")
+
+
+@pytest.mark.slow
+def test_train_adds_the_rl_contender_in_the_same_command(tmp_path, capsys):
+    """``--train``: rl.train's population on the scenario inside the comparison's folder, its selected policy
+    compared as ``rl`` on the same windows and seeds as the baselines (a 2-day trace, one trial, 2 iterations)."""
+    from helpers import make_pipeline_config, make_trace
+    trace = make_trace(tmp_path / "trace.csv")
+    cfg = make_pipeline_config(tmp_path, trace, history=2)
+    out = tmp_path / "o"
+    rc = pe.main(["--config", cfg, "--out", str(out), "--quick", "--train", "--contenders", "hpa", "--no-plots",
+                  "--allow-degenerate"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err[-2000:]
+    assert "training the rl contender: python -m rl.train --scenario" in cap.out
+    res = json.loads((out / "results.json").read_text())
+    assert res["contenders"] == ["hpa", "rl"]
+    assert res["policies"]["rl"]["path"] == "train/policy.pt" and res["policies"]["rl"]["interval_s"] == 15.0
+    assert 1 <= res["policies"]["rl"]["training"]["iterations"] <= 2      # the selected snapshot's iteration
+    for f in ("policy.pt", "population.csv", "population.json"):
+        assert (out / "train" / f).exists(), f
+    rl = [r for r in res["rows"] if r["policy"] == "rl"]
+    hpa = [r for r in res["rows"] if r["policy"] == "hpa"]
+    assert len(rl) == len(hpa) >= 1 and [r["window"] for r in rl] == [r["window"] for r in hpa]
+    assert all(r["setting"] == "train/policy.pt" and r["replica_seconds"] > 0 for r in rl)
+    # the trained policy answered: a pipeline learned policy loads from the committed folder
+    from simulator.pipeline_learned import PipelineLearnedPolicy
+    PipelineLearnedPolicy.load(str(out / "train" / "policy.pt"), load_scenario(pe.DEFAULT_SCENARIO))
+
+
+def test_train_arguments_are_checked_in_one_line(tmp_path, capsys):
+    rc = pe.main(["--out", str(tmp_path / "o"), "--train", "--train-iterations", "0", "--contenders", "hpa"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--train-iterations" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
