@@ -655,8 +655,13 @@ def served_peak(meas: Measurements, bin_s: float = SERVED_BIN_S, max_fail: float
     ``max_fail`` of the requests sent failed, over every run. A demonstrated rate, not a limit: the study
     never asks the real stack for more (``max_served_rps`` in the calibrated scenario's provenance).
     """
+    return served_peak_of_runs(meas.runs.values(), bin_s, max_fail)
+
+
+def served_peak_of_runs(runs, bin_s: float = SERVED_BIN_S, max_fail: float = 0.01) -> dict:
+    """:func:`served_peak` over the given runs (``RunData``; a pipeline's: its end-to-end runs)."""
     best = {"max_served_rps": 0.0, "run": None, "t_s": None}
-    for r in meas.runs.values():
+    for r in runs:
         q = r.requests
         t = q["t_send_s"].to_numpy(float)
         fin = np.isfinite(t)

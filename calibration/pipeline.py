@@ -57,7 +57,7 @@ from .compare import PIPELINE_TARGETS, compare, simulated_batching, summarize_si
 from .measurements import (COMPUTE_COLUMNS, INTERFERENCE_COLUMNS, STARTUP_COLUMNS, CalibrationError, Measurements,
                            RunData, _numeric, _last_byte, checked_run_folders, clean_compute, cut_mid_row,
                            held_out_splits, is_pipeline, load_manifest, load_run, read_csv, read_deployment,
-                           refuse_or_warn, repeat_pairs, scenario_at)
+                           refuse_or_warn, repeat_pairs, scenario_at, served_peak_of_runs)
 from .replay import (measured_summary, replay_tick, replayed_cluster, replayed_workload, replica_schedule,
                      scripted_startups)
 
@@ -561,6 +561,8 @@ def fit_pipeline(root: str, name: str, config_out: str | None, report: OutputFol
                                   "a variant no training run served: the primary's excess ms per batch",
                          "hop": "stage overhead + mean client gap before the next stage (calibration.pipeline)"},
             "stages": {n: stage_provenance(f) for n, f in fits_all.items()},
+            # what the measured pipeline was seen to serve end to end: the validation never asks it for more
+            "stack": served_peak_of_runs([r.run for r in runs]),
             "warnings": warnings}
     sc_out = sc_all.replace(name=f"calibrated:{name}", provenance=jsonable(prov))
     fid = {"name": name, "kind": "pipeline", "source": source_label(pm), "config": config_out, "seeds": seeds,

@@ -234,7 +234,7 @@ def main(argv=None) -> int:
                     help="write the tables even when a sanity check fails (exit 0; the failure is recorded)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: 5-minute windows, one setting per contender (no tuning grid), one seed "
-                         "(with --train: one trial of 2 iterations)")
+                         "(with --train: one trial of one iteration)")
     tr = ap.add_argument_group("training the RL contender in the same command")
     tr.add_argument("--train", action="store_true",
                     help="first train a population on the scenario with rl.train (its code path: OUT/train/, "
@@ -396,7 +396,7 @@ def train_contender(a, folder: str) -> str:
     ``policy.pt``'s path."""
     from rl import train as rl_train
     quick = a.quick
-    seeds, iters = (1, 2) if quick else (a.train_seeds, a.train_iterations)
+    seeds, iters = (1, 1) if quick else (a.train_seeds, a.train_iterations)
     if seeds < 1 or iters < 1:
         raise ConfigError(f"--train-seeds / --train-iterations: must be >= 1 (got {seeds}, {iters})")
     out = os.path.join(folder, "train")

@@ -60,6 +60,10 @@ def test_recovers_each_stage_and_hop(fitted):
     assert prov["image"]["hop"]["gap_ms"] == pytest.approx(syn.GAP_MS, abs=1e-6)
     assert prov["labels"]["hop"]["gap_ms"] == 0.0
     assert sc.provenance["source"].endswith("pipe")
+    # what the pipeline was seen to serve end to end (the validation's cap): the step run's 10-s bin after its
+    # step to 90 req/s (2 s at 30, 8 s at 90: ~78), above the 60-req/s runs, below the offered 90
+    served = sc.provenance["stack"]
+    assert 62 < served["max_served_rps"] < 90 and served["run"] == "step", served
 
 
 def test_held_out_end_to_end_within_targets_and_noise_floor(fitted):
