@@ -100,12 +100,12 @@ def run_fit(root: str, name: str | None = None, config_out: str | None = None, r
     (:class:`simulator.io.OutputFolder`: an existing report is replaced only with ``force`` and only if an
     earlier ``calibration.fit`` wrote it; checked before the fitting starts). ``allow_partial``: use damaged
     measurements as far as they are intact (each problem in the report's warnings) instead of refusing them."""
-    pipeline = is_pipeline(load_manifest(Path(root)))
     name = name or Path(root).resolve().name
     report_dir = report_dir or os.path.join("report", name)
     with OutputFolder(report_dir, "calibration.fit", force=force, flag="--report",
                       legacy=json_has_keys("fidelity.json", "held_out", "noise_floor")) as report:
-        if pipeline:
+        # the report folder is checked first (never written into, whatever the measurement folder holds)
+        if is_pipeline(load_manifest(Path(root))):
             from .pipeline import fit_pipeline
             return fit_pipeline(root, name, config_out, report, seeds, quiet, plots, allow_partial)
         meas = load_measurements(root, allow_partial)
