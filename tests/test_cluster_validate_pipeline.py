@@ -256,3 +256,15 @@ def test_side_summaries_by_hand():
     # per-stage HPA: arrival rps per replica, target 0.5 x the stage's capacity, every 5 s
     assert name == "hpa" and [p.target for p in pol.policies] == [40.0, 60.0] and s_hpa.autoscaler.interval_s == 5.0
     assert "image 40.0, labels 60.0" in label
+
+
+def test_a_peak_beyond_what_the_pipeline_served_is_flagged():
+    """A given ``--peak-rps`` above ``provenance.stack.max_served_rps`` extrapolates the calibration: flagged (the
+    default load is capped at it, :func:`pipeline_peak`)."""
+    from cluster.validate.pipeline import beyond_measured
+    from simulator.config import load_scenario
+    sc = load_scenario("configs/pipeline_example.yaml")
+    assert beyond_measured(140.0, sc) is None                        # nothing recorded: nothing to compare with
+    sc = sc.replace(provenance={"stack": {"max_served_rps": 96.9}})
+    assert beyond_measured(140.0, sc) == 96.9
+    assert beyond_measured(96.9, sc) is None and beyond_measured(50.0, sc) is None and beyond_measured(None, sc) is None

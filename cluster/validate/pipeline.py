@@ -337,6 +337,16 @@ def pipeline_peak(sc: Scenario, caps: list[float], slo_target: float) -> tuple[f
                  f"{caps[k]:.1f} rps"
 
 
+def beyond_measured(peak_rps: float | None, sc: Scenario) -> float | None:
+    """The measured stack's ``max_served_rps`` when a given validation peak exceeds it (the calibration was fitted
+    below that rate: the comparison then extrapolates it), else None."""
+    from rl.study import stack_record
+    served = stack_record(sc).get("max_served_rps")
+    if peak_rps is None or not served or peak_rps <= float(served):
+        return None
+    return float(served)
+
+
 def validate_pipeline(a, cfg, comp: list[str], tmp: Path, t_all: float) -> dict:
     """The pipeline validation, writing into ``tmp`` (the output folder being written)."""
     from rl.common import resolve_path
@@ -392,6 +402,11 @@ def validate_pipeline(a, cfg, comp: list[str], tmp: Path, t_all: float) -> dict:
     wl, duration, wdesc = build_workload(a, sc, caps[0])
     if peak_rule:
         wdesc["scale_rule"] = wdesc["scale_rule"].replace("given (--peak-rps)", peak_rule)
+    served = beyond_measured(a.peak_rps, sc)
+    if served is not None:
+        wdesc["beyond_measured"] = served
+        say(a.quiet, f"warning: --peak-rps {a.peak_rps:g} is above the highest rate the measured pipeline served "
+                     f"({served:g} rps, provenance.stack.max_served_rps): the replay extrapolates the calibration")
     if wl.kind == "closed_loop":
         raise ConfigError("--workload: a pipeline takes open-loop arrivals (poisson, schedule, trace, timestamps)")
     if not 0 <= warm < duration:
