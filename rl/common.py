@@ -17,14 +17,14 @@ import yaml
 
 from simulator.io import jsonable, write_json  # noqa: F401  (re-exported)
 from simulator.config import AutoscalerSpec, ConfigError, Scenario, WorkloadSpec, load_scenario
+from simulator.workload import DAY_S, SHIPPED_TRACE, TRAIN_DAYS, day_range, load_trace  # noqa: F401  (re-exported)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DAY_S = 86400
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "rl.yaml")
 
 DEFAULTS: dict[str, Any] = {
     "scenario": "configs/rl_default.yaml",
-    "trace": {"path": "simulator/data/traces/twitter_2021_rps_days01-14.csv.gz", "train_days": [1, 10],
+    "trace": {"path": SHIPPED_TRACE, "train_days": list(TRAIN_DAYS),
               "tune_days": [11, 12], "eval_days": [13, 14], "scale": "auto", "target_util": 0.8},
     "slo_target": 0.01,
     "capacity_rps_per_replica": "auto",
@@ -377,30 +377,6 @@ def base_scenario(cfg: Mapping) -> Scenario:
 # --------------------------------------------------------------------------- traces
 
 
-def load_trace(path: str) -> np.ndarray:
-    """Per-second rates (header ``rps``) as a float array; ConfigError (one line) on bad input."""
-    from simulator.workload import read_column
-    if not os.path.exists(path):
-        raise ConfigError(f"{path}: trace file not found (expected a CSV with header 'rps', one line per second)")
-    r = read_column(path, "rps")
-    if len(r) == 0:
-        raise ConfigError(f"{path}: trace is empty")
-    if (r < 0).any():
-        raise ConfigError(f"{path}: row {int(np.flatnonzero(r < 0)[0]) + 2}: negative rate")
-    return r
-
-
-def day_range(days, n: int, what: str) -> tuple[int, int]:
-    """Trace-second range ``[a, b)`` of inclusive 1-based ``days``, clipped to the trace."""
-    if not isinstance(days, (list, tuple)) or len(days) != 2 or not all(isinstance(d, int) for d in days) \
-            or not 1 <= days[0] <= days[1]:
-        raise ConfigError(f"{what}: must be [first_day, last_day] (1-based, inclusive) (got {days!r})")
-    a, b = (days[0] - 1) * DAY_S, min(days[1] * DAY_S, n)
-    if b - a < 1200:
-        raise ConfigError(f"{what}: days {days} are not in the trace ({n} seconds = {n / DAY_S:.1f} days)")
-    return a, b
-
-
 PATTERNS = ("bursty", "steady_low", "steady_high", "fluctuating")
 
 
@@ -533,3 +509,17 @@ def interval_violations(obs) -> float:
     return float(f * done)
 
 
+def policy_names(paths: list[str], reserved=()) -> list[str]:
+    """A short distinct name per policy file: its name without ``.pt``, with as many parent folders as it
+    takes to tell it from the others and from the ``reserved`` names (a comparison's baselines) (``runs/a/trials/seed0/policy.pt``
+    -> ``seed0/policy`` next to ``runs/b/policy.pt`` -> ``b/policy``)."""
+    parts = [os.path.normpath(os.path.abspath(p))[:-3 if p.endswith(".pt") else None].split(os.sep) for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(q[-d:]) for q, d in zip(parts, depth)]
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1 or n in reserved]
+        grow = [i for i in clash if depth[i] < len(parts[i])]
+        if not grow:
+            return names
+        for i in grow:
+            depth[i] += 1

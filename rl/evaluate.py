@@ -54,6 +54,7 @@ import numpy as np
 from rl.baselines import baseline_specs, run_one, summarize, tune
 from rl import sanity
 from rl.drift import PERTURB_KEYS, parse_perturb, perturb_label, perturb_scenario
+from rl.common import policy_names as common_policy_names
 from rl.common import (DAY_S, DEFAULT_CONFIG, auto_trace_scale, base_scenario, jsonable, load_rl_config, load_trace,
                        require_single_model, select_windows, trace_scenario, window_stats, write_json)
 from simulator.io import OutputFolder, json_has_keys, run_cli
@@ -100,19 +101,8 @@ def _windows(a, rates: np.ndarray, cfg: dict) -> list[dict]:
 
 
 def policy_names(paths: list[str], reserved=BASELINES) -> list[str]:
-    """A short distinct name per policy file: its name without ``.pt``, with as many parent folders as it
-    takes to tell it from the others and from the ``reserved`` names (the baselines) (``runs/a/trials/seed0/policy.pt``
-    -> ``seed0/policy`` next to ``runs/b/policy.pt`` -> ``b/policy``)."""
-    parts = [os.path.normpath(os.path.abspath(p))[:-3 if p.endswith(".pt") else None].split(os.sep) for p in paths]
-    depth = [1] * len(paths)
-    while True:
-        names = ["/".join(q[-d:]) for q, d in zip(parts, depth)]
-        clash = [i for i, n in enumerate(names) if names.count(n) > 1 or n in reserved]
-        grow = [i for i in clash if depth[i] < len(parts[i])]
-        if not grow:
-            return names
-        for i in grow:
-            depth[i] += 1
+    """:func:`rl.common.policy_names` with the baselines' names reserved."""
+    return common_policy_names(paths, reserved)
 
 
 def static_sweep(sc, lo: int, hi: int, slo_target: float, model) -> tuple[int, dict]:

@@ -20,7 +20,7 @@ Contenders:
   the SLO-violation target on that very run): a bound, not a deployable policy.
 - learned pipeline policies (``policy.pt`` files written by ``rl.train`` on a pipeline scenario, given as
   arguments or ``--policies``; :mod:`simulator.pipeline_learned`): each runs as trained (its interval, its
-  selection on the tuning windows already made), named after its file (:func:`rl.evaluate.policy_names`); a file
+  selection on the tuning windows already made), named after its file (:func:`rl.common.policy_names`); a file
   trained on another pipeline, or naming a variant the scenario lacks, is refused with one line;
 - ``rl`` (``--train``): the command first trains a population on the scenario through ``rl.train``'s code path
   (``--train-seeds`` x ``--train-iterations``, written to ``OUT/train/`` with its population table; its selection
@@ -49,6 +49,7 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 
@@ -56,7 +57,7 @@ import numpy as np
 import yaml
 
 from rl import sanity
-from rl.common import load_trace, pipeline_trace_scale, select_windows
+from rl.common import load_trace, pipeline_trace_scale, policy_names, select_windows
 from simulator.capacity import slo_shares, stage_capacities
 from simulator.config import ConfigError, WorkloadSpec, load_scenario
 from simulator.io import OutputFolder, json_has_keys, jsonable, run_cli
@@ -299,7 +300,6 @@ def _load(a):
 def evaluate(a, folder: str) -> tuple[dict, list]:
     t0 = time.time()
     base, trace, tune_days, eval_days, slo_t, util, names = _load(a)
-    from rl.evaluate import policy_names
     from simulator.pipeline_learned import PipelineLearnedPolicy
     learned = {n: PipelineLearnedPolicy.load(p, base)
                for n, p in zip(policy_names(a.policies, reserved=CONTENDERS + ("rl",)), a.policies)}
@@ -392,11 +392,9 @@ def evaluate(a, folder: str) -> tuple[dict, list]:
 
 def train_contender(a, folder: str) -> str:
     """``--train``: rl.train's population on the comparison's scenario and RL config, written to ``folder/train``
-    (the same code path and outputs as ``python -m rl.train --scenario SCENARIO --out DIR``); the selected
-    ``policy.pt``'s path."""
-    from rl import train as rl_train
-    quick = a.quick
-    seeds, iters = (1, 1) if quick else (a.train_seeds, a.train_iterations)
+    (the same command and outputs as ``python -m rl.train --scenario SCENARIO --out DIR``, run as its own process:
+    Ray starts and stops with it); the selected ``policy.pt``'s path."""
+    seeds, iters = (1, 1) if a.quick else (a.train_seeds, a.train_iterations)
     if seeds < 1 or iters < 1:
         raise ConfigError(f"--train-seeds / --train-iterations: must be >= 1 (got {seeds}, {iters})")
     out = os.path.join(folder, "train")
@@ -404,8 +402,10 @@ def train_contender(a, folder: str) -> str:
         (["--ray-address", a.ray_address] if a.ray_address else [])
     print(f"training the rl contender: python -m rl.train {' '.join(argv)} --out {os.path.join(a.out, 'train')}",
           flush=True)
-    if rl_train.main(argv + ["--out", out]) != 0:
-        raise ConfigError("--train: rl.train stopped (its message is above); nothing was compared")
+    done = subprocess.run([sys.executable, "-m", "rl.train", *argv, "--out", out])
+    if done.returncode != 0:
+        raise ConfigError(f"--train: rl.train stopped with exit code {done.returncode} (its message is above); "
+                          f"nothing was compared")
     return os.path.join(out, "policy.pt")
 
 

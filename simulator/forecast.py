@@ -16,8 +16,8 @@
   the pipeline oracle is told the truth over, and IPA's own target (the peak of the next two 10-s steps) at
   its interval and a lead of up to one step. Departures from IPA, stated: tanh LSTM cells (torch's; IPA's
   Keras layer uses relu), no L1 kernel penalty, 12 epochs of batches of 256 (IPA: 30 of 64), trained on
-  days 1-10 (``rl.common``'s training days; IPA: its first 14 days). Weights: trained on first use in
-  seconds and cached in ``.cache/servesim/forecast/``, files named by the hash of the full recipe
+  days 1-10 (``simulator.workload.TRAIN_DAYS``, the RL training days; IPA: its first 14 days). Weights: trained
+  on first use in seconds and cached in ``.cache/servesim/forecast/``, files named by the hash of the full recipe
   (:func:`lstm_recipe`: trace digest, days, interval, horizon, settings); a file shipped under
   ``simulator/data/forecast/`` with the same name is used first. With fewer than ``history`` observations, or
   a zero rate among them (an outage the model never saw), it falls back to the max predictor
@@ -264,12 +264,13 @@ class LSTMForecaster:
 
 def lstm_recipe(interval_s: float, horizon: int, trace: str | None = None, days=None) -> dict:
     """The full recipe of the forecaster for ``interval_s`` / ``horizon``: the shipped Twitter trace's training
-    days (``rl.common.DEFAULTS``: days 1-10; never the tuning or held-out days) unless given, IPA's 120-s window,
+    days (``simulator.workload.TRAIN_DAYS``: days 1-10; never the tuning or held-out days) unless given, IPA's 120-s window,
     and the training settings above. Its hash names the cached file."""
     if trace is None or days is None:
-        from rl.common import DEFAULTS, ROOT
-        trace = trace or os.path.join(ROOT, DEFAULTS["trace"]["path"])
-        days = days or DEFAULTS["trace"]["train_days"]
+        from simulator.workload import SHIPPED_TRACE, TRAIN_DAYS
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        trace = trace or os.path.join(root, SHIPPED_TRACE)
+        days = days or list(TRAIN_DAYS)
     digest = _file_digest(trace)
     return {"trace": os.path.basename(trace), "trace_sha256": digest, "days": [int(d) for d in days],
             "interval_s": float(interval_s), "history": lstm_history(interval_s), "horizon": int(horizon),
@@ -312,7 +313,7 @@ def lstm_forecaster(interval_s: float, horizon: int, trace: str | None = None, d
     """The LSTM forecaster for this recipe (:func:`lstm_recipe`): the shipped file under ``simulator/data/forecast``
     when one matches, else the cached one under ``.cache/servesim/forecast``, else trained now (seconds; printed)
     and cached. Files are named by the recipe's hash, so a changed trace, split or setting trains anew."""
-    from rl.common import day_range, load_trace
+    from simulator.workload import day_range, load_trace
     if not (float(interval_s) >= 1 and float(interval_s).is_integer()):
         raise ConfigError(f"forecast lstm: the control interval must be a whole number of seconds (got "
                           f"{interval_s:g}): the model reads the trace's per-second rates in whole intervals")

@@ -298,3 +298,35 @@ class ArrivalSource:
 def arrival_times(spec: WorkloadSpec, duration_s: float, seed: int) -> np.ndarray:
     """All open-loop arrival instants in ``[0, duration_s)`` (seconds, sorted)."""
     return ArrivalSource(spec, duration_s, seed).until(duration_s)
+
+
+# --------------------------------------------------------------------------- the shipped request trace
+
+DAY_S = 86400
+# the Twitter 2021 per-second request rates shipped with the project (simulator/data/traces/README.md), relative
+# to the repository root, and the days every learned part trains on (the tuning and held-out days come after)
+SHIPPED_TRACE = "simulator/data/traces/twitter_2021_rps_days01-14.csv.gz"
+TRAIN_DAYS = (1, 10)
+
+
+def load_trace(path: str) -> np.ndarray:
+    """Per-second rates (header ``rps``) as a float array; ConfigError (one line) on bad input."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: trace file not found (expected a CSV with header 'rps', one line per second)")
+    r = read_column(path, "rps")
+    if len(r) == 0:
+        raise ConfigError(f"{path}: trace is empty")
+    if (r < 0).any():
+        raise ConfigError(f"{path}: row {int(np.flatnonzero(r < 0)[0]) + 2}: negative rate")
+    return r
+
+
+def day_range(days, n: int, what: str) -> tuple[int, int]:
+    """Trace-second range ``[a, b)`` of inclusive 1-based ``days``, clipped to the trace."""
+    if not isinstance(days, (list, tuple)) or len(days) != 2 or not all(isinstance(d, int) for d in days) \
+            or not 1 <= days[0] <= days[1]:
+        raise ConfigError(f"{what}: must be [first_day, last_day] (1-based, inclusive) (got {days!r})")
+    a, b = (days[0] - 1) * DAY_S, min(days[1] * DAY_S, n)
+    if b - a < 1200:
+        raise ConfigError(f"{what}: days {days} are not in the trace ({n} seconds = {n / DAY_S:.1f} days)")
+    return a, b

@@ -182,7 +182,7 @@ def run_real_pipeline(c: PipelineContender, stack, duration: float, arrivals, wo
     from ..controller_pipeline import PipelineRequests, pipeline_controller
     from ..measure import copy_logs, read_request_log, read_visit_log, write_csv
     from ..stack.chain import PipelineDeployment, chain_plan, check_links
-    from .run import ControllerLog, controlled_load
+    from .realrun import ControllerLog, controlled_load
     odir.mkdir(parents=True, exist_ok=True)
     wdir = work / c.name
     sc = with_stage_replicas(c.scenario, c.initial)
@@ -358,7 +358,7 @@ def validate_pipeline(a, cfg, comp: list[str], tmp: Path, t_all: float) -> dict:
     from ..measure import machine, preflight
     from ..stack import procs
     from ..stack.arrivals import arrival_times
-    from .run import write_validation
+    from .realrun import write_validation
     from .workload import build_workload, initial_replicas
     scen_path = resolve_path(a.scenario) if a.scenario else resolve_path(a.stack)
     sc = load_scenario(scen_path) if a.scenario else cfg.scenario

@@ -6,13 +6,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
-import json
 import math
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,11 @@ from calibration.compare import VALIDATION_METRICS, VALIDATION_TARGETS, compare,
 from rl import sanity
 from rl.common import resolve_path
 from simulator.config import AutoscalerSpec, ConfigError, Scenario, WorkloadSpec, load_scenario
-from simulator.io import OutputFolder, json_format_is, jsonable
+from simulator.io import OutputFolder, json_format_is
 
 from ..measure import copy_logs, write_csv
 from . import FORMAT, say
+from .realrun import ControllerLog, controlled_load, write_validation
 from .contenders import COMPARE, Contender, choose_static, default_scenario_path, tuned_hpa
 from .report import plots, report_md
 from .stats import interval_series, ranking, real_load, replica_curve
@@ -35,58 +34,6 @@ from .workload import build_workload, initial_replicas
 
 class ValidateError(RuntimeError):
     pass
-
-
-class ControllerLog:
-    """A controller's log file (``controller.log``: one line per message, epoch-stamped, thread-safe); the
-    lines holding one of ``echo`` (holds, failures, ...) also go to the console (unless ``quiet``)."""
-
-    def __init__(self, path: Path, quiet: bool, echo=("holding", "failed", "stopped", "clamped")):
-        self.f = open(path, "w")
-        self.lock = threading.Lock()
-        self.quiet, self.echo = quiet, echo
-
-    def __call__(self, m: str) -> None:
-        with self.lock:
-            self.f.write(f"{time.time():.3f} {m}\n")
-            self.f.flush()
-        if any(w in m for w in self.echo):
-            say(self.quiet, m)
-
-    def close(self) -> None:
-        self.f.close()
-
-
-def controlled_load(ctl, plan: dict, wdir: Path, t0: float, duration: float, name: str, quiet: bool, feed,
-                    ready, want):
-    """The load of ``plan`` with controller ``ctl`` ticking alongside (its own thread from ``t0``; the live feed
-    to ``feed``), a progress bar (``ready()`` / ``want()``: what it shows); the controller is stopped when the
-    load ends or fails. Returns the load generator's result."""
-    from ..stack.loadgen import run_load
-    stop = threading.Event()
-    bar = None
-    th = threading.Thread(target=ctl.run, args=(t0, duration, stop), name=f"controller-{name}", daemon=True)
-    th.start()
-    try:
-        if not quiet:
-            from tqdm import tqdm
-            bar = tqdm(total=round(duration), desc=f"[{name}] real run", unit="s", file=sys.stderr,
-                       dynamic_ncols=True)
-
-        def _progress(el, cnt):
-            if bar is not None:
-                bar.n = max(0, min(round(el), bar.total))
-                bar.set_postfix(sent=cnt.get("sent"), ok=cnt.get("ok"), failed=cnt.get("failed"), ready=ready(),
-                                want=want(), refresh=False)
-                bar.refresh()
-        res = run_load(plan, wdir / "loadgen", progress=_progress, on_records=feed)
-        stop.set()
-        th.join(ctl.interval_s + 10)
-        return res
-    finally:
-        stop.set()
-        if bar is not None:
-            bar.close()
 
 
 def run_real(c: Contender, policy, sc: Scenario, stack, wl: WorkloadSpec, duration: float, arrivals, work: Path,
@@ -205,14 +152,6 @@ def run_sim(c: Contender, policy, sc: Scenario, wl_real: WorkloadSpec, duration:
             "replicas": [(rep.requested_s, f(rep.ready_s), f(rep.drain_s), f(rep.gone_s)) for rep in first.replicas],
             "t_send": r0["arrival_s"], "latency_ms": (r0["completion_s"] - r0["arrival_s"]) * 1e3,
             "ok": r0["status"] == 0}
-
-
-def write_validation(tmp: Path, summary: dict, report, plot) -> None:
-    """``summary.json``, ``report.md`` (``report(summary)``) and the plots (``plot()``) into the folder being
-    written."""
-    (tmp / "summary.json").write_text(json.dumps(jsonable(summary), indent=1, default=str))
-    (tmp / "report.md").write_text(report(summary))
-    plot()
 
 
 def validate(a) -> dict:
